@@ -1,0 +1,38 @@
+# pgolf: `make test` and `make smoke` work on a fresh clone with only Python 3.11 and git.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PGOLF  := $(VENV)/bin/pgolf
+STAMP  := $(VENV)/.pgolf-installed
+
+.PHONY: help setup test smoke bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+setup: $(STAMP)  ## create .venv and install pgolf with its dependencies
+
+# --system-site-packages keeps a pod's preinstalled CUDA torch (and flash-attn) visible in the venv;
+# torch==2.13.0 (CPU wheel here) is installed only when no torch is importable at all.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv --system-site-packages $(VENV)
+	@if $(PY) -c "import torch" 2>/dev/null; then \
+	  echo "setup: keeping torch $$($(PY) -c 'import torch; print(torch.__version__)')"; \
+	else \
+	  echo "setup: no torch importable, installing torch==2.13.0"; \
+	  $(PY) -m pip install --quiet torch==2.13.0; \
+	fi
+	$(PY) -m pip install --quiet -e ".[dev]"
+	@touch $@
+
+test: setup  ## run the whole test suite (this is what CI runs)
+	$(PY) -m pytest -q tests
+
+smoke: setup  ## the main job on the embedded smoke corpus
+	$(PGOLF) data smoke
+
+bench: setup  ## run the benchmarks under bench/ (by hand; numbers go to bench/README.md)
+	$(PY) bench/data_throughput.py
+
+clean:  ## remove the venv, built data and runs
+	rm -rf $(VENV) data runs .pytest_cache

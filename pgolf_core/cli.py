@@ -1,0 +1,199 @@
+"""The ``pgolf`` command. Every subcommand is a thin wrapper over a core function.
+
+    pgolf data smoke            build the embedded smoke corpus (tokenizer + shards) and print its numbers
+    pgolf data export DOCS      any JSONL / text documents -> challenge shards
+    pgolf data fetch            download the official FineWeb shards and tokenizer (pods)
+    pgolf data info DIR         check every shard's header and summarize a dataset
+    pgolf config show PARAMS    the fully resolved config (with --set overrides)
+    pgolf config check PARAMS.. validate params files before launching anything
+    pgolf config keys           every config key with its type, default and meaning
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pgolf_core import __version__
+
+
+def _cmd_data_smoke(args: argparse.Namespace) -> int:
+    from pgolf_core.data.export import describe_manifest, read_manifest
+    from pgolf_core.data.smoke import build_smoke_dataset
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        print(f"{out} already built (pass --force to rebuild)")
+        manifest = read_manifest(out)
+    else:
+        manifest = build_smoke_dataset(
+            out, vocab_size=args.vocab_size, val_docs=args.val_docs, shard_tokens=args.shard_tokens,
+            overwrite=args.force, progress=not args.quiet,
+        )
+        print(f"built in {manifest['build_seconds']:.1f} s")
+    print("smoke corpus: CPython's pydoc topics + standard-library docstrings (a smoke test corpus, NOT FineWeb)")
+    print(describe_manifest(manifest, out))
+    return 0
+
+
+def _cmd_data_export(args: argparse.Namespace) -> int:
+    from pgolf_core.data.export import describe_manifest, export_documents, iter_jsonl_texts, staged_dir
+    from pgolf_core.data.tokenizer import train_tokenizer
+
+    if (args.tokenizer is None) == (args.vocab_size is None):
+        raise SystemExit("pgolf data export: give exactly one of --tokenizer MODEL or --vocab-size N (train one)")
+    with staged_dir(args.out, overwrite=args.force) as work:
+        tokenizer = args.tokenizer
+        if tokenizer is None:
+            # Train on the training documents only: validation text never shapes the vocabulary.
+            docs = list(iter_jsonl_texts(args.docs, args.text_field))
+            tokenizer = train_tokenizer(docs[args.val_docs :], args.vocab_size, work / "tokenizer")
+        manifest = export_documents(
+            iter_jsonl_texts(args.docs, args.text_field), tokenizer, work, val_docs=args.val_docs,
+            shard_tokens=args.shard_tokens, corpus_name=Path(args.docs).stem, progress=not args.quiet,
+        )
+    print(describe_manifest(manifest, args.out))
+    return 0
+
+
+def _cmd_data_fetch(args: argparse.Namespace) -> int:
+    from pgolf_core.data.fetch import fetch_official
+
+    record = fetch_official(
+        args.variant, args.train_shards, out_root=args.out, repo_id=args.repo_id, remote_root=args.remote_root,
+        progress=not args.quiet,
+    )
+    print(
+        f"{record['variant']}: {record['val_shards']} val shards ({record['tokens']['val']:,} tokens), "
+        f"{record['train_shards']} train shards ({record['tokens']['train']:,} tokens) in "
+        f"{Path(args.out) / 'datasets' / record['dataset']}; tokenizer {record['tokenizer']['file']}"
+    )
+    return 0
+
+
+def _cmd_data_info(args: argparse.Namespace) -> int:
+    from pgolf_core.data.export import MANIFEST_NAME, describe_manifest, read_manifest
+    from pgolf_core.data.shards import read_header
+
+    root = Path(args.dir)
+    shards = sorted(root.glob("fineweb_*_*.bin"))
+    if not shards:
+        raise SystemExit(f"pgolf data info: no fineweb_*_*.bin shards in {root}")
+    totals: dict[str, list[int]] = {}
+    for path in shards:
+        split = "val" if "_val_" in path.name else "train"
+        n = read_header(path).num_tokens  # raises with the file's name if anything is off
+        totals.setdefault(split, []).append(n)
+    for split, counts in totals.items():
+        print(f"{split}: {len(counts)} shard(s), {sum(counts):,} tokens, headers and sizes OK")
+    if (root / MANIFEST_NAME).is_file():
+        print(describe_manifest(read_manifest(root), root))
+    return 0
+
+
+def _cmd_config_show(args: argparse.Namespace) -> int:
+    from pgolf_core.config import load_config, to_yaml
+
+    print(to_yaml(load_config(args.params, args.set)), end="")
+    return 0
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    from pgolf_core.config import ConfigError, load_config
+
+    bad = 0
+    for p in args.params:
+        try:
+            load_config(p)
+            print(f"ok   {p}")
+        except ConfigError as e:
+            bad += 1
+            print(f"FAIL {e}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def _cmd_config_keys(args: argparse.Namespace) -> int:
+    from pgolf_core.config import describe_schema
+
+    for key, typ, default, desc in describe_schema():
+        print(f"{key:<36} {typ:<28} {default!r:<24} {desc}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pgolf_core.data.fetch import OFFICIAL_VARIANTS, REMOTE_ROOT
+    from pgolf_core.data.smoke import SMOKE_DIR, SMOKE_SHARD_TOKENS, SMOKE_VAL_DOCS, SMOKE_VOCAB
+
+    p = argparse.ArgumentParser(prog="pgolf", description="Parameter Golf research suite.")
+    p.add_argument("--version", action="version", version=f"pgolf {__version__}")
+    sub = p.add_subparsers(dest="group", required=True, metavar="{data,config}")
+
+    data = sub.add_parser("data", help="datasets: smoke corpus, export, official download, checks")
+    dsub = data.add_subparsers(dest="cmd", required=True, metavar="{smoke,export,fetch,info}")
+
+    s = dsub.add_parser("smoke", help="build the embedded smoke corpus (offline, deterministic)")
+    s.add_argument("--out", default=str(SMOKE_DIR), help="output folder (default: %(default)s)")
+    s.add_argument("--vocab-size", type=int, default=SMOKE_VOCAB, help="tokenizer vocab (default: %(default)s)")
+    s.add_argument("--val-docs", type=int, default=SMOKE_VAL_DOCS, help="documents in validation (default: %(default)s)")
+    s.add_argument("--shard-tokens", type=int, default=SMOKE_SHARD_TOKENS, help="tokens per shard (default: %(default)s)")
+    s.add_argument("--force", action="store_true", help="rebuild even if the folder exists")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(fn=_cmd_data_smoke)
+
+    e = dsub.add_parser("export", help="JSONL documents -> challenge shards + manifest")
+    e.add_argument("docs", help="JSONL file, one document per line")
+    e.add_argument("--out", required=True, help="output dataset folder")
+    e.add_argument("--val-docs", type=int, required=True, help="the first N documents go to validation")
+    e.add_argument("--tokenizer", help="an existing SentencePiece .model (e.g. fineweb_1024_bpe.model)")
+    e.add_argument("--vocab-size", type=int, help="or train a tokenizer of this size on the training documents")
+    e.add_argument("--text-field", default="text", help="JSON field holding the text (default: %(default)s)")
+    e.add_argument("--shard-tokens", type=int, default=10**8, help="tokens per shard (default: %(default)s)")
+    e.add_argument("--force", action="store_true", help="replace an existing output folder")
+    e.add_argument("--quiet", action="store_true")
+    e.set_defaults(fn=_cmd_data_export)
+
+    f = dsub.add_parser("fetch", help="download the official FineWeb shards and tokenizer (needs network)")
+    f.add_argument("--variant", choices=sorted(OFFICIAL_VARIANTS), required=True)
+    f.add_argument("--train-shards", type=int, default=80, help="train shards of 100M tokens (default: %(default)s)")
+    f.add_argument("--out", default="data", help="root folder (default: %(default)s)")
+    f.add_argument("--repo-id", help="Hugging Face dataset repo (default: the variant's publisher)")
+    f.add_argument("--remote-root", default=REMOTE_ROOT, help="folder inside the repo (default: %(default)s)")
+    f.add_argument("--quiet", action="store_true")
+    f.set_defaults(fn=_cmd_data_fetch)
+
+    i = dsub.add_parser("info", help="check every shard header and print the dataset summary")
+    i.add_argument("dir", help="dataset folder")
+    i.set_defaults(fn=_cmd_data_info)
+
+    cfg = sub.add_parser("config", help="params files: show, check, list keys")
+    csub = cfg.add_subparsers(dest="cmd", required=True, metavar="{show,check,keys}")
+    c = csub.add_parser("show", help="print the fully resolved config")
+    c.add_argument("params", help="a YAML file under params/")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. model.num_layers=11")
+    c.set_defaults(fn=_cmd_config_show)
+    c = csub.add_parser("check", help="validate params files (exit 1 if any is invalid)")
+    c.add_argument("params", nargs="+")
+    c.set_defaults(fn=_cmd_config_check)
+    c = csub.add_parser("keys", help="list every config key with type, default and meaning")
+    c.set_defaults(fn=_cmd_config_keys)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pgolf_core.config import ConfigError
+    from pgolf_core.data.export import ExportError
+    from pgolf_core.data.fetch import FetchError
+    from pgolf_core.data.shards import ShardError
+    from pgolf_core.data.tokenizer import TokenizerError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ConfigError, ExportError, FetchError, ShardError, TokenizerError, FileNotFoundError) as e:
+        print(f"pgolf: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

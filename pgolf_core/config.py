@@ -1,0 +1,396 @@
+"""The typed config tree: one ``RunConfig`` loaded from YAML under params/, validated before any compute.
+
+Sections: data, model, optim, train, quant, eval, ttt, ngram, report. Every field has a default; the
+defaults are the challenge's naive baseline (records.md BASE), so an empty YAML file *is* the baseline.
+
+Rules (style.md G1/G2):
+- ``load_config`` is the only door. Unknown keys, wrong types and bad choices are rejected with an error
+  that names the file, the dotted key, what was given and what is valid (with a "did you mean").
+- A params file may start with ``extends: other.yaml`` (a path relative to it, or a list of them);
+  bases are deep-merged first, the file's own keys win.
+- Overrides (``--set model.num_layers=11``) are parsed as YAML scalars and applied last.
+- Hyperparameters never come from environment variables; ``pgolf_core.dist`` alone reads torchrun's
+  RANK / WORLD_SIZE / LOCAL_RANK.
+- ``to_yaml(cfg)`` writes the fully resolved tree; loading it back gives an equal config.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+# --------------------------------------------------------------------------------------------------
+# YAML: safe loading, duplicate keys rejected, 1e-3 read as a float (YAML 1.1 wants "1.0e-3").
+# --------------------------------------------------------------------------------------------------
+
+
+class ConfigError(ValueError):
+    """A params file (or override) is invalid. The message names the file, the key and the fix."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    pass
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen: dict[Any, yaml.Node] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(
+                f"duplicate key {key!r} at line {key_node.start_mark.line + 1} "
+                f"(first at line {seen[key].start_mark.line + 1})"
+            )
+        seen[key] = key_node
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _yaml_load(text: str, source: str) -> Any:
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - SafeLoader subclass
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {e}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# Sections
+# --------------------------------------------------------------------------------------------------
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys forbidden, types strict (no "9" for 9), frozen."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, validate_default=True)
+
+
+TOKENIZER_FOR_VARIANT = {"sp1024": "fineweb_1024_bpe.model", "sp8192": "fineweb_8192_bpe.model"}
+
+
+class DataConfig(Section):
+    """Where the shards and the tokenizer live. Relative paths resolve against the working directory."""
+
+    source: Literal["official", "smoke", "local"] = Field(
+        "official",
+        description="official: the published FineWeb export (pgolf data fetch); smoke: the embedded "
+        "smoke corpus (pgolf data smoke); local: any shards you exported (root and tokenizer required)",
+    )
+    variant: Literal["sp1024", "sp8192"] = Field("sp1024", description="official export variant")
+    root: str | None = Field(None, description="folder with the shards; None derives it from source/variant")
+    tokenizer: str | None = Field(None, description="SentencePiece .model; None derives it from source/variant")
+    train_pattern: str = Field("fineweb_train_*.bin", description="glob of train shards inside root")
+    val_pattern: str = Field("fineweb_val_*.bin", description="glob of validation shards inside root")
+    train_shards: int = Field(80, ge=0, description="official: train shards to fetch (0: none)")
+    val_max_tokens: int = Field(0, ge=0, description="cap on validation tokens (0: the whole split)")
+
+    @model_validator(mode="after")
+    def _local_needs_paths(self) -> DataConfig:
+        if self.source == "local" and (self.root is None or self.tokenizer is None):
+            raise ValueError("data.source 'local' needs both data.root and data.tokenizer")
+        return self
+
+    def root_path(self) -> Path:
+        if self.root is not None:
+            return Path(self.root)
+        if self.source == "smoke":
+            return Path("data/smoke")
+        return Path("data/datasets") / f"fineweb10B_{self.variant}"
+
+    def tokenizer_path(self) -> Path:
+        if self.tokenizer is not None:
+            return Path(self.tokenizer)
+        if self.source == "smoke":
+            return self.root_path() / "tokenizer.model"
+        return Path("data/tokenizers") / TOKENIZER_FOR_VARIANT[self.variant]
+
+
+class ModelConfig(Section):
+    """The GPT. Defaults are the challenge baseline (9x512, 8 heads / 4 KV heads, relu^2 MLP 2x)."""
+
+    vocab_size: int = Field(1024, gt=0, lt=65536, description="must equal the tokenizer's vocab size")
+    num_layers: int = Field(9, gt=0)
+    model_dim: int = Field(512, gt=0)
+    num_heads: int = Field(8, gt=0)
+    num_kv_heads: int = Field(4, gt=0)
+    mlp_mult: float = Field(2.0, gt=0, description="MLP hidden = round(mlp_mult * model_dim)")
+    activation: Literal["relu2", "leaky_relu2"] = "relu2"
+    tie_embeddings: bool = True
+    tied_embed_init_std: float = Field(0.005, ge=0)
+    rope_base: float = Field(10000.0, gt=0)
+    q_gain_init: float = Field(1.5, description="per-head query gain after q/k RMS norm")
+    logit_softcap: float = Field(30.0, gt=0, description="logits = c * tanh(z / c)")
+
+    @model_validator(mode="after")
+    def _shapes(self) -> ModelConfig:
+        if self.model_dim % self.num_heads:
+            raise ValueError(f"model.model_dim ({self.model_dim}) must be divisible by model.num_heads ({self.num_heads})")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"model.num_heads ({self.num_heads}) must be divisible by model.num_kv_heads ({self.num_kv_heads})")
+        if (self.model_dim // self.num_heads) % 2:
+            raise ValueError("model.model_dim / model.num_heads (the head dim) must be even for RoPE")
+        return self
+
+
+class OptimConfig(Section):
+    """Muon for block matrices, Adam for embeddings / head / small tensors (baseline values)."""
+
+    matrix_lr: float = Field(0.04, ge=0)
+    tied_embed_lr: float = Field(0.05, ge=0)
+    embed_lr: float = Field(0.6, ge=0, description="token embedding LR when embeddings are untied")
+    head_lr: float = Field(0.008, ge=0, description="untied LM head LR")
+    scalar_lr: float = Field(0.04, ge=0)
+    muon_momentum: float = Field(0.95, ge=0, lt=1)
+    muon_momentum_warmup_start: float = Field(0.85, ge=0, lt=1)
+    muon_momentum_warmup_steps: int = Field(500, ge=0)
+    muon_backend_steps: int = Field(5, gt=0, description="Newton-Schulz iterations")
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    adam_eps: float = Field(1e-8, gt=0)
+    grad_clip_norm: float = Field(0.0, ge=0, description="global-norm clip (0: off)")
+
+
+class TrainConfig(Section):
+    """The training loop. Baseline: 524,288 tokens/step of 1024-token sequences, 600 s cap."""
+
+    seed: int = 1337
+    iterations: int = Field(20000, ge=0)
+    train_batch_tokens: int = Field(524288, gt=0)
+    train_seq_len: int = Field(1024, gt=0)
+    grad_accum_steps: int = Field(0, ge=0, description="0: 8 // world_size, as the challenge baseline")
+    warmup_steps: int = Field(20, ge=0, description="compile-warmup steps whose state is restored afterwards")
+    warmdown_iters: int = Field(1200, ge=0)
+    max_wallclock_seconds: float = Field(600.0, ge=0, description="training time cap (0: none)")
+    val_loss_every: int = Field(1000, ge=0, description="periodic validation (0: only at the end)")
+    train_log_every: int = Field(200, ge=0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    run_dir: str = Field("runs", description="runs/<run_id>/ holds config, metrics, logs, checkpoints")
+    run_id: str | None = Field(None, description="None: a timestamped id")
+
+    @model_validator(mode="after")
+    def _batch(self) -> TrainConfig:
+        if self.train_batch_tokens % self.train_seq_len:
+            raise ValueError(
+                f"train.train_batch_tokens ({self.train_batch_tokens}) must be a multiple of "
+                f"train.train_seq_len ({self.train_seq_len})"
+            )
+        return self
+
+
+class EvalConfig(Section):
+    """Validation scoring. stride 0 = non-overlapping windows; stride s > 0 = sliding window."""
+
+    seq_len: int = Field(0, ge=0, description="0: train.train_seq_len")
+    batch_tokens: int = Field(524288, gt=0, description="tokens per evaluation batch, all ranks together")
+    stride: int = Field(0, ge=0, description="sliding-window stride (0: off; the records use 64)")
+    temperature: float = Field(1.0, gt=0)
+
+
+class QuantConfig(Section):
+    """Post-training quantization and compression of the artifact (baseline: per-row int8 + zlib-9)."""
+
+    scheme: Literal["int8"] = "int8"
+    clip_percentile: float = Field(99.99984, gt=0, le=100)
+    keep_float_max_numel: int = Field(65536, ge=0, description="float tensors this small stay fp16")
+    compressor: Literal["zlib", "lzma"] = "zlib"
+    byte_cap: int = Field(16_000_000, gt=0, description="decimal artifact cap: code + compressed model")
+
+
+class TTTConfig(Section):
+    """Legal score-first test-time training (off by default)."""
+
+    enabled: bool = False
+    chunk_tokens: int = Field(32768, gt=0)
+    epochs: int = Field(3, ge=0)
+    lr: float = Field(0.002, ge=0)
+
+
+class NgramConfig(Section):
+    """Legal n-gram cache mixed with the model (off by default)."""
+
+    enabled: bool = False
+    max_order: int = Field(5, ge=2)
+    alpha: float = Field(0.1, ge=0, le=1)
+
+
+class ReportConfig(Section):
+    """Rendering of reports."""
+
+    title: str = ""
+    dpi: int = Field(120, gt=0)
+
+
+SECTIONS = ("data", "model", "optim", "train", "quant", "eval", "ttt", "ngram", "report")
+
+
+class RunConfig(Section):
+    """The whole tree. Built only through ``load_config`` / ``config_from_dict``."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    quant: QuantConfig = QuantConfig()
+    eval: EvalConfig = EvalConfig()
+    ttt: TTTConfig = TTTConfig()
+    ngram: NgramConfig = NgramConfig()
+    report: ReportConfig = ReportConfig()
+
+    @model_validator(mode="after")
+    def _cross(self) -> RunConfig:
+        seq = self.eval.seq_len or self.train.train_seq_len
+        if self.eval.stride > seq:
+            raise ValueError(f"eval.stride ({self.eval.stride}) must not exceed the eval sequence length ({seq})")
+        return self
+
+    @property
+    def eval_seq_len(self) -> int:
+        return self.eval.seq_len or self.train.train_seq_len
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading, merging, errors
+# --------------------------------------------------------------------------------------------------
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _section_model(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that owns the key at ``loc`` (for listing valid keys)."""
+    model: type[BaseModel] = RunConfig
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return model
+
+
+def _describe(err: dict) -> str:
+    loc = tuple(err["loc"])
+    key = ".".join(str(p) for p in loc) or "<top level>"
+    kind, given = err["type"], err.get("input")
+    if kind == "extra_forbidden":
+        owner = _section_model(loc)
+        valid = sorted(owner.model_fields) if owner else []
+        near = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+        hint = f" (did you mean {'.'.join([*map(str, loc[:-1]), near[0]])!r}?)" if near else ""
+        where = f"in {'.'.join(map(str, loc[:-1]))!r}" if len(loc) > 1 else "at the top level"
+        return f"{key}: unknown key{hint}; valid keys {where}: {', '.join(valid)}"
+    if kind == "literal_error":
+        return f"{key}: got {given!r}; expected one of {err['ctx']['expected']}"
+    if kind.endswith("_type") or kind in ("model_type", "model_attributes_type"):
+        want = kind.removesuffix("_type").replace("model", "mapping").replace("_attributes", "")
+        return f"{key}: expected {want}, got {type(given).__name__} {given!r}"
+    if kind == "value_error":
+        return err["msg"].removeprefix("Value error, ")  # our validators name their keys themselves
+    return f"{key}: {err['msg']} (got {given!r})"
+
+
+def config_from_dict(raw: Any, source: str = "<dict>") -> RunConfig:
+    """Validate a plain dict into a RunConfig; errors name ``source`` and every bad key."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections ({', '.join(SECTIONS)}), got {type(raw).__name__}")
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        lines = [_describe(err) for err in e.errors()]
+        raise ConfigError(f"{source}: invalid config:\n  " + "\n  ".join(lines)) from None
+
+
+def _read_yaml_tree(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    path = path.resolve()
+    if path in chain:
+        raise ConfigError(f"{path}: 'extends' cycle: {' -> '.join(map(str, (*chain, path)))}")
+    if not path.is_file():
+        where = f" (extended by {chain[-1]})" if chain else ""
+        raise ConfigError(f"{path}: params file not found{where}")
+    raw = _yaml_load(path.read_text(encoding="utf-8"), str(path))
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    bases = raw.pop("extends", [])
+    bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: 'extends' must be a path or a list of paths, got {bases!r}")
+    merged: dict = {}
+    for base in bases:
+        merged = _deep_merge(merged, _read_yaml_tree(path.parent / base, (*chain, path)))
+    return _deep_merge(merged, raw)
+
+
+def parse_overrides(items: list[str] | dict[str, Any] | None) -> dict:
+    """``["model.num_layers=11", "train.seed=7"]`` (or a dotted dict) -> nested dict, values as YAML."""
+    if not items:
+        return {}
+    pairs = items.items() if isinstance(items, dict) else []
+    if not isinstance(items, dict):
+        parsed = []
+        for item in items:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. model.num_layers=11")
+            k, v = item.split("=", 1)
+            parsed.append((k.strip(), _yaml_load(v, f"override {item!r}")))
+        pairs = parsed
+    out: dict = {}
+    for dotted, value in pairs:
+        node = out
+        parts = dotted.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {dotted!r}: {p!r} is set to a value and also used as a section")
+        node[parts[-1]] = value
+    return out
+
+
+def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> RunConfig:
+    """Load ``path`` (following ``extends``), apply overrides, validate. The only door into a RunConfig."""
+    path = Path(path)
+    raw = _read_yaml_tree(path)
+    over = parse_overrides(overrides)
+    source = str(path) + (f" with overrides {overrides!r}" if over else "")
+    return config_from_dict(_deep_merge(raw, over), source)
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    return cfg.model_dump(mode="json")
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    """The fully resolved config, every key present, in section order: what reports and runs record."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
+
+
+def describe_schema() -> list[tuple[str, str, Any, str]]:
+    """(dotted key, type, default, description) for every field: the frozen key surface."""
+    rows = []
+    for sec in SECTIONS:
+        model = RunConfig.model_fields[sec].annotation
+        for name, f in model.model_fields.items():
+            ann = f.annotation
+            tname = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+            rows.append((f"{sec}.{name}", tname, f.default, f.description or ""))
+    return rows

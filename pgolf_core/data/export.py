@@ -1,0 +1,239 @@
+"""Documents -> challenge shards (records.md A3), with a manifest of what was written.
+
+Each document is encoded as ``[BOS] + tokens`` (no EOS). The first ``val_docs`` documents go to
+``fineweb_val_*.bin``, the rest to ``fineweb_train_*.bin``; the validation buffer is flushed before the
+first training document, so the two splits never share a shard. Training documents may straddle
+shard boundaries. A whole dataset is built in ``<out>.partial/`` and renamed into place at the end, so a
+crash never leaves a half-written dataset behind a valid-looking manifest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+import pgolf_core
+from pgolf_core.atomic import atomic_write_json
+from pgolf_core.data.shards import ShardError, write_shard
+from pgolf_core.data.tokenizer import BOS_ID, file_sha256, load_tokenizer
+from pgolf_core.data.tokenizer_bytes import build_byte_luts, token_bytes
+
+MANIFEST_NAME = "manifest.json"
+MANIFEST_FORMAT = "pgolf-shards/1"
+CHALLENGE_SHARD_TOKENS = 10**8
+
+
+class ExportError(ValueError):
+    """Input documents or export settings are unusable; the message says which and why."""
+
+
+def iter_jsonl_texts(path: str | os.PathLike, text_field: str = "text") -> Iterator[str]:
+    """Yield ``record[text_field]`` from a JSONL file; errors name the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{path}: documents file not found")
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ExportError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(record, dict) or text_field not in record:
+                keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+                raise ExportError(f"{path}:{lineno}: no {text_field!r} field (found {keys})")
+            text = record[text_field]
+            if not isinstance(text, str):
+                raise ExportError(f"{path}:{lineno}: field {text_field!r} is {type(text).__name__}, expected a string")
+            yield text
+
+
+@dataclass
+class SplitStats:
+    documents: int = 0
+    tokens: int = 0
+    bytes: int = 0
+    shards: list[dict] = field(default_factory=list)
+
+    @property
+    def bytes_per_token(self) -> float:
+        return self.bytes / self.tokens if self.tokens else 0.0
+
+
+class _ShardWriter:
+    """Buffers tokens of one split and writes fixed-size shards named like the challenge's."""
+
+    def __init__(self, out_dir: Path, split: str, shard_tokens: int, vocab_size: int, stats: SplitStats):
+        self.out_dir, self.split, self.shard_tokens = out_dir, split, shard_tokens
+        self.vocab_size, self.stats = vocab_size, stats
+        self.parts: list[np.ndarray] = []
+        self.buffered = 0
+
+    def add(self, tokens: np.ndarray) -> None:
+        while tokens.size:
+            room = self.shard_tokens - self.buffered
+            self.parts.append(tokens[:room])
+            self.buffered += min(room, tokens.size)
+            tokens = tokens[room:]
+            if self.buffered == self.shard_tokens:
+                self.flush()
+
+    def flush(self) -> None:
+        if not self.buffered:
+            return
+        name = f"fineweb_{self.split}_{len(self.stats.shards):06d}.bin"
+        write_shard(self.out_dir / name, np.concatenate(self.parts), vocab_size=self.vocab_size)
+        self.stats.shards.append({"file": name, "tokens": self.buffered})
+        self.parts, self.buffered = [], 0
+
+
+def _batches(docs: Iterable[str], n: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for d in docs:
+        if not isinstance(d, str):
+            raise ExportError(f"documents must be strings, got {type(d).__name__}")
+        batch.append(d)
+        if len(batch) == n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def unigram_bpb(train_counts: np.ndarray, val_target_counts: np.ndarray, val_bytes: int) -> float:
+    """bpb of the validation targets under the training unigram distribution (add-one smoothed).
+
+    A floor any trained model must beat by a wide margin: it knows token frequencies and nothing else.
+    """
+    probs = (train_counts + 1.0) / (train_counts.sum() + train_counts.size)
+    nll = -float(np.dot(val_target_counts, np.log(probs)))
+    return nll / (math.log(2.0) * val_bytes) if val_bytes else float("nan")
+
+
+def export_documents(
+    docs: Iterable[str],
+    tokenizer_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    val_docs: int,
+    shard_tokens: int = CHALLENGE_SHARD_TOKENS,
+    corpus_name: str = "custom",
+    batch_docs: int = 512,
+    progress: bool = True,
+) -> dict:
+    """Tokenize ``docs`` into shards under ``out_dir`` and write ``manifest.json``; returns the manifest."""
+    if val_docs < 0:
+        raise ExportError(f"val_docs must be >= 0, got {val_docs}")
+    if shard_tokens <= 0:
+        raise ExportError(f"shard_tokens must be > 0, got {shard_tokens}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sp = load_tokenizer(tokenizer_path)
+    vocab = int(sp.vocab_size())
+    if vocab > 1 << 16:
+        raise ExportError(f"{tokenizer_path}: vocab size {vocab} does not fit uint16 shards (max 65536)")
+    luts = build_byte_luts(sp, vocab)
+    splits = {"val": SplitStats(), "train": SplitStats()}
+    writers = {s: _ShardWriter(out_dir, s, shard_tokens, vocab, splits[s]) for s in splits}
+    train_counts = np.zeros(vocab, dtype=np.int64)
+    val_counts = np.zeros(vocab, dtype=np.int64)
+    corpus_hash = hashlib.sha256()
+    seen = 0
+    bar = tqdm(desc=f"export {corpus_name}", unit="doc", disable=not progress, mininterval=5)
+    for batch in _batches(docs, batch_docs):
+        for text, ids in zip(batch, sp.encode(batch), strict=True):
+            raw = text.encode("utf-8")
+            corpus_hash.update(len(raw).to_bytes(8, "little") + raw)
+            split = "val" if seen < val_docs else "train"
+            if split == "train" and seen == val_docs:
+                writers["val"].flush()  # val never shares a shard with train
+            tokens = np.asarray([BOS_ID, *ids], dtype=np.int64)
+            stats = splits[split]
+            stats.documents += 1
+            stats.tokens += tokens.size
+            stats.bytes += int(token_bytes(tokens[:-1], tokens[1:], luts).sum())
+            counts = train_counts if split == "train" else val_counts
+            counts += np.bincount(tokens, minlength=vocab)
+            writers[split].add(tokens)
+            seen += 1
+        bar.update(len(batch))
+    bar.close()
+    if seen < val_docs:
+        raise ExportError(f"asked for {val_docs} validation documents but the corpus has only {seen}")
+    for w in writers.values():
+        w.flush()
+    if val_counts.sum():
+        val_counts[BOS_ID] -= 1  # the stream's first token is context, never a target
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "created_by": f"pgolf {pgolf_core.__version__}",
+        "corpus": {"name": corpus_name, "sha256": corpus_hash.hexdigest(), "documents": seen},
+        "tokenizer": {
+            "file": os.path.relpath(Path(tokenizer_path).resolve(), out_dir.resolve()),
+            "sha256": file_sha256(tokenizer_path),
+            "vocab_size": vocab,
+        },
+        "shard_tokens": shard_tokens,
+        "splits": {name: {**asdict(s), "bytes_per_token": s.bytes_per_token} for name, s in splits.items()},
+        "unigram_bpb": unigram_bpb(train_counts, val_counts, splits["val"].bytes),
+    }
+    atomic_write_json(out_dir / MANIFEST_NAME, manifest)
+    return manifest
+
+
+@contextlib.contextmanager
+def staged_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a fresh ``<out>.partial`` folder; on success it replaces ``out_dir`` in one rename."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise ExportError(f"{out_dir} already exists; pass --force (overwrite=True) to rebuild it")
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    yield partial
+    old = out_dir.with_name(out_dir.name + ".old")
+    if out_dir.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out_dir, old)
+    os.replace(partial, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_manifest(data_dir: str | os.PathLike) -> dict:
+    path = Path(data_dir) / MANIFEST_NAME
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no dataset manifest (build one with `pgolf data smoke` or `pgolf data export`)")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ShardError(f"{path}: manifest is not valid JSON ({e.msg})") from None
+    if manifest.get("format") != MANIFEST_FORMAT:
+        raise ShardError(f"{path}: manifest format {manifest.get('format')!r}, expected {MANIFEST_FORMAT!r}")
+    return manifest
+
+
+def describe_manifest(manifest: dict, where: str | os.PathLike = "") -> str:
+    """A human summary: documents, tokens, bytes and bytes per token per split."""
+    corpus, tok = manifest["corpus"], manifest["tokenizer"]
+    lines = [
+        f"dataset {corpus['name']!r}" + (f" at {where}" if where else "") + f"  (corpus sha256 {corpus['sha256'][:12]})",
+        f"tokenizer {tok['file']}  vocab {tok['vocab_size']}  sha256 {tok['sha256'][:12]}",
+        f"{'split':<6}{'documents':>11}{'tokens':>12}{'bytes':>12}{'bytes/token':>13}{'shards':>8}",
+    ]
+    for name, s in manifest["splits"].items():
+        lines.append(
+            f"{name:<6}{s['documents']:>11,}{s['tokens']:>12,}{s['bytes']:>12,}{s['bytes_per_token']:>13.4f}{len(s['shards']):>8}"
+        )
+    lines.append(f"unigram bpb of val under the train unigram distribution: {manifest['unigram_bpb']:.4f}")
+    return "\n".join(lines)

@@ -1,0 +1,68 @@
+"""The `pgolf` command: help, the smoke build, dataset checks, config commands, clear failures."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from pgolf_core.cli import main
+from pgolf_core.data.shards import write_shard
+from tests.conftest import REPO
+
+
+def run(args: list[str]) -> subprocess.CompletedProcess:
+    """Run the installed console script (falls back to the module when not installed)."""
+    script = Path(sys.executable).with_name("pgolf")
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "pgolf_core.cli"]
+    return subprocess.run(cmd + args, capture_output=True, text=True, cwd=REPO, timeout=300)
+
+
+def test_help_lists_subcommands():
+    out = run(["--help"])
+    assert out.returncode == 0 and "data" in out.stdout and "config" in out.stdout
+    out = run(["data", "--help"])
+    assert out.returncode == 0 and all(c in out.stdout for c in ("smoke", "export", "fetch", "info"))
+
+
+def test_data_smoke_builds_and_reports_numbers(tmp_path, capsys):
+    out = tmp_path / "smoke"
+    assert main(["data", "smoke", "--out", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "NOT FineWeb" in text and "bytes/token" in text and "documents" in text
+    assert (out / "manifest.json").is_file() and (out / "tokenizer.model").is_file()
+    assert main(["data", "smoke", "--out", str(out)]) == 0  # a second call reports, does not rebuild
+    assert "already built" in capsys.readouterr().out
+
+
+def test_data_info_checks_headers(smoke_dir, tmp_path, capsys):
+    assert main(["data", "info", str(smoke_dir)]) == 0
+    assert "headers and sizes OK" in capsys.readouterr().out
+    bad = tmp_path / "bad"
+    write_shard(bad / "fineweb_val_000000.bin", [1, 2, 3])
+    (bad / "fineweb_val_000000.bin").write_bytes((bad / "fineweb_val_000000.bin").read_bytes()[:-1])
+    assert main(["data", "info", str(bad)]) == 2
+    assert "fineweb_val_000000.bin: truncated" in capsys.readouterr().err
+
+
+def test_data_export_trains_a_tokenizer_from_jsonl(tmp_path, capsys):
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(f'{{"text": "Line {i}: the quick brown fox jumps over the lazy dog."}}\n' for i in range(60)))
+    out = tmp_path / "ds"
+    assert main(["data", "export", str(docs), "--out", str(out), "--val-docs", "5", "--vocab-size", "300", "--quiet"]) == 0
+    assert "val" in capsys.readouterr().out and (out / "tokenizer.model").is_file()
+    assert main(["data", "export", str(docs), "--out", str(out), "--val-docs", "5", "--vocab-size", "300"]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_config_commands(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(REPO)
+    assert main(["config", "show", "params/smoke/train.yaml", "--set", "model.num_layers=3"]) == 0
+    assert "num_layers: 3" in capsys.readouterr().out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train:\n  iterationz: 5\n")
+    assert main(["config", "check", "params/smoke/train.yaml", str(bad)]) == 1
+    captured = capsys.readouterr()
+    assert "ok   params/smoke/train.yaml" in captured.out and "train.iterationz: unknown key" in captured.err
+    assert main(["config", "keys"]) == 0
+    assert "model.num_layers" in capsys.readouterr().out

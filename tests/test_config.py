@@ -1,0 +1,171 @@
+"""The typed config tree: every params file loads, bad input is rejected before any compute."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from pgolf_core.config import (
+    SECTIONS,
+    ConfigError,
+    RunConfig,
+    config_from_dict,
+    describe_schema,
+    load_config,
+    to_yaml,
+)
+from tests.conftest import REPO
+
+PARAMS = sorted((REPO / "params").rglob("*.yaml"))
+
+
+def write(tmp_path: Path, text: str, name: str = "p.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_params_folder_has_both_suites():
+    names = {p.relative_to(REPO / "params").as_posix() for p in PARAMS}
+    assert {"smoke/train.yaml", "h100x8/baseline.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", PARAMS, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_every_params_file_loads_and_round_trips(path, tmp_path):
+    cfg = load_config(path)
+    again = load_config(write(tmp_path, to_yaml(cfg)))
+    assert again == cfg
+    assert list(again.model_dump()) == list(SECTIONS)
+
+
+def test_defaults_are_the_challenge_baseline(tmp_path):
+    cfg = load_config(write(tmp_path, ""))
+    assert cfg == RunConfig()
+    m, o, t = cfg.model, cfg.optim, cfg.train
+    assert (m.vocab_size, m.num_layers, m.model_dim, m.num_heads, m.num_kv_heads, m.mlp_mult) == (1024, 9, 512, 8, 4, 2.0)
+    assert (m.activation, m.tie_embeddings, m.tied_embed_init_std, m.q_gain_init, m.logit_softcap) == ("relu2", True, 0.005, 1.5, 30.0)
+    assert (o.matrix_lr, o.tied_embed_lr, o.scalar_lr, o.muon_momentum, o.muon_backend_steps) == (0.04, 0.05, 0.04, 0.95, 5)
+    assert (t.train_batch_tokens, t.train_seq_len, t.max_wallclock_seconds) == (524288, 1024, 600.0)
+    assert (cfg.quant.scheme, cfg.quant.compressor, cfg.quant.byte_cap) == ("int8", "zlib", 16_000_000)
+
+
+def test_unknown_key_names_file_key_valid_keys_and_a_guess(tmp_path):
+    path = write(tmp_path, "model:\n  num_layerz: 11\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert str(path) in msg
+    assert "model.num_layerz: unknown key (did you mean 'model.num_layers'?)" in msg
+    assert "valid keys in 'model': activation, " in msg and "num_kv_heads" in msg
+
+
+def test_unknown_section_lists_the_sections(tmp_path):
+    with pytest.raises(ConfigError, match=r"modell: unknown key \(did you mean 'model'\?\); valid keys at the top level: data, eval, model"):
+        load_config(write(tmp_path, "modell: {}\n"))
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("model:\n  num_layers: '9'\n", "model.num_layers: expected int, got str '9'"),
+        ("model:\n  num_layers: 9.0\n", "model.num_layers: expected int, got float 9.0"),
+        ("model:\n  tie_embeddings: 1\n", "model.tie_embeddings: expected bool, got int 1"),
+        ("train:\n  max_wallclock_seconds: ten\n", "train.max_wallclock_seconds: expected float, got str 'ten'"),
+        ("model: 3\n", "model: expected mapping, got int 3"),
+        ("model:\n  activation: gelu\n", "model.activation: got 'gelu'; expected one of 'relu2' or 'leaky_relu2'"),
+        ("data:\n  variant: sp4096\n", "data.variant: got 'sp4096'; expected one of 'sp1024' or 'sp8192'"),
+        ("model:\n  model_dim: 100\n", "model.model_dim (100) must be divisible by model.num_heads (8)"),
+        ("model:\n  num_kv_heads: 3\n", "model.num_heads (8) must be divisible by model.num_kv_heads (3)"),
+        ("train:\n  train_batch_tokens: 1000\n", "train.train_batch_tokens (1000) must be a multiple of train.train_seq_len (1024)"),
+        ("eval:\n  stride: 2048\n", "eval.stride (2048) must not exceed the eval sequence length (1024)"),
+        ("data:\n  source: local\n", "data.source 'local' needs both data.root and data.tokenizer"),
+        ("optim:\n  matrix_lr: -1.0\n", "optim.matrix_lr: Input should be greater than or equal to 0"),
+    ],
+)
+def test_bad_values_are_rejected_with_the_key_and_the_expectation(tmp_path, text, expected):
+    with pytest.raises(ConfigError, match=re.escape(expected)):
+        load_config(write(tmp_path, text))
+
+
+def test_every_error_is_reported_at_once(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, "model:\n  num_layers: x\n  bogus: 1\ntrain:\n  seed: y\n"))
+    assert str(e.value).count("\n  ") == 3
+
+
+def test_duplicate_keys_are_an_error_with_lines(tmp_path):
+    with pytest.raises(ConfigError, match=r"duplicate key 'seed' at line 3 \(first at line 2\)"):
+        load_config(write(tmp_path, "train:\n  seed: 1\n  seed: 2\n"))
+
+
+def test_scientific_notation_without_a_dot_is_a_float(tmp_path):
+    """YAML 1.1 reads 1e-9 as a string; params files mean a number."""
+    assert load_config(write(tmp_path, "optim:\n  adam_eps: 1e-9\n")).optim.adam_eps == 1e-9
+
+
+def test_extends_deep_merges_and_overrides_win(tmp_path):
+    write(tmp_path, "model:\n  num_layers: 11\n  model_dim: 256\ntrain:\n  seed: 1\n", "base.yaml")
+    child = write(tmp_path, "extends: base.yaml\nmodel:\n  num_layers: 5\n", "child.yaml")
+    cfg = load_config(child, ["model.model_dim=128", "train.seed=7", "model.activation=leaky_relu2"])
+    assert (cfg.model.num_layers, cfg.model.model_dim, cfg.train.seed, cfg.model.activation) == (5, 128, 7, "leaky_relu2")
+    assert load_config(child, {"data.val_max_tokens": 9}).data.val_max_tokens == 9
+
+
+def test_bad_overrides_and_extends_are_errors(tmp_path):
+    p = write(tmp_path, "extends: missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"missing\.yaml: params file not found \(extended by .*p\.yaml\)"):
+        load_config(p)
+    a = write(tmp_path, "extends: b.yaml\n", "a.yaml")
+    write(tmp_path, "extends: a.yaml\n", "b.yaml")
+    with pytest.raises(ConfigError, match="'extends' cycle"):
+        load_config(a)
+    ok = write(tmp_path, "", "ok.yaml")
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        load_config(ok, ["model.num_layers"])
+    with pytest.raises(ConfigError, match=r"(?s)with overrides .*model\.nmu_layers: unknown key"):
+        load_config(ok, ["model.nmu_layers=3"])
+    with pytest.raises(ConfigError, match="params file not found"):
+        load_config(tmp_path / "nowhere.yaml")
+
+
+def test_not_a_mapping_and_invalid_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="expected a mapping of sections, got list"):
+        load_config(write(tmp_path, "- 1\n- 2\n"))
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "model: [unclosed\n"))
+    with pytest.raises(ConfigError, match="<dict>: expected a mapping"):
+        config_from_dict(3)
+
+
+def test_config_is_frozen():
+    cfg = RunConfig()
+    with pytest.raises(Exception, match="frozen"):
+        cfg.model.num_layers = 3  # type: ignore[misc]
+
+
+def test_data_paths_follow_source_and_variant():
+    assert str(RunConfig().data.root_path()) == "data/datasets/fineweb10B_sp1024"
+    assert str(RunConfig().data.tokenizer_path()) == "data/tokenizers/fineweb_1024_bpe.model"
+    smoke = config_from_dict({"data": {"source": "smoke"}}).data
+    assert (str(smoke.root_path()), str(smoke.tokenizer_path())) == ("data/smoke", "data/smoke/tokenizer.model")
+    sp8192 = config_from_dict({"data": {"variant": "sp8192"}}).data
+    assert str(sp8192.tokenizer_path()) == "data/tokenizers/fineweb_8192_bpe.model"
+
+
+def test_schema_lists_every_key_with_a_default():
+    rows = describe_schema()
+    keys = [r[0] for r in rows]
+    assert len(keys) == len(set(keys)) and {k.split(".")[0] for k in keys} == set(SECTIONS)
+    assert ("model.num_layers", "int", 9) == rows[keys.index("model.num_layers")][:3]
+
+
+def test_hyperparameters_never_come_from_the_environment():
+    """Only pgolf_core/dist.py may read os.environ (torchrun's RANK / WORLD_SIZE / LOCAL_RANK)."""
+    offenders = []
+    for path in (REPO / "pgolf_core").rglob("*.py"):
+        text = path.read_text()
+        if re.search(r"os\.environ|os\.getenv|getenv\(", text) and path.name != "dist.py":
+            offenders.append(path.relative_to(REPO).as_posix())
+    assert offenders == []
