@@ -119,48 +119,103 @@ class DataConfig(Section):
 
 
 class ModelConfig(Section):
-    """The GPT. Defaults are the challenge baseline (9x512, 8 heads / 4 KV heads, relu^2 MLP 2x)."""
+    """The GPT. Defaults are the challenge baseline (9x512, 8 heads / 4 KV heads, relu^2 MLP 2x).
+
+    Every record trick is a flag whose default is off (records.md B); its code sits next to the
+    component it changes in pgolf_core/model/.
+    """
 
     vocab_size: int = Field(1024, gt=0, lt=65536, description="must equal the tokenizer's vocab size")
-    num_layers: int = Field(9, gt=0)
+    num_layers: int = Field(9, gt=0, description="physical blocks")
     model_dim: int = Field(512, gt=0)
     num_heads: int = Field(8, gt=0)
     num_kv_heads: int = Field(4, gt=0)
-    mlp_mult: float = Field(2.0, gt=0, description="MLP hidden = round(mlp_mult * model_dim)")
-    activation: Literal["relu2", "leaky_relu2"] = "relu2"
+    mlp_mult: float = Field(2.0, gt=0, description="MLP hidden = int(mlp_mult * model_dim)")
+    activation: Literal["relu2", "leaky_relu2"] = Field("relu2", description="leaky_relu2: PR #549, -0.003 bpb")
+    leaky_slope: float = Field(0.5, ge=0, description="negative slope of leaky_relu2")
     tie_embeddings: bool = True
     tied_embed_init_std: float = Field(0.005, ge=0)
     rope_base: float = Field(10000.0, gt=0)
+    rope_dims: int = Field(0, ge=0, description="rotated dims per head (0: all; records use 16 of 64)")
+    rope_train_seq_len: int = Field(0, ge=0, description="NTK base rescale beyond this length (0: off; #549 used 1024)")
     q_gain_init: float = Field(1.5, description="per-head query gain after q/k RMS norm")
     logit_softcap: float = Field(30.0, gt=0, description="logits = c * tanh(z / c)")
+    ln_scale: bool = Field(False, description="scale normalized block inputs by 1/sqrt(layer+1) (#549)")
+    xsa_last_n: int = Field(0, ge=0, description="exclusive self-attention on the last N physical layers")
+    skip_gates: bool = Field(False, description="sigmoid-gated U-Net skips (#1218 on)")
+    loop_start: int = Field(0, ge=0, description="depth recurrence: first physical block of the looped segment")
+    loop_end: int = Field(0, ge=0, description="depth recurrence: last physical block of the segment (inclusive)")
+    num_loops: int = Field(0, ge=0, description="extra passes over the segment (0: no recurrence)")
+    loop_enable_frac: float = Field(0.0, ge=0, le=1, description="training-time fraction at which looping turns on")
+    parallel_residual: Literal["none", "gptj", "two_lane"] = Field("none", description="gptj: #1412/#1493; two_lane: #1204/#1855")
+    parallel_start_layer: int = Field(7, ge=0, description="first physical layer with parallel residuals")
+    smear_gate: Literal["none", "v1", "v2"] = Field("none", description="v1: #549 (after norm); v2: #1667+ (before norm)")
+    smear_width: int = Field(12, gt=0, description="v2: input dims of the smear gate")
+    smear_bos_fix: bool = Field(True, description="v2: no smear into a BOS token (#1851 fix)")
+    bigram_vocab: int = Field(0, ge=0, description="BigramHash buckets (0: off; #549 used 1536)")
+    bigram_dim: int = Field(128, gt=0)
+    ve_dim: int = Field(0, ge=0, description="value-embedding width (0: off; #549 used 128)")
+    ve_layers: list[int] = Field(default_factory=list, description="physical layers whose V gets the value embedding")
+    attn_gate: Literal["none", "dense", "sparse"] = Field("none", description="dense: #1736; sparse: #1787+")
+    attn_gate_width: int = Field(12, gt=0, description="sparse gate: input dims")
+    attn_gate_scale: float = Field(1.0, description="sparse gate: logit scale c")
+    attn_gate_init_std: float = Field(0.005, ge=0, description="dense gate: init std")
+    window_size: int = Field(0, ge=0, description="sliding-window attention span in tokens (0: full causal)")
+    window_layers: list[int] = Field(default_factory=list, description="physical layers with the window (empty: all)")
+    ortho_init: bool = Field(False, description="orthogonal init of matrices with both dims >= 64 (#549)")
+    attn_backend: Literal["auto", "fa3", "fa2", "sdpa"] = Field("auto", description="auto: FA3, then FA2, then SDPA")
 
     @model_validator(mode="after")
     def _shapes(self) -> ModelConfig:
+        L = self.num_layers
         if self.model_dim % self.num_heads:
             raise ValueError(f"model.model_dim ({self.model_dim}) must be divisible by model.num_heads ({self.num_heads})")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(f"model.num_heads ({self.num_heads}) must be divisible by model.num_kv_heads ({self.num_kv_heads})")
-        if (self.model_dim // self.num_heads) % 2:
+        head_dim = self.model_dim // self.num_heads
+        if head_dim % 2:
             raise ValueError("model.model_dim / model.num_heads (the head dim) must be even for RoPE")
+        if self.rope_dims % 2 or self.rope_dims > head_dim:
+            raise ValueError(f"model.rope_dims ({self.rope_dims}) must be even and at most the head dim ({head_dim})")
+        if self.xsa_last_n > L:
+            raise ValueError(f"model.xsa_last_n ({self.xsa_last_n}) exceeds model.num_layers ({L})")
+        if self.num_loops and not (self.loop_start <= self.loop_end < L):
+            raise ValueError(f"model.loop_start..loop_end ({self.loop_start}..{self.loop_end}) must lie in 0..{L - 1}")
+        for key in ("ve_layers", "window_layers"):
+            bad = [i for i in getattr(self, key) if not 0 <= i < L]
+            if bad:
+                raise ValueError(f"model.{key} has layers {bad} outside 0..{L - 1}")
+        if self.ve_layers and not self.ve_dim:
+            raise ValueError("model.ve_layers is set but model.ve_dim is 0; set model.ve_dim (e.g. 128)")
+        if self.bigram_vocab == 1:
+            raise ValueError("model.bigram_vocab must be 0 (off) or at least 2")
+        if self.smear_width > self.model_dim or self.attn_gate_width > self.model_dim:
+            raise ValueError("model.smear_width and model.attn_gate_width must not exceed model.model_dim")
         return self
 
 
 class OptimConfig(Section):
-    """Muon for block matrices, Adam for embeddings / head / small tensors (baseline values)."""
+    """Muon for block matrices, Adam(W) for embeddings / head / small tensors (baseline values)."""
 
     matrix_lr: float = Field(0.04, ge=0)
     tied_embed_lr: float = Field(0.05, ge=0)
     embed_lr: float = Field(0.6, ge=0, description="token embedding LR when embeddings are untied")
     head_lr: float = Field(0.008, ge=0, description="untied LM head LR")
-    scalar_lr: float = Field(0.04, ge=0)
+    scalar_lr: float = Field(0.04, ge=0, description="small / control tensors and auxiliary projections")
+    table_lr: float = Field(0.0, ge=0, description="bigram / value-embedding tables (0: the token embedding LR)")
     muon_momentum: float = Field(0.95, ge=0, lt=1)
     muon_momentum_warmup_start: float = Field(0.85, ge=0, lt=1)
     muon_momentum_warmup_steps: int = Field(500, ge=0)
     muon_backend_steps: int = Field(5, gt=0, description="Newton-Schulz iterations")
+    muon_coefficients: Literal["quintic", "polar_express"] = Field("quintic", description="polar_express: #1787+")
+    muon_row_norm: bool = Field(False, description="MuonEq-R: normalize rows before Newton-Schulz (#1285)")
+    muon_weight_decay: float = Field(0.0, ge=0, description="decoupled: p *= 1 - lr * wd")
+    embed_weight_decay: float = Field(0.0, ge=0)
+    adam_weight_decay: float = Field(0.0, ge=0, description="scalar / head / table groups")
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.95, ge=0, lt=1)
     adam_eps: float = Field(1e-8, gt=0)
-    grad_clip_norm: float = Field(0.0, ge=0, description="global-norm clip (0: off)")
+    grad_clip_norm: float = Field(0.0, ge=0, description="global-norm clip of the averaged gradient (0: off)")
 
 
 class TrainConfig(Section):
@@ -168,15 +223,23 @@ class TrainConfig(Section):
 
     seed: int = 1337
     iterations: int = Field(20000, ge=0)
-    train_batch_tokens: int = Field(524288, gt=0)
+    train_batch_tokens: int = Field(524288, gt=0, description="global tokens per optimizer step")
     train_seq_len: int = Field(1024, gt=0)
     grad_accum_steps: int = Field(0, ge=0, description="0: 8 // world_size, as the challenge baseline")
     warmup_steps: int = Field(20, ge=0, description="compile-warmup steps whose state is restored afterwards")
-    warmdown_iters: int = Field(1200, ge=0)
-    max_wallclock_seconds: float = Field(600.0, ge=0, description="training time cap (0: none)")
+    warmdown_iters: int = Field(1200, ge=0, description="linear LR warmdown length in steps (wallclock-aware under a cap)")
+    warmdown_frac: float = Field(0.0, ge=0, le=1, description="> 0: warmdown over this fraction of training (#1394+)")
+    min_lr: float = Field(0.0, ge=0, le=1, description="floor of the LR multiplier in frac warmdown (#1787: 0.1)")
+    max_wallclock_seconds: float = Field(600.0, ge=0, description="training time cap, eval excluded (0: none)")
+    ema_decay: float = Field(0.0, ge=0, lt=1, description="EMA of weights (0: off; records use 0.997)")
     val_loss_every: int = Field(1000, ge=0, description="periodic validation (0: only at the end)")
     train_log_every: int = Field(200, ge=0)
+    checkpoint_every: int = Field(0, ge=0, description="steps between resumable checkpoints (0: only the final one)")
+    resume: bool = Field(True, description="continue from runs/<run_id>/checkpoints/last.pt when present")
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = Field(True, description="torch.compile the model on CUDA (never on CPU)")
+    autocast: bool = Field(True, description="bf16 autocast on CUDA (CPU runs in fp32)")
+    progress: bool = Field(True, description="tqdm bar on rank 0")
     run_dir: str = Field("runs", description="runs/<run_id>/ holds config, metrics, logs, checkpoints")
     run_id: str | None = Field(None, description="None: a timestamped id")
 
