@@ -28,11 +28,13 @@ $(STAMP): pyproject.toml
 test: setup  ## run the whole test suite (this is what CI runs)
 	$(PY) -m pytest -q tests
 
-smoke: setup  ## the main job on the embedded smoke corpus
+smoke: setup  ## the main job on the embedded smoke corpus: data, then a smoke training run
 	$(PGOLF) data smoke
+	$(PGOLF) train params/smoke/train.yaml
 
 bench: setup  ## run the benchmarks under bench/ (by hand; numbers go to bench/README.md)
 	$(PY) bench/data_throughput.py
+	$(PY) bench/train_throughput.py
 
 clean:  ## remove the venv, built data and runs
 	rm -rf $(VENV) data runs .pytest_cache

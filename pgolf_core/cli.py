@@ -4,6 +4,7 @@
     pgolf data export DOCS      any JSONL / text documents -> challenge shards
     pgolf data fetch            download the official FineWeb shards and tokenizer (pods)
     pgolf data info DIR         check every shard's header and summarize a dataset
+    pgolf train PARAMS          train (in this process, or under torchrun with --nproc N)
     pgolf config show PARAMS    the fully resolved config (with --set overrides)
     pgolf config check PARAMS.. validate params files before launching anything
     pgolf config keys           every config key with its type, default and meaning
@@ -92,6 +93,23 @@ def _cmd_data_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from pgolf_core.config import load_config
+
+    load_config(args.params, args.set)  # fail on a bad config before launching anything
+    sets = [a for s in args.set for a in ("--set", s)]
+    if args.nproc == 1:
+        from pgolf_core.train import main as train_main
+
+        return train_main([args.params, *sets])
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+           "-m", "pgolf_core.train", args.params, *sets]
+    print("launching:", " ".join(cmd), flush=True)
+    return subprocess.call(cmd)
+
+
 def _cmd_config_show(args: argparse.Namespace) -> int:
     from pgolf_core.config import load_config, to_yaml
 
@@ -127,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="pgolf", description="Parameter Golf research suite.")
     p.add_argument("--version", action="version", version=f"pgolf {__version__}")
-    sub = p.add_subparsers(dest="group", required=True, metavar="{data,config}")
+    sub = p.add_subparsers(dest="group", required=True, metavar="{data,train,config}")
 
     data = sub.add_parser("data", help="datasets: smoke corpus, export, official download, checks")
     dsub = data.add_subparsers(dest="cmd", required=True, metavar="{smoke,export,fetch,info}")
@@ -165,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     i = dsub.add_parser("info", help="check every shard header and print the dataset summary")
     i.add_argument("dir", help="dataset folder")
     i.set_defaults(fn=_cmd_data_info)
+
+    t = sub.add_parser("train", help="train a model from a params file (writes runs/<run_id>/)")
+    t.add_argument("params", help="a YAML file under params/")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.iterations=50")
+    t.add_argument("--nproc", type=int, default=1, help="processes on this node (torchrun when > 1; default 1)")
+    t.set_defaults(fn=_cmd_train)
 
     cfg = sub.add_parser("config", help="params files: show, check, list keys")
     csub = cfg.add_subparsers(dest="cmd", required=True, metavar="{show,check,keys}")

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# The challenge's official tokenizers ship beside the checkout in ../shared/ on the team's machines;
-# a user's clone has no ../shared, so tests that need them skip.
-OFFICIAL_TOKENIZERS = REPO.parent / "shared" / "data" / "tokenizers"
+# The challenge's official tokenizers: beside the checkout in ../shared/ on the team's machines, or in
+# data/tokenizers/ after `pgolf data fetch`; where neither exists, tests that need them skip.
+OFFICIAL_TOKENIZER_DIRS = (REPO.parent / "shared" / "data" / "tokenizers", REPO / "data" / "tokenizers")
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +29,7 @@ def smoke_manifest(smoke_dir) -> dict:
 
 
 def official_tokenizer(name: str) -> Path:
-    path = OFFICIAL_TOKENIZERS / name
-    if not path.is_file():
-        pytest.skip(f"official tokenizer {name} not available at {OFFICIAL_TOKENIZERS}")
-    return path
+    for folder in OFFICIAL_TOKENIZER_DIRS:
+        if (folder / name).is_file():
+            return folder / name
+    pytest.skip(f"official tokenizer {name} not found in {[str(d) for d in OFFICIAL_TOKENIZER_DIRS]}")

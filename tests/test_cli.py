@@ -20,7 +20,7 @@ def run(args: list[str]) -> subprocess.CompletedProcess:
 
 def test_help_lists_subcommands():
     out = run(["--help"])
-    assert out.returncode == 0 and "data" in out.stdout and "config" in out.stdout
+    assert out.returncode == 0 and all(g in out.stdout for g in ("data", "train", "config"))
     out = run(["data", "--help"])
     assert out.returncode == 0 and all(c in out.stdout for c in ("smoke", "export", "fetch", "info"))
 
@@ -66,3 +66,8 @@ def test_config_commands(tmp_path, capsys, monkeypatch):
     assert "ok   params/smoke/train.yaml" in captured.out and "train.iterationz: unknown key" in captured.err
     assert main(["config", "keys"]) == 0
     assert "model.num_layers" in capsys.readouterr().out
+
+
+def test_train_rejects_a_bad_config_before_launching(tmp_path, capsys):
+    assert main(["train", "params/h100x8/baseline.yaml", "--set", "model.num_layrs=3"]) == 2
+    assert "model.num_layrs: unknown key (did you mean 'model.num_layers'?)" in capsys.readouterr().err

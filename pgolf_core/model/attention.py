@@ -1,0 +1,229 @@
+"""Causal self-attention and the choice of attention kernel.
+
+Everything a record changed inside attention lives here, each behind a ModelConfig flag: GQA, q/k RMS
+norm, (partial) RoPE, the per-head query gain, XSA, output gates, sliding windows, value embeddings.
+
+Shapes: B batch, T time, D model dim, H query heads, G kv heads, R query heads per kv head (H / G),
+K head dim, C kv dim (G * K), W sparse-gate input width.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pgolf_core.config import ModelConfig
+from pgolf_core.model.layers import linear, mark_custom_init, param, rms_norm
+from pgolf_core.model.roles import MATRIX, SCALAR
+from pgolf_core.model.rotary import Rotary, apply_rotary
+
+# --------------------------------------------------------------------------------------------------
+# Backend selection (records.md G): 549+ call FA3 directly on Hopper and no record falls back; we try
+# FA3, then FA2, then torch SDPA, once, when the model is built.
+# --------------------------------------------------------------------------------------------------
+
+BACKENDS = ("fa3", "fa2", "sdpa")
+_FLASH_MODULES = {
+    "fa3": ("flash_attn_interface", "flash_attn_3.flash_attn_interface"),
+    "fa2": ("flash_attn",),
+}
+_FLASH_KERNELS: dict[str, Callable] = {}
+
+
+def _import_flash(kind: str) -> tuple[Callable | None, str]:
+    """(flash_attn_func, "") or (None, why) for ``kind`` in fa3 / fa2; a found kernel is cached."""
+    if kind in _FLASH_KERNELS:
+        return _FLASH_KERNELS[kind], ""
+    errors = []
+    for name in _FLASH_MODULES[kind]:
+        try:
+            module = importlib.import_module(name)
+        except Exception as e:  # ImportError, or a wheel built for another torch/CUDA
+            errors.append(f"import {name}: {type(e).__name__}: {e}")
+            continue
+        fn = getattr(module, "flash_attn_func", None)
+        if fn is not None:
+            _FLASH_KERNELS[kind] = fn
+            return fn, ""
+        errors.append(f"{name} has no flash_attn_func")
+    return None, "; ".join(errors)
+
+
+def _flash_unavailable(kind: str, device: torch.device) -> str | None:
+    """Why the ``kind`` kernel cannot run on ``device``, or None when it can."""
+    if device.type != "cuda":
+        return f"{kind} needs a CUDA device, the model runs on {device}"
+    if not torch.cuda.is_available():
+        return f"{kind} needs CUDA, and torch.cuda.is_available() is False"
+    if kind == "fa3":
+        capability = torch.cuda.get_device_capability(device)
+        if capability != (9, 0):
+            return f"fa3 needs a Hopper GPU (compute capability (9, 0)), this one has {capability}"
+    _, why = _import_flash(kind)
+    return f"no {kind} kernel ({why})" if why else None
+
+
+def select_attention_backend(requested: str, device: torch.device | str) -> str:
+    """Resolve ``model.attn_backend`` to "fa3", "fa2" or "sdpa" for a model that will run on ``device``.
+
+    "auto" takes the best available (always "sdpa" on CPU); an explicit "fa3"/"fa2" that cannot run
+    raises a RuntimeError that says what is missing.
+    """
+    device = torch.device(device)
+    if requested == "sdpa":
+        return "sdpa"
+    if requested not in ("auto", "fa3", "fa2"):
+        raise ValueError(f"unknown attention backend {requested!r}; expected auto, fa3, fa2 or sdpa")
+    for kind in ("fa3", "fa2") if requested == "auto" else (requested,):
+        why = _flash_unavailable(kind, device)
+        if why is None:
+            return kind
+        if requested != "auto":
+            raise RuntimeError(
+                f"model.attn_backend={requested!r} is unavailable: {why}; use 'auto' or 'sdpa'"
+            )
+    return "sdpa"
+
+
+# --------------------------------------------------------------------------------------------------
+# Kernels
+# --------------------------------------------------------------------------------------------------
+
+
+def window_mask(seq_len: int, window: int, device: torch.device) -> Tensor:
+    """(T, T) bool, True where query i may see key j: j <= i and i - j < window."""
+    i_T1 = torch.arange(seq_len, device=device)[:, None]
+    j_1T = torch.arange(seq_len, device=device)[None, :]
+    return (j_1T <= i_T1) & (i_T1 - j_1T < window)
+
+
+def _flash(kind: str, q_BTHK: Tensor, k_BTGK: Tensor, v_BTGK: Tensor, window: int) -> Tensor:
+    fn, why = _import_flash(kind)
+    if fn is None:
+        raise RuntimeError(f"attention backend {kind} was selected but its kernel is gone: {why}")
+    kwargs = {"causal": True}
+    if window:
+        kwargs["window_size"] = (window - 1, 0)  # (left, right): the query itself plus window-1 earlier keys
+    out = fn(q=q_BTHK, k=k_BTGK, v=v_BTGK, **kwargs)
+    return out[0] if isinstance(out, tuple) else out  # some FA3 builds also return the log-sum-exp
+
+
+def causal_attention(q_BTHK: Tensor, k_BTGK: Tensor, v_BTGK: Tensor, backend: str, window: int = 0) -> Tensor:
+    """softmax(q k^T / sqrt(K)) v over causal (optionally windowed) keys, GQA-aware; returns (B, T, H, K).
+
+    The flash kernels want bf16/fp16 CUDA tensors: they run when v is half precision on CUDA (i.e. under
+    autocast); an fp32 or CPU call takes SDPA, so the same model also evaluates in full precision.
+    """
+    dtype = v_BTGK.dtype
+    q_BTHK, k_BTGK = q_BTHK.to(dtype), k_BTGK.to(dtype)
+    if backend != "sdpa" and v_BTGK.is_cuda and dtype in (torch.bfloat16, torch.float16):
+        return _flash(backend, q_BTHK, k_BTGK, v_BTGK, window)
+    q_BHTK, k_BGTK, v_BGTK = (t.transpose(1, 2) for t in (q_BTHK, k_BTGK, v_BTGK))
+    if window:
+        mask_TT = window_mask(q_BHTK.size(2), window, q_BHTK.device)
+        y_BHTK = F.scaled_dot_product_attention(q_BHTK, k_BGTK, v_BGTK, attn_mask=mask_TT, enable_gqa=True)
+    else:
+        y_BHTK = F.scaled_dot_product_attention(q_BHTK, k_BGTK, v_BGTK, is_causal=True, enable_gqa=True)
+    return y_BHTK.transpose(1, 2)
+
+
+def exclusive_self_attention(y_BTHK: Tensor, v_BTGK: Tensor) -> Tensor:
+    """XSA: remove from each head's output its component along the token's OWN normalized value vector.
+
+    y_{t,h} <- y_{t,h} - (y_{t,h} . v^_{t,g(h)}) v^_{t,g(h)} (records.md B3, arXiv:2603.09078). The GQA
+    form views y as (B, T, G, R, K) and broadcasts v^ as (B, T, G, 1, K), so no kv head is repeated
+    (XSA README: overhead ~7 -> ~2 ms/step; last 3 layers about -0.002 bpb).
+    """
+    B, T, H, K = y_BTHK.shape
+    G = v_BTGK.size(2)
+    y_BTGRK = y_BTHK.reshape(B, T, G, H // G, K)
+    vn_BTG1K = F.normalize(v_BTGK, dim=-1).unsqueeze(3).to(y_BTHK.dtype)
+    y_BTGRK = y_BTGRK - (y_BTGRK * vn_BTG1K).sum(-1, keepdim=True) * vn_BTG1K
+    return y_BTGRK.reshape(B, T, H, K)
+
+
+# --------------------------------------------------------------------------------------------------
+# Modules
+# --------------------------------------------------------------------------------------------------
+
+
+class AttnOutputGate(nn.Module):
+    """One sigmoid gate per head on the attention output, read from the normalized block input.
+
+    dense (#1736/#1769 "GatedAttn"): g = sigmoid(W_g x), W_g (H x D) ~ N(0, std^2), so g ~ 0.5 at init.
+    sparse (#1787/#1851/#1855): g = sigmoid(c * W x[..., :W]), W (H x W) zero-init; 1787 README: saves
+    ~44K params vs the dense gate with no measurable bpb cost.
+    """
+
+    def __init__(self, kind: str, dim: int, heads: int, width: int, scale: float, init_std: float):
+        super().__init__()
+        self.kind = kind
+        self.width = width if kind == "sparse" else dim
+        self.scale = scale if kind == "sparse" else 1.0
+        self.proj = linear(self.width, heads, SCALAR, zero_init=kind == "sparse")
+        if kind == "dense":
+            nn.init.normal_(self.proj.weight, std=init_std)
+            mark_custom_init(self.proj.weight)
+
+    def forward(self, x_BTD: Tensor) -> Tensor:
+        logits_BTH = self.proj(x_BTD[..., : self.width])
+        if self.scale != 1.0:
+            logits_BTH = logits_BTH * self.scale
+        return torch.sigmoid(logits_BTH)
+
+
+class CausalSelfAttention(nn.Module):
+    """GQA causal attention of one physical layer with the per-layer record flags resolved.
+
+    q = W_q x, k = W_k x, v = W_v x (+ value embedding); q, k RMS-normalized per head; RoPE; q times a
+    learnable per-head gain (records.md B2); then optional XSA and output gate; W_o zero-init.
+    """
+
+    def __init__(self, cfg: ModelConfig, layer: int, backend: str = "sdpa"):
+        super().__init__()
+        D, H, G = cfg.model_dim, cfg.num_heads, cfg.num_kv_heads
+        self.num_heads, self.num_kv_heads, self.head_dim = H, G, D // H
+        self.backend = backend
+        self.q = linear(D, D, MATRIX)
+        self.k = linear(D, G * self.head_dim, MATRIX)
+        self.v = linear(D, G * self.head_dim, MATRIX)
+        self.proj = linear(D, D, MATRIX, zero_init=True)
+        # With q and k RMS-normed, the gain is the softmax temperature: init 1.5 (BASE) -> 4.0 (#1394)
+        # -> 5.25 (#1493) -> 5.0 (#1855) along the record lineage (records.md B0).
+        self.q_gain = param(torch.full((H,), cfg.q_gain_init), SCALAR)
+        self.rotary = Rotary(self.head_dim, cfg.rope_dims, cfg.rope_base, cfg.rope_train_seq_len)
+        # XSA on the last xsa_last_n physical layers: last 4 in #549, all 11 from #1019 on.
+        self.xsa = layer >= cfg.num_layers - cfg.xsa_last_n
+        # Sliding window: no studied record uses one (it is an experiment knob, off by default).
+        in_window = not cfg.window_layers or layer in cfg.window_layers
+        self.window = cfg.window_size if in_window else 0
+        self.gate = None
+        if cfg.attn_gate != "none":
+            self.gate = AttnOutputGate(
+                cfg.attn_gate, D, H, cfg.attn_gate_width, cfg.attn_gate_scale, cfg.attn_gate_init_std
+            )
+
+    def forward(self, x_BTD: Tensor, ve_BTC: Tensor | None = None) -> Tensor:
+        """x_BTD: the normalized block input; ve_BTC: this layer's value-embedding term or None."""
+        B, T, D = x_BTD.shape
+        H, G, K = self.num_heads, self.num_kv_heads, self.head_dim
+        q_BTHK = rms_norm(self.q(x_BTD).view(B, T, H, K))
+        k_BTGK = rms_norm(self.k(x_BTD).view(B, T, G, K))
+        v_BTC = self.v(x_BTD)
+        if ve_BTC is not None:
+            v_BTC = v_BTC + ve_BTC.to(v_BTC.dtype)  # added before the head reshape (records.md B7)
+        v_BTGK = v_BTC.view(B, T, G, K)
+        cos_TF, sin_TF = self.rotary.cos_sin(T, x_BTD.device)
+        q_BTHK = apply_rotary(q_BTHK, cos_TF, sin_TF)
+        k_BTGK = apply_rotary(k_BTGK, cos_TF, sin_TF)
+        q_BTHK = q_BTHK * self.q_gain.to(q_BTHK.dtype)[:, None]
+        y_BTHK = causal_attention(q_BTHK, k_BTGK, v_BTGK, self.backend, self.window)
+        if self.xsa:
+            y_BTHK = exclusive_self_attention(y_BTHK, v_BTGK)
+        if self.gate is not None:
+            y_BTHK = y_BTHK * self.gate(x_BTD)[..., None].to(y_BTHK.dtype)
+        return self.proj(y_BTHK.reshape(B, T, D))

@@ -1,0 +1,125 @@
+"""Embedding-side modules (records.md B7): BigramHash, value embeddings, SmearGate v1 and v2.
+
+The token embedding itself (tied with the LM head) is a plain ``nn.Embedding`` owned by gpt.py.
+
+Shapes: B batch, T time, D model dim, E bigram dim, V_b bigram buckets, C kv dim, N value-embedding
+dim, W smear-gate input width.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from pgolf_core.config import ModelConfig
+from pgolf_core.data.tokenizer import BOS_ID
+from pgolf_core.model.layers import linear, param, shift_right
+from pgolf_core.model.roles import SCALAR, TABLE, set_role
+
+# Multipliers of the bigram hash (records.md B7, #549/#1019 form).
+BIGRAM_MUL_CUR, BIGRAM_MUL_PREV = 36313, 27191
+
+
+def bigram_buckets(ids_BT: Tensor, buckets: int) -> Tensor:
+    """(36313 t_i XOR 27191 t_{i-1}) mod (V_b - 1) for i > 0; position 0 gets the reserved bucket V_b - 1."""
+    ids_BT = ids_BT.long()
+    mixed_BT = torch.bitwise_xor(BIGRAM_MUL_CUR * ids_BT[:, 1:], BIGRAM_MUL_PREV * ids_BT[:, :-1])
+    first_B1 = torch.full_like(ids_BT[:, :1], buckets - 1)
+    return torch.cat((first_B1, mixed_BT % (buckets - 1)), dim=1)
+
+
+class BigramHash(nn.Module):
+    """A hashed (previous, current) token-pair embedding added to the token embedding before the norm.
+
+    Table V_b x E (zero-init) -> projection E -> D -> times a learnable scalar (init 0.05). Sizes:
+    1536 x 128 in #549, 3072 x 112 in #1019; I5 measured 10240 buckets +0.001 bpb better than 4096.
+    The projection gets a non-zero init (default Linear, orthogonal under ortho_init): with both the
+    table and the projection at zero neither would ever receive a gradient.
+    """
+
+    def __init__(self, buckets: int, bigram_dim: int, model_dim: int):
+        super().__init__()
+        self.buckets = buckets
+        self.table = nn.Embedding(buckets, bigram_dim)
+        nn.init.zeros_(self.table.weight)
+        set_role(self.table.weight, TABLE)
+        self.proj = linear(bigram_dim, model_dim, SCALAR)
+        self.scale = param(torch.tensor(0.05), SCALAR)
+
+    def forward(self, ids_BT: Tensor) -> Tensor:
+        e_BTE = self.table(bigram_buckets(ids_BT, self.buckets))
+        return self.proj(e_BTE) * self.scale
+
+
+class ValueEmbedding(nn.Module):
+    """A shared token table whose projection is added to V in a few layers (#549/#1019: layers 9, 10).
+
+    Table vocab x N ~ N(0, 0.01^2) -> projection N -> C (zero-init) -> times a scalar (init 0.1), then
+    times a per-layer scalar (init 1) in each layer of ``layers``. Removed from #1394 on.
+    """
+
+    def __init__(self, vocab_size: int, ve_dim: int, kv_dim: int, layers: list[int]):
+        super().__init__()
+        self.table = nn.Embedding(vocab_size, ve_dim)
+        nn.init.normal_(self.table.weight, std=0.01)
+        set_role(self.table.weight, TABLE)
+        self.proj = linear(ve_dim, kv_dim, SCALAR, zero_init=True)
+        self.scale = param(torch.tensor(0.1), SCALAR)
+        self.layer_scales = param(torch.ones(len(layers)), SCALAR)
+        self.slot = {layer: i for i, layer in enumerate(layers)}
+
+    def forward(self, ids_BT: Tensor) -> Tensor:
+        """The shared term (B, T, C), computed once per forward."""
+        return self.proj(self.table(ids_BT)) * self.scale
+
+    def for_layer(self, ve_BTC: Tensor, layer: int) -> Tensor | None:
+        """The term physical ``layer`` adds to its V, or None when the layer takes none."""
+        slot = self.slot.get(layer)
+        return None if slot is None else ve_BTC * self.layer_scales[slot]
+
+
+class SmearGate(nn.Module):
+    """SmearGate v1 (SG0, #549/#1019): x_t <- (1 - s) x_t + s x_{t-1}, s = sigmoid(g), g (D,) zero-init.
+
+    Applied after the embedding RMS norm; gives every position a cheap look at the previous token.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.gate = param(torch.zeros(dim), SCALAR)
+
+    def forward(self, x_BTD: Tensor) -> Tensor:
+        s_D = torch.sigmoid(self.gate).to(x_BTD.dtype)
+        return x_BTD + s_D * (shift_right(x_BTD) - x_BTD)
+
+
+class SmearGateV2(nn.Module):
+    """SmearGate v2 (#1667 -> #1855): x_t <- x_t + lam * sigmoid(w . x_t[:W]) * x_{t-1} for t >= 1.
+
+    Acts on the raw embedding BEFORE the RMS norm; w (W,) and lam are zero-init, so it starts as the
+    identity (13 params at W = 12). BOS fix (#1851/#1855): the term is zeroed where the CURRENT token is
+    BOS, so the last token of one document cannot leak into the next document's BOS in packed streams.
+    """
+
+    def __init__(self, width: int, bos_fix: bool = True):
+        super().__init__()
+        self.width, self.bos_fix = width, bos_fix
+        self.weight = param(torch.zeros(width), SCALAR)
+        self.lam = param(torch.tensor(0.0), SCALAR)
+
+    def forward(self, x_BTD: Tensor, ids_BT: Tensor) -> Tensor:
+        # Elementwise dot keeps the gate in fp32 under autocast (W is only 12 wide).
+        logit_BT1 = (x_BTD[..., : self.width] * self.weight).sum(-1, keepdim=True)
+        term_BTD = (self.lam * torch.sigmoid(logit_BT1)) * shift_right(x_BTD)
+        if self.bos_fix:
+            term_BTD = term_BTD * (ids_BT != BOS_ID).unsqueeze(-1).to(term_BTD.dtype)
+        return x_BTD + term_BTD
+
+
+def build_smear(cfg: ModelConfig) -> nn.Module | None:
+    """The smear gate ``cfg.smear_gate`` asks for, or None."""
+    if cfg.smear_gate == "v1":
+        return SmearGate(cfg.model_dim)
+    if cfg.smear_gate == "v2":
+        return SmearGateV2(cfg.smear_width, cfg.smear_bos_fix)
+    return None

@@ -1,0 +1,100 @@
+"""Parameter counts and roles of the record configs equal the counts logged by the records (records.md B0)."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+import torch
+
+from pgolf_core.config import load_config
+from pgolf_core.model import build_model, count_parameters
+from pgolf_core.model.roles import EMBED, HEAD, MATRIX, SCALAR, TABLE, param_roles
+from tests.conftest import REPO
+
+PARAMS = REPO / "params" / "h100x8"
+
+LOGGED_COUNTS = {
+    "baseline.yaml": 17_059_912,
+    "record_549.yaml": 26_928_220,
+    "record_1019.yaml": 27_067_484,
+    "record_1394.yaml": 35_943_512,
+    "record_1493.yaml": 35_944_536,
+    "record_1855.yaml": 35_945_671,
+}
+
+
+def meta_model(name: str):
+    """The full-size model on the meta device: shapes only, no memory, no init cost."""
+    cfg = load_config(PARAMS / name)
+    with torch.device("meta"):
+        return build_model(cfg.model, device="cpu")
+
+
+@pytest.mark.parametrize("name, expected", LOGGED_COUNTS.items(), ids=list(LOGGED_COUNTS))
+def test_param_count_matches_record_log(name, expected):
+    """count_parameters of each record config equals the number its training log printed."""
+    assert count_parameters(meta_model(name)) == expected
+
+
+def test_param_count_of_real_baseline_build_matches_meta_build():
+    """A real CPU build (fp32) counts the same parameters as the meta-device build."""
+    model = build_model(load_config(PARAMS / "baseline.yaml").model, device="cpu")
+    assert count_parameters(model) == LOGGED_COUNTS["baseline.yaml"]
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    assert {p.device.type for p in model.parameters()} == {"cpu"}
+
+
+def role_summary(model) -> dict[str, tuple[int, int]]:
+    """role -> (number of tensors, number of elements)."""
+    params = dict(model.named_parameters())
+    tensors, numel = Counter(), Counter()
+    for name, role in param_roles(model).items():
+        tensors[role] += 1
+        numel[role] += params[name].numel()
+    return {role: (tensors[role], numel[role]) for role in tensors}
+
+
+def test_roles_of_record_549_split_as_derived():
+    """#549: 66 block matrices, the tied embedding, bigram + VE tables, 51 small tensors (B0 breakdown)."""
+    assert role_summary(meta_model("record_549.yaml")) == {
+        MATRIX: (66, 11 * 2_359_296),
+        EMBED: (1, 524_288),
+        TABLE: (2, 196_608 + 131_072),
+        # 11 x (q_gain, resid_mix, attn_scale, mlp_scale) + skips + smear + bigram proj, scale
+        # + VE proj, scale, 2 layer scales
+        SCALAR: (51, 11 * 2_056 + 5 * 512 + 512 + 65_536 + 1 + 32_768 + 1 + 2),
+    }
+
+
+def test_roles_of_record_1855_split_as_derived():
+    """#1855: 66 block matrices, the tied embedding and 31,943 small parameters in 61 tensors (B0)."""
+    assert role_summary(meta_model("record_1855.yaml")) == {
+        MATRIX: (66, 11 * 2_883_584),
+        EMBED: (1, 4_194_304),
+        SCALAR: (61, 31_943),
+    }
+
+
+def test_roles_of_untied_head():
+    """An untied LM head is the only HEAD parameter."""
+    cfg = load_config(PARAMS / "baseline.yaml", overrides=["model.tie_embeddings=false"]).model
+    with torch.device("meta"):
+        roles = param_roles(build_model(cfg, device="cpu"))
+    assert [name for name, role in roles.items() if role == HEAD] == ["lm_head.weight"]
+
+
+def test_roles_survive_deepcopy():
+    """copy.deepcopy drops attributes of Parameters; the recorded name -> role map keeps the roles."""
+    import copy
+
+    from pgolf_core.config import ModelConfig, OptimConfig
+    from pgolf_core.model import build_model
+    from pgolf_core.model.roles import param_roles
+    from pgolf_core.optim import build_optimizers
+
+    model = build_model(ModelConfig(num_layers=2, model_dim=64, num_heads=4, num_kv_heads=2, vocab_size=64))
+    clone = copy.deepcopy(model)
+    assert param_roles(clone) == param_roles(model)
+    names = build_optimizers(clone, OptimConfig(), tie_embeddings=True).param_names_by_group()
+    assert sum(len(v) for v in names.values()) == len(list(model.parameters()))
