@@ -254,39 +254,109 @@ class TrainConfig(Section):
 
 
 class EvalConfig(Section):
-    """Validation scoring. stride 0 = non-overlapping windows; stride s > 0 = sliding window."""
+    """Validation scoring. stride 0 = non-overlapping windows; stride s > 0 = sliding window (records E2)."""
 
     seq_len: int = Field(0, ge=0, description="0: train.train_seq_len")
     batch_tokens: int = Field(524288, gt=0, description="tokens per evaluation batch, all ranks together")
     stride: int = Field(0, ge=0, description="sliding-window stride (0: off; the records use 64)")
+    sliding_batch_seqs: int = Field(32, gt=0, description="windows per forward in sliding evaluation")
     temperature: float = Field(1.0, gt=0)
 
 
-class QuantConfig(Section):
-    """Post-training quantization and compression of the artifact (baseline: per-row int8 + zlib-9)."""
+class QuantGroupConfig(Section):
+    """How one tensor group (attn, mlp, embed, gate) is quantized."""
 
-    scheme: Literal["int8"] = "int8"
-    clip_percentile: float = Field(99.99984, gt=0, le=100)
-    keep_float_max_numel: int = Field(65536, ge=0, description="float tensors this small stay fp16")
-    compressor: Literal["zlib", "lzma"] = "zlib"
+    bits: int = Field(8, ge=2, le=8, description="signed per-row integers in [-(2^(b-1)-1), 2^(b-1)-1]")
+    clip: Literal["percentile", "search", "sdclip"] = Field(
+        "percentile", description="percentile of |w| per row; search: min-MSE quantile (#374 GPTQ-lite); sdclip: k*std(row) (#1394)"
+    )
+    percentile: float = Field(99.99984, gt=0, le=100, description="clip percentile (the baseline's)")
+    sdclip_k: float = Field(12.85, gt=0, description="sdclip: clip = k * std(row) (#1394: 12.85 int6, 20 int8)")
+    gptq: bool = Field(False, description="Hessian-aware GPTQ rounding (#1019 on)")
+
+
+class QuantConfig(Section):
+    """Post-training quantization and the artifact (baseline: the challenge's per-row int8 + zlib-9)."""
+
+    scheme: Literal["baseline_int8", "groups"] = Field(
+        "baseline_int8", description="baseline_int8: the challenge's exact export; groups: per-group settings below"
+    )
+    attn: QuantGroupConfig = QuantGroupConfig()
+    mlp: QuantGroupConfig = QuantGroupConfig()
+    embed: QuantGroupConfig = QuantGroupConfig()
+    gate: QuantGroupConfig = QuantGroupConfig()
+    keep_float_max_numel: int = Field(65536, ge=0, description="float tensors this small stay fp16 (control tensors fp32)")
+    search_quantiles: list[float] = Field(
+        default_factory=lambda: [0.999, 0.9995, 0.9999, 0.99999, 1.0], description="clip search candidates"
+    )
+    gptq_block_size: int = Field(128, gt=0)
+    gptq_damp: float = Field(0.01, ge=0, description="damping: fraction of mean(diag H) added to the diagonal")
+    gptq_act_order: bool = Field(True, description="quantize columns in order of decreasing diag(H)")
+    calib_source: Literal["train", "self"] = Field("train", description="Hessians from training batches or self-generated text; never validation")
+    calib_batches: int = Field(64, gt=0, description="train: calibration batches")
+    calib_seqs: int = Field(64, gt=0, description="self: generated sequences")
+    calib_temperature: float = Field(0.8, gt=0, description="self: sampling temperature (#1019)")
+    calib_reserve_seconds: float = Field(12.0, ge=0, description="taken off the training cap so calibration fits in it")
+    lqer_top_k: int = Field(0, ge=0, description="LQER: low-rank error correction of the K worst tensors (0: off; #1851: 3)")
+    lqer_rank: int = Field(4, gt=0)
+    lqer_group: int = Field(64, gt=0, description="INT4 group size of the B factor")
+    qat: bool = Field(False, description="fake-quantize weights in training (STE), matching the export scheme")
+    qat_start_lr_mult: float = Field(0.15, ge=0, le=1, description="QAT switches on once the LR multiplier drops below this")
+    compressor: Literal["auto", "zlib", "lzma", "brotli"] = Field("zlib", description="auto: try all, keep the smallest")
+    byte_shuffle: Literal["auto", "off", "on"] = Field("off", description="byte-shuffle / per-group streams before compressing")
+    code_files: list[str] = Field(
+        default_factory=lambda: ["pgolf_core/**/*.py"], description="globs of the code counted in the artifact"
+    )
     byte_cap: int = Field(16_000_000, gt=0, description="decimal artifact cap: code + compressed model")
 
 
 class TTTConfig(Section):
-    """Legal score-first test-time training (off by default)."""
+    """Legal score-first test-time training (records.md F, compliance.md R6/R12); off by default."""
 
     enabled: bool = False
-    chunk_tokens: int = Field(32768, gt=0)
+    mode: Literal["chunk", "lora", "phased"] = Field("chunk", description="chunk: #461/#549; lora: per-document LoRA (#1530); phased: #1626")
+    chunk_tokens: int = Field(32768, gt=0, description="chunk: score a chunk, then train on it")
     epochs: int = Field(3, ge=0)
     lr: float = Field(0.002, ge=0)
+    lr_schedule: Literal["cosine", "constant"] = Field("cosine", description="across chunks")
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    grad_clip: float = Field(1.0, ge=0)
+    batch_seqs: int = Field(32, gt=0)
+    freeze_first_blocks: int = Field(0, ge=0, description="chunk/phased: blocks kept frozen (549 ran with 0)")
+    lora_rank: int = Field(8, gt=0)
+    lora_alpha: float = Field(0.0, ge=0, description="LoRA scale alpha/r (0: no scale, as #1530-#1769)")
+    lora_targets: list[Literal["q", "k", "v", "o", "mlp", "head"]] = Field(default_factory=lambda: ["q", "v", "head"])
+    lora_lr: float = Field(0.01, ge=0)
+    lora_chunk_tokens: int = Field(256, gt=0, description="lora: score a chunk of a document, then one step")
+    lora_window: int = Field(1024, gt=0, description="lora: context window within the document")
+    lora_batch_docs: int = Field(64, gt=0)
+    phased_prefix_docs: int = Field(2000, gt=0, description="phased: documents scored before the global passes end")
+    phased_phases: int = Field(3, gt=0)
+    phased_lr: float = Field(0.001, ge=0)
+    prequant_ablation: bool = Field(
+        False, description="NON-COMPLIANT ablation: fine-tune on validation tokens before scoring (PR #1423 family)"
+    )
+    prequant_epochs: int = Field(6, ge=0)
+    prequant_lr: float = Field(0.0005, ge=0)
 
 
 class NgramConfig(Section):
-    """Legal n-gram cache mixed with the model (off by default)."""
+    """Legal n-gram cache mixed with the model (compliance.md 2.8); off by default."""
 
     enabled: bool = False
-    max_order: int = Field(5, ge=2)
-    alpha: float = Field(0.1, ge=0, le=1)
+    max_order: int = Field(4, ge=2, description="orders 2..max_order")
+    table_rows: int = Field(16384, gt=0, description="hashed context rows per order, each a full next-token count row")
+    min_count: int = Field(2, ge=1, description="a context is used once its row holds this many counts")
+    smoothing: float = Field(0.5, gt=0, description="additive smoothing of each row (keeps every token > 0)")
+    alpha_rule: Literal["fixed", "entropy", "hedge"] = "entropy"
+    alpha: float = Field(0.1, ge=0, le=1, description="fixed: mixing weight of the cache")
+    alpha_min: float = Field(0.05, ge=0, le=1)
+    alpha_max: float = Field(0.6, ge=0, le=1)
+    entropy_center: float = Field(3.0, description="entropy: alpha rises with the model's entropy around this (nats)")
+    entropy_slope: float = Field(2.0)
+    hedge_beta: float = Field(2.0, gt=0)
+    segment_tokens: int = Field(64, gt=0, description="tables and mixer weights update after each scored segment")
 
 
 class ReportConfig(Section):
@@ -448,12 +518,18 @@ def to_yaml(cfg: RunConfig) -> str:
 
 
 def describe_schema() -> list[tuple[str, str, Any, str]]:
-    """(dotted key, type, default, description) for every field: the frozen key surface."""
-    rows = []
-    for sec in SECTIONS:
-        model = RunConfig.model_fields[sec].annotation
+    """(dotted key, type, default, description) for every leaf field: the frozen key surface."""
+    rows: list[tuple[str, str, Any, str]] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
         for name, f in model.model_fields.items():
             ann = f.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+                continue
             tname = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
-            rows.append((f"{sec}.{name}", tname, f.default, f.description or ""))
+            default = f.default_factory() if f.default_factory is not None else f.default
+            rows.append((f"{prefix}{name}", tname, default, f.description or ""))
+
+    walk(RunConfig, "")
     return rows

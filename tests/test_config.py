@@ -48,7 +48,7 @@ def test_defaults_are_the_challenge_baseline(tmp_path):
     assert (m.activation, m.tie_embeddings, m.tied_embed_init_std, m.q_gain_init, m.logit_softcap) == ("relu2", True, 0.005, 1.5, 30.0)
     assert (o.matrix_lr, o.tied_embed_lr, o.scalar_lr, o.muon_momentum, o.muon_backend_steps) == (0.04, 0.05, 0.04, 0.95, 5)
     assert (t.train_batch_tokens, t.train_seq_len, t.max_wallclock_seconds) == (524288, 1024, 600.0)
-    assert (cfg.quant.scheme, cfg.quant.compressor, cfg.quant.byte_cap) == ("int8", "zlib", 16_000_000)
+    assert (cfg.quant.scheme, cfg.quant.compressor, cfg.quant.byte_cap) == ("baseline_int8", "zlib", 16_000_000)
 
 
 def test_unknown_key_names_file_key_valid_keys_and_a_guess(tmp_path):
@@ -159,6 +159,13 @@ def test_schema_lists_every_key_with_a_default():
     keys = [r[0] for r in rows]
     assert len(keys) == len(set(keys)) and {k.split(".")[0] for k in keys} == set(SECTIONS)
     assert ("model.num_layers", "int", 9) == rows[keys.index("model.num_layers")][:3]
+    assert ("quant.mlp.bits", "int", 8) == rows[keys.index("quant.mlp.bits")][:3]
+    assert rows[keys.index("model.ve_layers")][2] == []
+
+
+def test_nested_unknown_key_lists_the_nested_section(tmp_path):
+    with pytest.raises(ConfigError, match=r"quant\.mlp\.bitz: unknown key \(did you mean 'quant\.mlp\.bits'\?\); valid keys in 'quant\.mlp': bits, clip"):
+        load_config(write(tmp_path, "quant:\n  mlp:\n    bitz: 6\n"))
 
 
 def test_hyperparameters_never_come_from_the_environment():
