@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PGOLF  := $(VENV)/bin/pgolf
 STAMP  := $(VENV)/.pgolf-installed
 
-.PHONY: help setup test smoke bench clean
+.PHONY: help setup test smoke lab bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -31,6 +31,10 @@ test: setup  ## run the whole test suite (this is what CI runs)
 smoke: setup  ## the main job on the embedded smoke corpus: data, then a smoke training run
 	$(PGOLF) data smoke
 	$(PGOLF) train params/smoke/train.yaml
+
+lab: setup  ## open JupyterLab on the project's environment (installs the [lab] extra once)
+	@$(PY) -c "import jupyterlab" 2>/dev/null || $(PY) -m pip install --quiet -e ".[dev,lab]"
+	$(VENV)/bin/jupyter lab notebooks/
 
 bench: setup  ## run the benchmarks under bench/ (by hand; numbers go to bench/README.md)
 	$(PY) bench/data_throughput.py

@@ -5,6 +5,9 @@
     pgolf data fetch            download the official FineWeb shards and tokenizer (pods)
     pgolf data info DIR         check every shard's header and summarize a dataset
     pgolf train PARAMS          train (in this process, or under torchrun with --nproc N)
+    pgolf run NOTEBOOK PARAMS   one parameterized notebook -> reports/<suite>/<run_id>/
+    pgolf suite DIR             every notebook of DIR/suite.yaml (optionally over several seeds)
+    pgolf index                 rebuild reports/index.html
     pgolf config show PARAMS    the fully resolved config (with --set overrides)
     pgolf config check PARAMS.. validate params files before launching anything
     pgolf config keys           every config key with its type, default and meaning
@@ -110,6 +113,51 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return subprocess.call(cmd)
 
 
+def _print_records(records) -> int:
+    for r in records:
+        print(f"{r.status:<12} {r.run_dir}" + (f"  ({r.error.splitlines()[0]})" if r.error else ""))
+    bad = [r for r in records if r.status != "completed"]
+    return 1 if bad else 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from pgolf_core.config import parse_overrides
+    from pgolf_core.suite import run_notebook
+
+    flat = {k: v for k, v in _flatten(parse_overrides(args.set)).items()}
+    rec = run_notebook(args.notebook, args.params, suite=args.suite, reports_root=args.reports,
+                       overrides=flat or None, timeout=args.timeout)
+    code = _print_records([rec])
+    print(f"index: {Path(args.reports) / 'index.html'}")
+    return code
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _cmd_suite(args: argparse.Namespace) -> int:
+    from pgolf_core.suite import run_suite
+
+    records = run_suite(args.dir, seeds=args.seeds, reports_root=args.reports, only=args.only)
+    code = _print_records(records)
+    print(f"index: {Path(args.reports) / 'index.html'}")
+    return code
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    from pgolf_core.report.index import build_index
+
+    print(build_index(args.reports))
+    return 0
+
+
 def _cmd_config_show(args: argparse.Namespace) -> int:
     from pgolf_core.config import load_config, to_yaml
 
@@ -145,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="pgolf", description="Parameter Golf research suite.")
     p.add_argument("--version", action="version", version=f"pgolf {__version__}")
-    sub = p.add_subparsers(dest="group", required=True, metavar="{data,train,config}")
+    sub = p.add_subparsers(dest="group", required=True, metavar="{data,train,run,suite,index,config}")
 
     data = sub.add_parser("data", help="datasets: smoke corpus, export, official download, checks")
     dsub = data.add_subparsers(dest="cmd", required=True, metavar="{smoke,export,fetch,info}")
@@ -189,6 +237,26 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.iterations=50")
     t.add_argument("--nproc", type=int, default=1, help="processes on this node (torchrun when > 1; default 1)")
     t.set_defaults(fn=_cmd_train)
+
+    r = sub.add_parser("run", help="run one notebook with one params file (papermill) into reports/")
+    r.add_argument("notebook", help="a notebook under notebooks/")
+    r.add_argument("params", help="a YAML params file (RunConfig + optional 'notebook:' section)")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    r.add_argument("--suite", default="adhoc", help="report subfolder (default: %(default)s)")
+    r.add_argument("--reports", default="reports", help="reports root (default: %(default)s)")
+    r.add_argument("--timeout", type=float, default=None, help="per-cell timeout in seconds")
+    r.set_defaults(fn=_cmd_run)
+
+    su = sub.add_parser("suite", help="run every notebook of a suite folder (its suite.yaml) into reports/")
+    su.add_argument("dir", help="e.g. params/smoke or params/h100x8")
+    su.add_argument("--seeds", type=int, nargs="+", help="run the suite once per seed (train.seed)")
+    su.add_argument("--only", nargs="+", help="run only these entries of suite.yaml")
+    su.add_argument("--reports", default="reports", help="reports root (default: %(default)s)")
+    su.set_defaults(fn=_cmd_suite)
+
+    ix = sub.add_parser("index", help="rebuild reports/index.html from the run folders")
+    ix.add_argument("--reports", default="reports")
+    ix.set_defaults(fn=_cmd_index)
 
     cfg = sub.add_parser("config", help="params files: show, check, list keys")
     csub = cfg.add_subparsers(dest="cmd", required=True, metavar="{show,check,keys}")

@@ -48,6 +48,8 @@ from pgolf_core.dist import DistInfo, dist_info_from_env
 from pgolf_core.evaluate import EvalResult, evaluate_standard, nll_with_temperature
 from pgolf_core.model import build_model, count_parameters
 from pgolf_core.optim import EMA, build_optimizers, lr_multiplier, muon_momentum_at
+from pgolf_core.quant import calibration_batches, collect_hessians, qat_due, set_qat
+from pgolf_core.quant.classify import QUANT_GROUPS
 
 
 class TrainingDiverged(RuntimeError):
@@ -123,7 +125,8 @@ class RunFiles:
 
     def log(self, msg: str) -> None:
         if self.is_main:
-            tqdm.write(msg)
+            tqdm.write(msg, file=sys.stdout)
+            sys.stdout.flush()  # stream live through pipes (notebook launcher, torchrun)
             with open(self.root / "train.log", "a", encoding="utf-8") as f:
                 f.write(msg + "\n")
 
@@ -177,8 +180,18 @@ class Trainer:
         self.opt = build_optimizers(self.model, cfg.optim, tie_embeddings=cfg.model.tie_embeddings, fused=self.device.type == "cuda")
         self.ema = EMA(self.model, tc.ema_decay) if tc.ema_decay > 0 else None
         self.loader = DistributedTokenLoader(self.train_files, dist.rank, dist.world_size, cfg.model.vocab_size)
+        q = cfg.quant
+        self.gptq = q.scheme == "groups" and any(getattr(q, g).gptq for g in QUANT_GROUPS)
+        # GPTQ calibration runs on training data after the loop and counts against the training budget
+        # (records.md D6, I.7; #1868 reserved 8 s): the loop's cap is shortened by the reserve.
+        reserve = q.calib_reserve_seconds if self.gptq and tc.max_wallclock_seconds > 0 else 0.0
+        self.schedule = tc.model_copy(update={"max_wallclock_seconds": max(tc.max_wallclock_seconds - reserve, 0.0)})
+        if q.qat:
+            set_qat(self.model, False, q)  # install the switch before compiling; late QAT flips a buffer
+        self.qat_on = False
         self._wrap_model()
         self.step, self.train_time, self.stop_after = 0, 0.0, None
+        self.calib_seconds = 0.0
 
     # ----- setup -----
     def _load_data(self) -> None:
@@ -214,6 +227,7 @@ class Trainer:
             "train_time": self.train_time,
             "stop_after": self.stop_after,
             "looping": self.model.looping,
+            "qat_on": self.qat_on,
             "model": self.model.state_dict(),
             "optim": self.opt.state_dict(),
             "ema": self.ema.state_dict() if self.ema else None,
@@ -233,6 +247,9 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         self.loader.load_state_dict(state["loader"])
         self.model.set_looping(state["looping"])
+        if state.get("qat_on"):
+            set_qat(self.model, True, self.cfg.quant)
+            self.qat_on = True
         self.step, self.train_time, self.stop_after = state["step"], state["train_time"], state["stop_after"]
 
     def checkpoint(self) -> None:
@@ -278,7 +295,7 @@ class Trainer:
             torch.cuda.synchronize(self.device)
 
     def training_fraction(self, elapsed: float) -> float:
-        tc = self.cfg.train
+        tc = self.schedule
         if tc.max_wallclock_seconds > 0:
             return elapsed / tc.max_wallclock_seconds
         return self.step / max(tc.iterations, 1)
@@ -314,11 +331,15 @@ class Trainer:
         if cfg.model.num_loops and not self.model.looping and self.training_fraction(elapsed) >= cfg.model.loop_enable_frac:
             self.model.set_looping(True)
             self.files.log(f"step:{self.step} depth recurrence on (training fraction {self.training_fraction(elapsed):.3f})")
-        mult = lr_multiplier(self.step, elapsed, cfg.train)
+        mult = lr_multiplier(self.step, elapsed, self.schedule)
         self.opt.set_lr_multiplier(mult)
+        if not self.qat_on and qat_due(cfg.quant, mult):
+            set_qat(self.model, True, cfg.quant)  # a buffer write: takes effect in the compiled graph too
+            self.qat_on = True
+            self.files.log(f"step:{self.step} QAT on (lr multiplier {mult:.3f} < {cfg.quant.qat_start_lr_mult})")
         self.opt.set_muon_momentum(muon_momentum_at(self.step, cfg.optim))
         loss = self._forward_backward()
-        cap = cfg.train.max_wallclock_seconds
+        cap = self.schedule.max_wallclock_seconds
         nonfinite, capped = self._agree(not bool(torch.isfinite(loss)), cap > 0 and elapsed >= cap)
         if nonfinite:
             last = self.files.ckpt_dir / "last.pt"
@@ -430,26 +451,43 @@ class Trainer:
         self.files.metric({"event": "stage", "stage": name, "step": self.step, **res.as_dict()})
         return res.as_dict()
 
+    def _calibrate(self) -> None:
+        """GPTQ Hessians from training batches (or self-generated text), timed into the training budget."""
+        if self.cfg.quant.qat:
+            set_qat(self.model, False, self.cfg.quant)  # calibrate on the plain weights' activations
+        t0 = time.perf_counter()
+        hessians = collect_hessians(self.model, calibration_batches(self.cfg, self.model, self.dist), self.dist)
+        self.calib_seconds = time.perf_counter() - t0
+        if self.dist.is_main:
+            save_checkpoint(self.files.ckpt_dir / "hessians.pt", dict(hessians))
+        total = self.train_time + self.calib_seconds
+        self.files.log(f"gptq calibration: {len(hessians)} Hessians from {hessians.batches} batches in "
+                       f"{self.calib_seconds:.1f}s; training + calibration = {total:.1f}s")
+
     def _finish(self) -> RunResult:
         files, tc = self.files, self.cfg.train
         self.checkpoint()
         stages = {"pre": self._final_stage("pre")}
         if self.dist.is_main:
             save_checkpoint(files.ckpt_dir / "final_raw.pt", self.model.state_dict())
+        raw = copy.deepcopy(self.model.state_dict()) if self.ema else None
         if self.ema:
-            raw = copy.deepcopy(self.model.state_dict())
             self.ema.copy_to(self.model)
             stages["ema"] = self._final_stage("ema")
             if self.dist.is_main:
                 save_checkpoint(files.ckpt_dir / "final_ema.pt", self.model.state_dict())
+        if self.gptq:
+            self._calibrate()  # on the weights the artifact will hold (EMA when on, as the records)
+        if raw is not None:
             self.model.load_state_dict(raw)
         result = RunResult(
             run_id=self.run_id, run_dir=str(files.root), status="completed", steps=self.step,
-            train_seconds=self.train_time, stopped_early=self.step < tc.iterations,
+            train_seconds=self.train_time + self.calib_seconds, stopped_early=self.step < tc.iterations,
             params=count_parameters(self.model), attn_backend=self.model.attn_backend, stages=stages,
         )
         files.json("result.json", asdict(result))
-        files.json("run.json", self._manifest("completed", steps=self.step, train_seconds=self.train_time, stages=stages))
+        files.json("run.json", self._manifest("completed", steps=self.step, train_seconds=self.train_time,
+                                              calib_seconds=self.calib_seconds, stages=stages))
         return result
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -172,3 +173,19 @@ def test_smoke_training_beats_the_unigram_floor(smoke_dir, smoke_manifest, tmp_p
     assert unigram == pytest.approx(3.514, abs=0.01)
     result = train(cfg)
     assert result.stages["pre"]["bpb"] < unigram - 0.8, (result.stages["pre"]["bpb"], unigram)
+
+
+def test_gptq_calibration_and_late_qat_are_wired_into_training(smoke_dir, tmp_path):
+    """QAT switches on when the LR multiplier drops; GPTQ Hessians are collected and timed into training."""
+    cfg = tiny_cfg(smoke_dir, tmp_path, "q", "quant.scheme=groups", "quant.mlp.gptq=true", "quant.mlp.bits=6",
+                   "quant.qat=true", "quant.qat_start_lr_mult=0.6", "quant.calib_batches=2")
+    result = train(cfg)
+    log = (tmp_path / "q" / "train.log").read_text()
+    qat_step = int(re.search(r"step:(\d+) QAT on", log).group(1))
+    assert qat_step == 10  # warmdown over the last 4 of 12 steps: mult (12 - 10) / 4 = 0.5 < 0.6 first at step 10
+    assert "gptq calibration:" in log
+    hessians = load_checkpoint(tmp_path / "q" / "checkpoints" / "hessians.pt")
+    assert any(k.endswith("weight") for k in hessians) and all(h.shape[0] == h.shape[1] for h in hessians.values())
+    manifest = json.loads((tmp_path / "q" / "run.json").read_text())
+    assert manifest["calib_seconds"] > 0
+    assert result.train_seconds == pytest.approx(manifest["train_seconds"] + manifest["calib_seconds"])

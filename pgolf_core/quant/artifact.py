@@ -1,0 +1,179 @@
+"""Build, account and load the artifact: quantize -> serialize -> compress, always verified by a round trip.
+
+The challenge counts code bytes + compressed model bytes against 16,000,000 decimal bytes (records.md
+D13, I.6: not MiB; #1019's pruning target used MiB). ``Artifact`` carries both numbers, the margin and
+an over-cap flag; an artifact over the cap is reported with its overage (and a warning), never hidden.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from pgolf_core.atomic import atomic_write_bytes
+from pgolf_core.config import QuantConfig
+from pgolf_core.quant.compress import COMPRESSORS
+from pgolf_core.quant.format import ArtifactError, decode, encode
+from pgolf_core.quant.quantize import dequantize_all, quantize_state
+from pgolf_core.quant.schemes import QTensor, dequantize
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class ArtifactOverCapWarning(UserWarning):
+    """code bytes + model bytes exceed the decimal cap."""
+
+
+def code_bytes(qcfg: QuantConfig, root: str | os.PathLike = ".") -> int:
+    """Bytes of every file matched by ``qcfg.code_files`` (globs relative to ``root``), each counted once.
+
+    Raw file sizes, as the baseline and #549/#1019 counted train_gpt.py (records.md D13). A glob that
+    matches nothing is an error: a typo must not silently shrink the count.
+    """
+    root = Path(root)
+    files: set[Path] = set()
+    for pattern in qcfg.code_files:
+        matched = [p for p in root.glob(pattern) if p.is_file() and "__pycache__" not in p.parts]
+        if not matched:
+            raise FileNotFoundError(f"quant.code_files: {pattern!r} matches no file under {root.resolve()}")
+        files.update(p.resolve() for p in matched)
+    return sum(p.stat().st_size for p in files)
+
+
+@dataclass
+class Artifact:
+    """The compressed model blob and its accounting against the cap."""
+
+    blob: bytes
+    code_bytes: int
+    cap: int
+    compressor: str  # what was chosen, e.g. "zlib" or "brotli+shuffle"
+    details: dict = field(default_factory=dict)
+    quantized: list[QTensor] = field(default_factory=list, repr=False)  # the stored form, for inspection
+
+    @property
+    def model_bytes(self) -> int:
+        return len(self.blob)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.model_bytes + self.code_bytes
+
+    @property
+    def margin(self) -> int:
+        """cap - total: bytes to spare (negative: over the cap)."""
+        return self.cap - self.total_bytes
+
+    @property
+    def over_cap(self) -> bool:
+        return self.total_bytes > self.cap
+
+    @property
+    def overage(self) -> int:
+        return max(0, -self.margin)
+
+    def summary(self) -> str:
+        verdict = (
+            f"OVER THE CAP by {self.overage:,} bytes" if self.over_cap else f"margin {self.margin:,} bytes"
+        )
+        return (
+            f"artifact {self.total_bytes:,} bytes = model {self.model_bytes:,} ({self.compressor}) + "
+            f"code {self.code_bytes:,}; cap {self.cap:,}: {verdict}"
+        )
+
+    def save(self, path: str | os.PathLike) -> Path:
+        return atomic_write_bytes(path, self.blob)
+
+
+def _candidates(qcfg: QuantConfig) -> list[tuple[str, str]]:
+    comps = COMPRESSORS if qcfg.compressor == "auto" else (qcfg.compressor,)
+    layouts = {"off": ("plain",), "on": ("grouped",), "auto": ("plain", "grouped")}[qcfg.byte_shuffle]
+    return [(c, lay) for c in comps for lay in layouts]
+
+
+def _label(compressor: str, layout: str) -> str:
+    return compressor + ("+shuffle" if layout == "grouped" else "")
+
+
+def build_artifact(
+    model_or_state: nn.Module | Mapping[str, Tensor],
+    qcfg: QuantConfig,
+    *,
+    model: nn.Module | None = None,
+    hessians: Mapping[str, Tensor] | None = None,
+    verify: bool = True,
+    code_root: str | os.PathLike | None = None,
+) -> Artifact:
+    """Quantize, serialize and compress a model (or a state dict with ``model=`` for its structure).
+
+    Every (compressor, layout) candidate of ``qcfg.compressor`` / ``qcfg.byte_shuffle`` is built and
+    the smallest kept; all sizes go to ``details["candidates"]``. With ``verify`` the chosen blob is
+    decoded and checked bit-identical to the in-memory dequantized weights (style.md G7).
+    """
+    qts, details = quantize_state(model_or_state, qcfg, model=model, hessians=hessians)
+    best = None
+    candidates, timings = {}, details["timings"]
+    t0 = time.perf_counter()
+    for comp, layout in _candidates(qcfg):
+        blob, section_bytes = encode(qts, comp, layout, qcfg.scheme)
+        candidates[_label(comp, layout)] = len(blob)
+        if best is None or len(blob) < len(best[0]):
+            best = (blob, section_bytes, comp, layout)
+    timings["compress_s"] = time.perf_counter() - t0
+    blob, section_bytes, comp, layout = best
+    details["candidates"] = candidates
+    details["header_bytes"] = int.from_bytes(blob[10:14], "little")  # the compressed JSON header
+    details["section_bytes"] = section_bytes  # compressed bytes per section (per group when shuffled)
+    raw = {}
+    for qt in qts:
+        raw[qt.group] = raw.get(qt.group, 0) + sum(a.numel() * a.element_size() for a in qt.arrays.values())
+    details["group_raw_bytes"] = raw
+    if verify:
+        t1 = time.perf_counter()
+        expected = dequantize_all(qts)
+        _, loaded = decode(blob)
+        for qt in loaded:
+            if not torch.equal(dequantize(qt), expected[qt.name]):
+                raise RuntimeError(f"artifact round trip changed {qt.name}: encoder/decoder bug")
+        timings["verify_s"] = time.perf_counter() - t1
+    art = Artifact(
+        blob, code_bytes(qcfg, code_root or REPO_ROOT), qcfg.byte_cap, _label(comp, layout), details, qts
+    )
+    details["accounting"] = {
+        "model_bytes": art.model_bytes,
+        "code_bytes": art.code_bytes,
+        "total_bytes": art.total_bytes,
+        "cap": art.cap,
+        "margin": art.margin,
+        "over_cap": art.over_cap,
+    }
+    if art.over_cap:
+        warnings.warn(art.summary(), ArtifactOverCapWarning, stacklevel=2)
+    return art
+
+
+def load_artifact(blob_or_path: bytes | bytearray | memoryview | str | os.PathLike) -> dict[str, Tensor]:
+    """The dequantized state dict of an artifact (bytes or a file path). Never unpickles anything.
+
+    Raises ArtifactError naming the problem for anything malformed: a pickle, a bad magic or version,
+    a tampered header or payload (checksums), a truncated file, offsets or shapes that do not fit.
+    """
+    if isinstance(blob_or_path, (bytes, bytearray, memoryview)):
+        blob, source = bytes(blob_or_path), "artifact"
+    else:
+        path = Path(blob_or_path)
+        if not path.is_file():
+            raise ArtifactError(f"{path}: no such artifact file")
+        blob, source = path.read_bytes(), str(path)
+    try:
+        _, qts = decode(blob)
+    except ArtifactError as e:
+        raise ArtifactError(f"{source}: {e}") from None
+    return {qt.name: dequantize(qt) for qt in qts}

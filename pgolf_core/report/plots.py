@@ -1,0 +1,106 @@
+"""Figures the notebooks show and save (PNG at the report's dpi; matplotlib's Agg backend).
+
+Every function returns a matplotlib Figure; ``save`` writes it as PNG next to the report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from pgolf_core.stages import StageRecord  # noqa: E402
+
+CAP_BYTES = 16_000_000
+
+
+def save(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    return path
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def training_curves(metrics: list[dict], title: str = ""):
+    """Train loss per step (left) and validation bpb per step (right)."""
+    train = [m for m in metrics if m.get("event") == "train"]
+    val = [m for m in metrics if m.get("event") == "val"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 3.8))
+    ax1.plot([m["step"] for m in train], [m["train_loss"] for m in train], lw=1)
+    ax1.set(xlabel="step", ylabel="train loss (nats/token)", title="training loss")
+    ax2.plot([m["step"] for m in val], [m["val_bpb"] for m in val], marker="o", lw=1)
+    ax2.set(xlabel="step", ylabel="val bpb", title="validation bits per byte")
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def stage_bars(records: list[StageRecord], title: str = "bpb per stage"):
+    """One bar per stage; non-compliant stages hatched red and labelled, so no number stands alone."""
+    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(records)), 3.8))
+    xs = range(len(records))
+    for x, r in zip(xs, records, strict=True):
+        ok = r.compliant
+        ax.bar(x, r.val_bpb, color="#4c78a8" if ok else "#e45756", hatch=None if ok else "//")
+        label = f"{r.val_bpb:.4f}" + ("" if ok else "\nNON-COMPLIANT")
+        ax.annotate(label, (x, r.val_bpb), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(list(xs), [r.stage for r in records], rotation=20, ha="right")
+    lo = min(r.val_bpb for r in records)
+    hi = max(r.val_bpb for r in records)
+    pad = max(0.02, (hi - lo) * 0.3)
+    ax.set_ylim(lo - pad, hi + pad)
+    ax.set(ylabel="val bpb", title=title)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+def pareto(points: list[dict], cap: int = CAP_BYTES, title: str = "artifact bytes vs bpb"):
+    """Scatter of (artifact bytes, bpb) per scheme with the Pareto front and the 16,000,000-byte line.
+
+    ``points``: dicts with name, bytes, bpb. Lower-left is better.
+    """
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    pts = sorted(points, key=lambda p: p["bytes"])
+    front, best = [], float("inf")
+    for p in pts:
+        if p["bpb"] < best:
+            front.append(p)
+            best = p["bpb"]
+    ax.scatter([p["bytes"] for p in pts], [p["bpb"] for p in pts], color="#4c78a8", zorder=3)
+    for p in pts:
+        ax.annotate(p["name"], (p["bytes"], p["bpb"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.step([p["bytes"] for p in front], [p["bpb"] for p in front], where="post", color="#f58518", label="Pareto front")
+    if max(p["bytes"] for p in pts) > 0.5 * cap:
+        ax.axvline(cap, color="#e45756", ls="--", label=f"cap {cap:,} B")
+    ax.set(xlabel="artifact bytes (code + compressed model)", ylabel="val bpb after quantization", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def grouped_bars(labels: list[str], series: dict[str, list[float]], ylabel: str, title: str):
+    """Bars per label for each series (e.g. quantization gap per tensor group per scheme)."""
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels) * max(1, len(series))), 3.8))
+    width = 0.8 / max(1, len(series))
+    for i, (name, values) in enumerate(series.items()):
+        ax.bar([x + i * width for x in range(len(labels))], values, width, label=name)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(labels))], labels, rotation=20, ha="right")
+    ax.set(ylabel=ylabel, title=title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig

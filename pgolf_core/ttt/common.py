@@ -1,0 +1,243 @@
+"""Pieces every test-time-training variant shares (records.md F).
+
+- ``EvalSpec``: how scoring windows are cut (sequence length, stride, batch, temperature, autocast).
+- ``select_parameters`` / ``build_optimizer`` / ``cosine_lr``: what adapts and how.
+- ``train_on_targets``: gradient steps on a contiguous range of target positions that the caller
+  guarantees are already scored, with rank-invariant gradient averaging and ``ScoreEvents.updated``
+  reported after every step.
+- ``TTTScorer``: the ``pgolf_core.scoring.Scorer`` adapter each variant subclasses.
+
+Every variant works on a deep copy of the caller's model (``pgolf_core.model.roles`` survive it via
+``record_roles``), so evaluating with TTT never changes the weights it was given.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as tdist
+from torch import nn
+
+from pgolf_core.config import RunConfig
+from pgolf_core.dist import DistInfo
+from pgolf_core.evaluate import (
+    Capture,
+    EvalResult,
+    NllFn,
+    autocast_context,
+    model_device,
+    rank_slice,
+    stream_score_from,
+    window_batch,
+)
+from pgolf_core.scoring import ScoreEvents, Scorer, StreamScore
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    """How a TTT variant scores: window length, sliding stride (0: stride = seq_len, i.e. non-overlapping
+    windows), windows per scoring forward, softmax temperature, bf16 autocast on CUDA."""
+
+    seq_len: int
+    stride: int = 0
+    batch_seqs: int = 32
+    temperature: float = 1.0
+    autocast: bool = True
+
+    @property
+    def window_stride(self) -> int:
+        return self.stride or self.seq_len
+
+    @classmethod
+    def from_config(cls, cfg: RunConfig) -> EvalSpec:
+        return cls(
+            seq_len=cfg.eval_seq_len, stride=cfg.eval.stride, batch_seqs=cfg.eval.sliding_batch_seqs,
+            temperature=cfg.eval.temperature, autocast=cfg.train.autocast,
+        )
+
+
+def working_copy(model: nn.Module) -> nn.Module:
+    """A deep copy to adapt; the caller's weights are never touched."""
+    work = copy.deepcopy(model)
+    work.eval()  # no dropout anywhere; eval() only documents that scoring and training share one mode
+    return work
+
+
+def select_parameters(model: nn.Module, freeze_first_blocks: int = 0) -> list[nn.Parameter]:
+    """All parameters but those of the first ``freeze_first_blocks`` blocks; sets ``requires_grad``.
+
+    #461's code froze the first 2 blocks by default; #549 ran with 0 frozen (records.md F1).
+    """
+    frozen = {id(p) for block in list(model.blocks)[:freeze_first_blocks] for p in block.parameters()}
+    params = []
+    for p in model.parameters():
+        p.requires_grad_(id(p) not in frozen)
+        if p.requires_grad:
+            params.append(p)
+    return params
+
+
+def freeze(model: nn.Module) -> None:
+    for p in model.parameters():
+        p.requires_grad_(False)
+
+
+def build_optimizer(
+    params: Sequence[nn.Parameter], kind: str, lr: float, *, momentum: float = 0.9,
+    weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+) -> torch.optim.Optimizer:
+    """SGD with momentum (#461/#549/#1413: 0.9) or AdamW."""
+    if kind == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+    raise ValueError(f"unknown TTT optimizer {kind!r}; expected sgd or adamw")
+
+
+def cosine_lr(base: float, index: int, count: int, schedule: str = "cosine") -> float:
+    """base * (1 + cos(pi * index / count)) / 2, or ``base`` for the constant schedule."""
+    if schedule == "constant":
+        return base
+    if schedule != "cosine":
+        raise ValueError(f"unknown LR schedule {schedule!r}; expected cosine or constant")
+    return base * 0.5 * (1.0 + math.cos(math.pi * index / max(count, 1)))
+
+
+def allreduce_grads(params: Sequence[nn.Parameter], dist: DistInfo) -> None:
+    """Sum gradients over ranks (each rank's loss is already divided by the global target count, so
+    the sum is the global mean: 2 ranks give the same step as 1 process)."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    if not (dist.distributed and tdist.is_initialized()):
+        return
+    flat = torch.cat([p.grad.reshape(-1) for p in params])
+    tdist.all_reduce(flat)
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.grad.copy_(flat[offset : offset + n].view_as(p.grad))
+        offset += n
+
+
+@dataclass(frozen=True)
+class TrainRange:
+    """Target positions [first, end) of the stream to train on, cut into ``seq_len`` sequences; the
+    sequence holding targets p..q reads the inputs x[p-1..q-1]."""
+
+    first: int
+    end: int
+    seq_len: int
+
+    @property
+    def num_seqs(self) -> int:
+        return max(0, -(-(self.end - self.first) // self.seq_len))
+
+    def starts(self) -> np.ndarray:
+        return self.first - 1 + np.arange(self.num_seqs, dtype=np.int64) * self.seq_len
+
+    def lengths(self) -> np.ndarray:
+        return np.minimum(self.seq_len, self.end - 1 - self.starts())
+
+
+def train_on_targets(
+    loss_fn: NllFn,
+    params: Sequence[nn.Parameter],
+    opt: torch.optim.Optimizer,
+    tokens_d: torch.Tensor,
+    span: TrainRange,
+    *,
+    epochs: int,
+    batch_seqs: int,
+    lr: float,
+    grad_clip: float,
+    dist: DistInfo,
+    device: torch.device,
+    autocast: bool,
+    events: ScoreEvents | None = None,
+    kind: str = "ttt_step",
+) -> int:
+    """``epochs`` passes over ``span`` in batches of ``batch_seqs`` sequences (all ranks together; each
+    batch's sequences are split across ranks); one optimizer step per batch. Returns the step count.
+
+    The caller guarantees every target of ``span`` is already scored. The gradient is the mean NLL
+    over the batch's targets, all-reduced, then clipped to ``grad_clip`` (the averaged gradient, as
+    the DDP records do; records.md I3).
+    """
+    for group in opt.param_groups:
+        group["lr"] = lr
+    starts, lengths = span.starts(), span.lengths()
+    T = span.seq_len
+    offsets_T = torch.arange(T, device=device)
+    steps = 0
+    for _ in range(epochs):
+        for b in range(0, span.num_seqs, batch_seqs):
+            gstarts, glens = starts[b : b + batch_seqs], lengths[b : b + batch_seqs]
+            total = int(glens.sum())
+            mine = rank_slice(len(gstarts), dist)
+            if mine.stop > mine.start:
+                x, y = window_batch(tokens_d, gstarts[mine], T)
+                mask_BT = offsets_T < torch.as_tensor(glens[mine], device=device)[:, None]
+                with autocast_context(device, autocast):
+                    nll_BT = loss_fn(x, y)
+                (nll_BT.float()[mask_BT].sum() / total).backward()
+            allreduce_grads(params, dist)
+            if grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            steps += 1
+            if events is not None:
+                events.updated(np.concatenate([np.arange(s + 1, s + 1 + n) for s, n in zip(gstarts, glens)]), kind)
+    return steps
+
+
+class Timer:
+    """Accumulated seconds of named phases (score / train) for the TTT info dict."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def add(self, name: str, t0: float) -> None:
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
+
+
+class TTTScorer(Scorer):
+    """``Scorer`` adapter for a TTT variant: single process, on the model's device, no autocast.
+
+    Subclasses implement ``run(tokens, events, capture) -> EvalResult`` (the variant itself, scoring
+    with luts=None so no bytes are needed). ``predictive`` reruns the variant and captures the full
+    distribution at each requested position from the very forward that scored it, stopping once all
+    are captured, so the state is exactly the one scoring saw.
+    """
+
+    def __init__(self, model: nn.Module, spec: EvalSpec):
+        self.model, self.spec = model, spec
+        self.vocab_size = int(model.cfg.vocab_size)
+
+    def run(self, tokens: np.ndarray, events: ScoreEvents | None, capture: Capture | None) -> EvalResult:
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return model_device(self.model)
+
+    def score_stream(self, tokens: np.ndarray, events: ScoreEvents | None = None) -> StreamScore:
+        return stream_score_from(self.run(np.asarray(tokens), events, None))
+
+    def predictive(self, tokens: np.ndarray, positions: Sequence[int]) -> np.ndarray:
+        positions = np.asarray(positions, dtype=np.int64)
+        if positions.size and (positions.min() < 1 or positions.max() >= len(tokens)):
+            raise ValueError(f"target positions must lie in 1..{len(tokens) - 1}")
+        capture = Capture(positions, logits_fn=None, temperature=self.spec.temperature)
+        self.run(np.asarray(tokens), None, capture)
+        return capture.matrix(positions)
+
+
+LogFn = Callable[[str], None]

@@ -1,0 +1,240 @@
+"""The artifact: bit-identical round trip, safe loading (no pickle, tamper evidence), byte accounting."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import pickle
+import struct
+import zlib
+from pathlib import Path
+
+import pytest
+import torch
+
+from pgolf_core.config import QuantConfig, QuantGroupConfig
+from pgolf_core.quant import (
+    ArtifactError,
+    ArtifactOverCapWarning,
+    build_artifact,
+    code_bytes,
+    collect_hessians,
+    dequantized_state,
+    load_artifact,
+)
+from pgolf_core.quant.artifact import REPO_ROOT
+from tests.model.helpers import tiny_model
+
+FULL = QuantConfig(
+    scheme="groups",
+    keep_float_max_numel=1024,
+    quant_gates=True,
+    lqer_top_k=2,
+    lqer_rank=2,
+    lqer_group=16,
+    attn=QuantGroupConfig(bits=6, clip="search", gptq=True),
+    mlp=QuantGroupConfig(bits=5, clip="sdclip", sdclip_k=6.5, gptq=True),
+    embed=QuantGroupConfig(bits=7, clip="sdclip", sdclip_k=15.0, gptq=True),
+    gate=QuantGroupConfig(bits=8, clip="percentile", percentile=100.0),
+    compressor="auto",
+    byte_shuffle="auto",
+)
+
+
+@pytest.fixture(scope="module")
+def rich():
+    """A tiny model with every tensor family (gates, bigram table, value embedding) and its Hessians."""
+    torch.set_num_threads(1)
+    model = tiny_model(attn_gate="dense", bigram_vocab=700, bigram_dim=96, ve_dim=32, ve_layers=[2, 3])
+    g = torch.Generator().manual_seed(0)
+    hess = collect_hessians(model, [(torch.randint(0, 64, (2, 32), generator=g), None) for _ in range(2)])
+    return model, hess
+
+
+def assert_bit_identical(got: dict, want: dict) -> None:
+    assert list(got) == list(want)
+    for k, w in want.items():
+        assert got[k].dtype == w.dtype and torch.equal(got[k], w), k
+
+
+def test_artifact_round_trip_is_bit_identical_baseline():
+    """baseline_int8: load_artifact(blob) == dequantized_state, tensor for tensor, dtype for dtype."""
+    model = tiny_model(vocab_size=1100)
+    art = build_artifact(model, QuantConfig())
+    assert art.compressor == "zlib" and art.details["timings"]["verify_s"] >= 0
+    assert_bit_identical(load_artifact(art.blob), dequantized_state(model, QuantConfig()))
+
+
+def test_artifact_round_trip_is_bit_identical_with_gptq_lqer_gates_and_tables(rich, tmp_path):
+    """groups + GPTQ + clip search/SDClip + LQER + quantized gates + tables, auto compressor: bit-identical, from bytes and from a file."""
+    model, hess = rich
+    art = build_artifact(model, FULL, hessians=hess)
+    want = dequantized_state(model, FULL, hess)
+    assert_bit_identical(load_artifact(art.blob), want)
+    path = art.save(tmp_path / "model.pgq")
+    assert_bit_identical(load_artifact(path), want)
+    kinds = {n: t["kind"] for n, t in art.details["tensors"].items()}
+    assert kinds["blocks.0.attn.gate.proj.weight"] == "row" and kinds["bigram.table.weight"] == "row"
+    assert kinds["blocks.0.attn_scale"] == "float" and len(art.details["lqer"]) == 2
+    model.load_state_dict(load_artifact(art.blob), strict=True)  # the state loads into the model as is
+
+
+def test_artifact_from_state_dict_needs_the_model():
+    """A bare state dict carries no roles: without model= the error says what to pass."""
+    model = tiny_model()
+    with pytest.raises(ValueError, match="pass model="):
+        build_artifact(model.state_dict(), QuantConfig())
+    art = build_artifact(model.state_dict(), QuantConfig(), model=tiny_model())
+    assert art.model_bytes == build_artifact(model, QuantConfig()).model_bytes
+
+
+# --------------------------------------------------------------------------------------------------
+# safe loading
+# --------------------------------------------------------------------------------------------------
+
+
+class Armed:
+    """Unpickling this creates ``path``: what a malicious checkpoint would do."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def test_artifact_pickle_payload_fails_clearly_and_never_runs(tmp_path):
+    """torch.save / raw pickle files are refused with a clear error; the payload's side effect never happens."""
+    marker = tmp_path / "pwned"
+    armed_probe = tmp_path / "probe"
+    pickle.loads(pickle.dumps(Armed(str(armed_probe))))
+    assert armed_probe.exists()  # the payload is live: unpickling it does run code
+
+    buf = io.BytesIO()
+    torch.save({"quantized": Armed(str(marker))}, buf)
+    for blob in (buf.getvalue(), pickle.dumps(Armed(str(marker)))):
+        with pytest.raises(ArtifactError, match="pickle"):
+            load_artifact(blob)
+        path = tmp_path / "evil.pt"
+        path.write_bytes(blob)
+        with pytest.raises(ArtifactError, match=r"evil\.pt: .*never unpickled"):
+            load_artifact(path)
+    # A pickle smuggled in as the payload of a correctly signed container fails at decompression.
+    art = build_artifact(tiny_model(), QuantConfig())
+    evil = pickle.dumps(Armed(str(marker)))
+    smuggled = resign(art.blob, lambda h: h["sections"][0].update(len=len(evil)), payload=evil)
+    with pytest.raises(ArtifactError, match="section 0 .*zlib stream is corrupt"):
+        load_artifact(smuggled)
+    assert not marker.exists()
+
+
+def split(blob: bytes) -> tuple[tuple, dict, bytes]:
+    magic, version, hlen, _ = struct.unpack_from("<8sHI32s", blob)
+    header = json.loads(zlib.decompress(blob[46 : 46 + hlen]))
+    return (magic, version), header, blob[46 + hlen :]
+
+
+def resign(blob: bytes, edit, payload: bytes | None = None, raw_header: bytes | None = None) -> bytes:
+    """Rebuild a container after ``edit(header)``, with valid checksums: a careful forger's file."""
+    (magic, version), header, old_payload = split(blob)
+    payload = old_payload if payload is None else payload
+    edit(header)
+    header["payload_sha256"] = hashlib.sha256(payload).hexdigest()
+    h = raw_header if raw_header is not None else zlib.compress(json.dumps(header).encode(), 9)
+    return struct.pack("<8sHI32s", magic, version, len(h), hashlib.sha256(h).digest()) + h + payload
+
+
+@pytest.fixture(scope="module")
+def good_blob() -> bytes:
+    return build_artifact(tiny_model(vocab_size=1100), QuantConfig()).blob
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda b: b[:30], "truncated artifact: 30 bytes"),
+        (lambda b: b[:-7], "truncated or padded file"),
+        (lambda b: b + b"\0", "truncated or padded file"),
+        (lambda b: b"NOTPGOLF" + b[8:], "not a pgolf artifact: magic"),
+        (lambda b: b[:8] + struct.pack("<H", 2) + b[10:], "unsupported artifact format version 2"),
+        (lambda b: b[:60] + bytes([b[60] ^ 0xFF]) + b[61:], "header checksum mismatch"),
+        (lambda b: b[:-3] + bytes([b[-3] ^ 0x01]) + b[-2:], "payload checksum mismatch"),
+        (
+            lambda b: resign(b, lambda h: None, raw_header=zlib.compress(b"{not json")),
+            "header is not valid compressed JSON",
+        ),
+        (
+            lambda b: resign(b, lambda h: h["tensors"][1]["a"]["q"].__setitem__(1, 10**9)),
+            r"lie outside section",
+        ),
+        (
+            lambda b: resign(b, lambda h: h["tensors"][1].__setitem__("sh", [1100, 65])),
+            r"shape \[1100, 64\], expected \[1100, 65\]",
+        ),
+        (lambda b: resign(b, lambda h: h["tensors"][1].__setitem__("k", "exec")), "unknown kind 'exec'"),
+        (
+            lambda b: resign(b, lambda h: h["tensors"][1]["a"]["q"].__setitem__(2, "object")),
+            "array reference invalid",
+        ),
+        (
+            lambda b: resign(b, lambda h: h["sections"][0].update(raw=h["sections"][0]["raw"] + 64)),
+            "parts do not tile",
+        ),
+        (lambda b: resign(b, lambda h: h["tensors"].append(h["tensors"][0])), "appears twice"),
+    ],
+    ids=[
+        "short-prefix",
+        "truncated",
+        "padded",
+        "magic",
+        "version",
+        "header-byte",
+        "payload-byte",
+        "json",
+        "offset",
+        "shape",
+        "kind",
+        "dtype",
+        "section-size",
+        "duplicate",
+    ],
+)
+def test_artifact_malformed_input_raises_a_clear_error(good_blob, mutate, message):
+    """Each corruption or forgery is caught by its own check and named in the error."""
+    assert "tok_emb" in split(good_blob)[1]["tensors"][1]["n"]
+    with pytest.raises(ArtifactError, match=message):
+        load_artifact(mutate(good_blob))
+
+
+# --------------------------------------------------------------------------------------------------
+# accounting
+# --------------------------------------------------------------------------------------------------
+
+
+def test_artifact_accounting_flags_an_artifact_over_the_cap():
+    """total = model + code bytes; over the decimal cap: over_cap, negative margin, the overage reported and warned."""
+    model = tiny_model(vocab_size=1100)
+    art = build_artifact(model, QuantConfig())
+    code = code_bytes(QuantConfig(), REPO_ROOT)
+    assert art.code_bytes == code > 100_000 and art.total_bytes == len(art.blob) + code
+    assert art.margin == 16_000_000 - art.total_bytes and not art.over_cap
+    tight = QuantConfig(byte_cap=art.total_bytes - 1234)
+    with pytest.warns(ArtifactOverCapWarning, match="OVER THE CAP by 1,234 bytes"):
+        over = build_artifact(model, tight)
+    assert over.over_cap and over.margin == -1234 and over.overage == 1234
+    assert over.details["accounting"]["over_cap"] is True and "OVER THE CAP by 1,234" in over.summary()
+    exact = build_artifact(model, QuantConfig(byte_cap=art.total_bytes))
+    assert not exact.over_cap and exact.margin == 0  # the cap itself is allowed
+
+
+def test_code_bytes_counts_each_matched_file_once_and_rejects_empty_globs(tmp_path):
+    """Overlapping globs count a file once; a glob that matches nothing is an error, not zero bytes."""
+    (tmp_path / "pkg" / "sub").mkdir(parents=True)
+    (tmp_path / "pkg" / "a.py").write_bytes(b"x" * 100)
+    (tmp_path / "pkg" / "sub" / "b.py").write_bytes(b"y" * 23)
+    (tmp_path / "pkg" / "__pycache__").mkdir()
+    (tmp_path / "pkg" / "__pycache__" / "a.py").write_bytes(b"z" * 1000)
+    assert code_bytes(QuantConfig(code_files=["pkg/**/*.py", "pkg/a.py"]), tmp_path) == 123
+    with pytest.raises(FileNotFoundError, match="matches no file"):
+        code_bytes(QuantConfig(code_files=["pkg/**/*.py", "train_gpt.py"]), tmp_path)

@@ -1,0 +1,114 @@
+"""The papermill runner: validation before launch, run folders, failure statuses, the index."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from pgolf_core.config import ConfigError
+from pgolf_core.report.index import build_index
+from pgolf_core.suite import run_notebook, run_suite, validate_run
+from tests.conftest import REPO
+
+FIXTURE = REPO / "tests/notebooks/fixture.ipynb"
+TINY = REPO / "tests/suite/tiny.yaml"
+
+
+@pytest.fixture(autouse=True)
+def _repo_cwd(monkeypatch):
+    monkeypatch.chdir(REPO)
+
+
+def params(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "p.yaml"
+    path.write_text(text)
+    return path
+
+
+def run(tmp_path: Path, params_file: Path, **kw):
+    return run_notebook(FIXTURE, params_file, suite="t", reports_root=tmp_path / "reports", log_output=False, **kw)
+
+
+def test_completed_run_writes_every_output(tmp_path):
+    rec = run(tmp_path, TINY, overrides={"train.seed": 7})
+    assert rec.status == "completed" and rec.error is None
+    files = {p.name for p in rec.run_dir.iterdir()}
+    assert {"executed.ipynb", "report.html", "manifest.json", "stages.json", "stages.png", "outputs.json"} <= files
+    html = (rec.run_dir / "report.html").read_text()
+    assert "data:image/png;base64," in html, "figures are embedded"
+    assert "from pgolf_core.config import load_config" not in html, "code is hidden"
+    stages = json.loads((rec.run_dir / "stages.json").read_text())["stages"]
+    assert [s["stage"] for s in stages] == ["pre", "q"] and all(s["verdicts"] for s in stages)
+    assert stages[0]["val_bpb"] == 2.5  # the params file's notebook section reached the parameters cell
+    m = json.loads((rec.run_dir / "manifest.json").read_text())
+    assert m["status"] == "completed" and m["seed"] == 7 and m["params"]["train"]["seed"] == 7
+    assert m["notebook_params"] == {"value": 2.5} and m["attn_backend"] == "sdpa"
+    assert re.fullmatch(r"[0-9a-f]{40}", m["git"]["commit"]) and isinstance(m["git"]["dirty"], bool)
+    assert m["packages"]["torch"] and m["hardware"]["python"] and m["seconds"] > 0
+    executed = nbformat.read(rec.run_dir / "executed.ipynb", as_version=4)
+    assert executed.metadata.papermill.parameters["run_dir"] == rec.run_dir.as_posix()
+
+
+@pytest.mark.parametrize(
+    "notebook_section, status, error",
+    [
+        ("fail_at: 1", "failed", "RuntimeError: deliberate failure at step 1"),
+        ("sleep_s: 30", "timeout", "CellTimeoutError"),
+        ("die: true", "dead_kernel", "DeadKernelError"),
+    ],
+)
+def test_failures_keep_partial_output_and_are_marked(tmp_path, notebook_section, status, error):
+    p = params(tmp_path, f"data:\n  source: smoke\nnotebook:\n  {notebook_section}\n")
+    rec = run(tmp_path, p, timeout=5 if status == "timeout" else None)
+    assert rec.status == status and error in rec.error
+    m = json.loads((rec.run_dir / "manifest.json").read_text())
+    assert m["status"] == status and error in m["error"]
+    nb = nbformat.read(rec.run_dir / "executed.ipynb", as_version=4)
+    text = json.dumps([c.get("outputs", []) for c in nb.cells])
+    assert "step 0" in text and (rec.run_dir / "stages.json").is_file(), "cells before the failure kept their output"
+    assert (rec.run_dir / "report.html").is_file()
+    index = (tmp_path / "reports" / "index.html").read_text()
+    assert f'st-{status}' in index and rec.run_id in index
+
+
+def test_unknown_notebook_parameter_is_refused_before_launch(tmp_path):
+    p = params(tmp_path, "notebook:\n  valeu: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown parameter\(s\) \['valeu'\] for fixture\.ipynb; its parameters are: .*value"):
+        run(tmp_path, p)
+    assert not (tmp_path / "reports").exists(), "nothing was launched"
+
+
+def test_unknown_config_key_is_refused_before_launch(tmp_path):
+    p = params(tmp_path, "model:\n  num_layerz: 3\n")
+    with pytest.raises(ConfigError, match="model.num_layerz: unknown key"):
+        validate_run(FIXTURE, p)
+    with pytest.raises(ConfigError, match="set by the driver"):
+        validate_run(FIXTURE, params(tmp_path, "notebook:\n  run_dir: x\n"))
+
+
+def test_suite_runs_in_order_with_sources_and_groups_seeds(tmp_path):
+    records = run_suite(REPO / "tests/suite", seeds=[1, 2], reports_root=tmp_path / "reports", log_output=False)
+    assert [r.status for r in records] == ["completed"] * 4
+    assert [r.run_id.split("-", 1)[1] for r in records] == ["first-s1", "second-s1", "first-s2", "second-s2"]
+    second = json.loads((records[1].run_dir / "manifest.json").read_text())
+    assert second["source_run"] == records[0].run_dir.as_posix() and second["group"] == "suite/second"
+    index = json.loads((tmp_path / "reports" / "index.json").read_text())
+    groups = {g["group"]: g for g in index["groups"]}
+    assert set(groups) == {"suite/first", "suite/second"}
+    pre = next(r for r in groups["suite/first"]["rows"] if r["stage"] == "pre")
+    assert pre["n"] == 2 and pre["mean"] == 2.5 and pre["std"] == 0.0 and [s for s, _ in pre["seeds"]] == [1, 2]
+
+
+def test_index_survives_an_unreadable_manifest(tmp_path):
+    root = tmp_path / "reports"
+    bad = root / "s" / "broken"
+    bad.mkdir(parents=True)
+    (bad / "manifest.json").write_text("{not json")
+    html = build_index(root).read_text()
+    assert "broken" in html and "unreadable" in html
+    shutil.rmtree(root)
