@@ -28,9 +28,9 @@ $(STAMP): pyproject.toml
 test: setup  ## run the whole test suite (this is what CI runs)
 	$(PY) -m pytest -q tests
 
-smoke: setup  ## the main job on the embedded smoke corpus: data, then a smoke training run
+smoke: setup  ## the main job: the whole notebook suite on the embedded smoke corpus (~7 min on 2 cores)
 	$(PGOLF) data smoke
-	$(PGOLF) train params/smoke/train.yaml
+	$(PGOLF) suite params/smoke
 
 lab: setup  ## open JupyterLab on the project's environment (installs the [lab] extra once)
 	@$(PY) -c "import jupyterlab" 2>/dev/null || $(PY) -m pip install --quiet -e ".[dev,lab]"
@@ -39,6 +39,8 @@ lab: setup  ## open JupyterLab on the project's environment (installs the [lab] 
 bench: setup  ## run the benchmarks under bench/ (by hand; numbers go to bench/README.md)
 	$(PY) bench/data_throughput.py
 	$(PY) bench/train_throughput.py
+	$(PY) bench/ngram.py
+	$(PY) bench/quant.py
 
 clean:  ## remove the venv, built data and runs
 	rm -rf $(VENV) data runs .pytest_cache

@@ -120,11 +120,23 @@ def _print_records(records) -> int:
     return 1 if bad else 0
 
 
+def _stream_notebook_output() -> None:
+    """papermill logs each cell's output (log_output=True); show it live, as `papermill --log-output` does."""
+    import logging
+
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log = logging.getLogger("papermill")
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from pgolf_core.config import parse_overrides
     from pgolf_core.suite import run_notebook
 
     flat = {k: v for k, v in _flatten(parse_overrides(args.set)).items()}
+    _stream_notebook_output()
     rec = run_notebook(args.notebook, args.params, suite=args.suite, reports_root=args.reports,
                        overrides=flat or None, timeout=args.timeout)
     code = _print_records([rec])
@@ -145,6 +157,7 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
 def _cmd_suite(args: argparse.Namespace) -> int:
     from pgolf_core.suite import run_suite
 
+    _stream_notebook_output()
     records = run_suite(args.dir, seeds=args.seeds, reports_root=args.reports, only=args.only)
     code = _print_records(records)
     print(f"index: {Path(args.reports) / 'index.html'}")

@@ -58,7 +58,7 @@ _StrictLoader.add_implicit_resolver(
 )
 
 
-def _yaml_load(text: str, source: str) -> Any:
+def yaml_load(text: str, source: str) -> Any:
     try:
         return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - SafeLoader subclass
     except ConfigError as e:
@@ -261,6 +261,9 @@ class EvalConfig(Section):
     stride: int = Field(0, ge=0, description="sliding-window stride (0: off; the records use 64)")
     sliding_batch_seqs: int = Field(32, gt=0, description="windows per forward in sliding evaluation")
     temperature: float = Field(1.0, gt=0)
+    probe_tokens: int = Field(
+        4096, ge=0, description="compliance checks T1-T5 run each stage's scorer on this many validation tokens (0: skip)"
+    )
 
 
 class QuantGroupConfig(Section):
@@ -273,6 +276,18 @@ class QuantGroupConfig(Section):
     percentile: float = Field(99.99984, gt=0, le=100, description="clip percentile (the baseline's)")
     sdclip_k: float = Field(12.85, gt=0, description="sdclip: clip = k * std(row) (#1394: 12.85 int6, 20 int8)")
     gptq: bool = Field(False, description="Hessian-aware GPTQ rounding (#1019 on)")
+
+
+# What a run imports to train, quantize and score (conservatively every such file, compliance.md R18);
+# tooling that never runs in a submission (CLI, notebook driver, reports, data preparation) is left out.
+RUNTIME_CODE_FILES = (
+    "pgolf_core/__init__.py", "pgolf_core/atomic.py", "pgolf_core/config.py", "pgolf_core/dist.py",
+    "pgolf_core/evaluate.py", "pgolf_core/train.py", "pgolf_core/scoring.py", "pgolf_core/stages.py",
+    "pgolf_core/pipeline.py", "pgolf_core/compliance.py", "pgolf_core/ngram.py",
+    "pgolf_core/data/__init__.py", "pgolf_core/data/shards.py", "pgolf_core/data/loader.py",
+    "pgolf_core/data/tokenizer.py", "pgolf_core/data/tokenizer_bytes.py",
+    "pgolf_core/model/*.py", "pgolf_core/optim/*.py", "pgolf_core/quant/*.py", "pgolf_core/ttt/*.py",
+)
 
 
 class QuantConfig(Section):
@@ -306,7 +321,8 @@ class QuantConfig(Section):
     compressor: Literal["auto", "zlib", "lzma", "brotli"] = Field("zlib", description="auto: try all, keep the smallest")
     byte_shuffle: Literal["auto", "off", "on"] = Field("off", description="byte-shuffle / per-group streams before compressing")
     code_files: list[str] = Field(
-        default_factory=lambda: ["pgolf_core/**/*.py"], description="globs of the code counted in the artifact"
+        default_factory=lambda: list(RUNTIME_CODE_FILES),
+        description="globs of the code counted in the artifact (default: every module a run loads to train and score)",
     )
     byte_cap: int = Field(16_000_000, gt=0, description="decimal artifact cap: code + compressed model")
 
@@ -414,10 +430,10 @@ class RunConfig(Section):
 # --------------------------------------------------------------------------------------------------
 
 
-def _deep_merge(base: dict, top: dict) -> dict:
+def deep_merge(base: dict, top: dict) -> dict:
     out = dict(base)
     for k, v in top.items():
-        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -467,14 +483,14 @@ def config_from_dict(raw: Any, source: str = "<dict>") -> RunConfig:
         raise ConfigError(f"{source}: invalid config:\n  " + "\n  ".join(lines)) from None
 
 
-def _read_yaml_tree(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+def read_params_tree(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     path = path.resolve()
     if path in chain:
         raise ConfigError(f"{path}: 'extends' cycle: {' -> '.join(map(str, (*chain, path)))}")
     if not path.is_file():
         where = f" (extended by {chain[-1]})" if chain else ""
         raise ConfigError(f"{path}: params file not found{where}")
-    raw = _yaml_load(path.read_text(encoding="utf-8"), str(path))
+    raw = yaml_load(path.read_text(encoding="utf-8"), str(path))
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -485,8 +501,8 @@ def _read_yaml_tree(path: Path, chain: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"{path}: 'extends' must be a path or a list of paths, got {bases!r}")
     merged: dict = {}
     for base in bases:
-        merged = _deep_merge(merged, _read_yaml_tree(path.parent / base, (*chain, path)))
-    return _deep_merge(merged, raw)
+        merged = deep_merge(merged, read_params_tree(path.parent / base, (*chain, path)))
+    return deep_merge(merged, raw)
 
 
 def parse_overrides(items: list[str] | dict[str, Any] | None) -> dict:
@@ -500,7 +516,7 @@ def parse_overrides(items: list[str] | dict[str, Any] | None) -> dict:
             if "=" not in item:
                 raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. model.num_layers=11")
             k, v = item.split("=", 1)
-            parsed.append((k.strip(), _yaml_load(v, f"override {item!r}")))
+            parsed.append((k.strip(), yaml_load(v, f"override {item!r}")))
         pairs = parsed
     out: dict = {}
     for dotted, value in pairs:
@@ -517,7 +533,7 @@ def parse_overrides(items: list[str] | dict[str, Any] | None) -> dict:
 def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> RunConfig:
     """Load ``path`` (following ``extends``), apply overrides, validate. The only door into a RunConfig."""
     path = Path(path)
-    raw = _read_yaml_tree(path)
+    raw = read_params_tree(path)
     # A params file may carry values for a notebook's parameters cell; pgolf_core.suite validates them
     # against the notebook. They are not part of the run's config.
     notebook = raw.pop("notebook", {})
@@ -525,7 +541,7 @@ def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None =
         raise ConfigError(f"{path}: 'notebook' must be a mapping of notebook parameters, got {type(notebook).__name__}")
     over = parse_overrides(overrides)
     source = str(path) + (f" with overrides {overrides!r}" if over else "")
-    return config_from_dict(_deep_merge(raw, over), source)
+    return config_from_dict(deep_merge(raw, over), source)
 
 
 def to_dict(cfg: RunConfig) -> dict:

@@ -123,39 +123,46 @@ class FullStreamModel:
 
 
 class WindowedTorchModel:
-    """A pgolf GPT scored with non-overlapping ``seq_len`` windows starting at token 0 (records E1).
+    """A pgolf GPT's log-probabilities from the evaluation's own windows (``pgolf_core.evaluate``).
 
-    Position j >= 1 is predicted by window k = (j - 1) // seq_len from x[k * seq_len : j]; each window
-    is one causal forward, so row j depends on x[:j] only.
+    ``stride == seq_len`` (the default) is standard evaluation (records E1); a smaller stride is the
+    sliding window (E2), so the cache mixes with exactly the distributions q_sw scores. Position j is
+    predicted by the window of ``window_plan`` that scores it, from x[start : j]; each window is one
+    causal forward, so row j depends on x[:j] only.
     """
 
-    def __init__(self, model, seq_len: int, batch_windows: int = 16):
+    def __init__(self, model, seq_len: int, batch_windows: int = 16, *, stride: int | None = None,
+                 temperature: float = 1.0, autocast: bool = False):
         self.model = model
-        self.seq_len = seq_len
-        self.batch_windows = batch_windows
+        self.seq_len, self.stride = seq_len, stride or seq_len
+        self.batch_windows, self.temperature, self.autocast = batch_windows, temperature, autocast
         self.vocab_size = int(model.tok_emb.weight.shape[0])
 
     def logprobs(self, tokens: np.ndarray, lo: int, hi: int) -> np.ndarray:
         import torch
 
-        L = self.seq_len
-        k0, k1 = (lo - 1) // L, (hi - 2) // L + 1
-        rows = []
-        param = next(self.model.parameters())
+        from pgolf_core.evaluate import autocast_context, device_tokens, window_batch, window_plan
+
+        plan = window_plan(int(tokens.size), self.seq_len, self.stride)
+        w0, w1 = (int(w) for w in plan.window_of([lo, hi - 1]))
+        device = next(self.model.parameters()).device
+        tokens_d = device_tokens(tokens, device)
+        out = np.empty((hi - lo, self.vocab_size), dtype=np.float32)
         with torch.no_grad():
-            for kb in range(k0, k1, self.batch_windows):
-                ke = min(kb + self.batch_windows, k1)
-                full = [k for k in range(kb, ke) if (k + 1) * L <= tokens.size]
-                for group in (full, [k for k in range(kb, ke) if k not in full]):
-                    if not group:
+            for b in range(w0, w1 + 1, self.batch_windows):
+                wid = np.arange(b, min(b + self.batch_windows, w1 + 1))
+                x, _ = window_batch(tokens_d, plan.starts[wid], self.seq_len)
+                with autocast_context(device, self.autocast):
+                    logits_BTV = self.model.logits(x).float()
+                lp_BTV = torch.log_softmax(logits_BTV / self.temperature, dim=-1).cpu().numpy()
+                for i, w in enumerate(wid):
+                    a = max(int(plan.first_scored[w]), lo)
+                    z = min(int(plan.last_scored[w]), hi - 1)
+                    if a > z:
                         continue
-                    x = np.stack([tokens[k * L : min((k + 1) * L, tokens.size)] for k in group])
-                    x_BT = torch.as_tensor(x.astype(np.int64), device=param.device)
-                    lp_BTV = torch.log_softmax(self.model.logits(x_BT).float(), dim=-1)
-                    rows.extend(lp_BTV.cpu().numpy())
-        lp_NV = np.concatenate(rows, axis=0)  # rows for positions k0*L + 1 ...
-        base = k0 * L + 1
-        return lp_NV[lo - base : hi - base]
+                    s = int(plan.starts[w])
+                    out[a - lo : z - lo + 1] = lp_BTV[i, a - 1 - s : z - s]  # position p: input row p - 1 - s
+        return out
 
 
 # --------------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pgolf_core.atomic import atomic_write_json
-from pgolf_core.config import ConfigError, _read_yaml_tree, config_from_dict, parse_overrides, to_dict
+from pgolf_core.config import ConfigError, config_from_dict, deep_merge, parse_overrides, read_params_tree, to_dict, yaml_load
 from pgolf_core.report.provenance import provenance
 
 NOTEBOOK_SECTION = "notebook"
@@ -44,6 +44,7 @@ class SuiteEntry(BaseModel):
     notebook: str = Field(description="path of the notebook, relative to the repository root")
     params: str = Field(description="params file, relative to the suite folder")
     source: str | None = Field(None, description="name of an earlier entry whose run folder this one reads")
+    parameters: dict[str, Any] = Field(default_factory=dict, description="notebook parameters for this entry (e.g. nproc: 8)")
     timeout: float | None = Field(None, gt=0, description="per-cell timeout in seconds (None: no limit)")
 
 
@@ -68,7 +69,7 @@ def _utc(t: float | None = None) -> str:
 
 def split_params(params_file: str | os.PathLike) -> tuple[dict, dict]:
     """(run config dict, notebook parameters) from a params file; ``extends`` is followed."""
-    raw = _read_yaml_tree(Path(params_file))
+    raw = read_params_tree(Path(params_file))
     nb = raw.pop(NOTEBOOK_SECTION, {}) or {}
     if not isinstance(nb, dict):
         raise ConfigError(f"{params_file}: '{NOTEBOOK_SECTION}' must be a mapping of notebook parameters")
@@ -82,15 +83,20 @@ def notebook_parameters(notebook: str | os.PathLike) -> dict[str, dict]:
     return pm.inspect_notebook(str(notebook))
 
 
-def validate_run(notebook: str | os.PathLike, params_file: str | os.PathLike, overrides: dict | None = None) -> tuple[dict, dict]:
-    """Validate config and notebook parameters before launching; returns (resolved config, notebook params)."""
+def validate_run(
+    notebook: str | os.PathLike, params_file: str | os.PathLike, overrides: dict | None = None,
+    parameters: dict | None = None,
+) -> tuple[dict, dict]:
+    """Validate config and notebook parameters before launching; returns (resolved config, notebook params).
+
+    ``parameters`` (a suite entry's) are merged over the params file's ``notebook:`` section.
+    """
     notebook = Path(notebook)
     if not notebook.is_file():
         raise ConfigError(f"{notebook}: notebook not found")
     raw, nb = split_params(params_file)
-    from pgolf_core.config import _deep_merge
-
-    cfg = config_from_dict(_deep_merge(raw, parse_overrides(overrides or {})), str(params_file))
+    nb = {**nb, **(parameters or {})}
+    cfg = config_from_dict(deep_merge(raw, parse_overrides(overrides or {})), str(params_file))
     declared = notebook_parameters(notebook)
     missing_driver = [p for p in DRIVER_PARAMS if p not in declared]
     if missing_driver:
@@ -105,7 +111,25 @@ def validate_run(notebook: str | os.PathLike, params_file: str | os.PathLike, ov
     reserved = sorted(set(nb) & set(DRIVER_PARAMS))
     if reserved:
         raise ConfigError(f"{params_file}: {reserved} are set by the driver, not by params files")
+    _validate_sweeps(nb, to_dict(cfg), params_file)
     return to_dict(cfg), nb
+
+
+def _validate_sweeps(nb_params: dict, cfg: dict, params_file) -> None:
+    """A notebook parameter that is a list of {name, <section>: overrides} (schemes, variants, settings)
+    is a sweep over config variants: each variant must itself be a valid config."""
+    from pgolf_core.config import SECTIONS
+
+    for key, value in nb_params.items():
+        if not (isinstance(value, list) and value and all(isinstance(v, dict) and "name" in v for v in value)):
+            continue
+        for i, item in enumerate(value):
+            sections = {k: v for k, v in item.items() if k != "name"}
+            unknown = sorted(set(sections) - set(SECTIONS))
+            if unknown:
+                raise ConfigError(f"{params_file}: notebook.{key}[{i}] ({item['name']!r}) has keys {unknown}; "
+                                  f"a variant is a name plus config sections ({', '.join(SECTIONS)})")
+            config_from_dict(deep_merge(cfg, sections), f"{params_file}: notebook.{key}[{i}] ({item['name']!r})")
 
 
 def _status_of(exc: BaseException) -> str:
@@ -135,6 +159,7 @@ def run_notebook(
     run_id: str | None = None,
     overrides: dict[str, Any] | None = None,
     source_run: str = "",
+    parameters: dict[str, Any] | None = None,
     group: str | None = None,
     timeout: float | None = None,
     kernel_name: str = "python3",
@@ -145,7 +170,7 @@ def run_notebook(
     import papermill as pm
 
     notebook, params_file = Path(notebook), Path(params_file)
-    cfg_dict, nb_params = validate_run(notebook, params_file, overrides)  # ConfigError propagates: nothing ran
+    cfg_dict, nb_params = validate_run(notebook, params_file, overrides, parameters)  # ConfigError: nothing ran
     run_id = run_id or f"{notebook.stem}-{params_file.stem}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     run_dir = Path(reports_root) / suite / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -174,7 +199,7 @@ def run_notebook(
         pm.execute_notebook(
             str(notebook), str(executed), parameters=parameters, kernel_name=kernel_name, cwd=".",
             log_output=log_output, progress_bar=False, request_save_on_cell_execute=True,
-            autosave_cell_every=30, execution_timeout=timeout,
+            autosave_cell_every=30, execution_timeout=timeout, coalesce_streams=True,
         )
     except Exception as exc:  # noqa: BLE001 - every failure is recorded, partial output kept
         status, error = _status_of(exc), _describe_error(exc)
@@ -206,9 +231,7 @@ def load_suite(suite_dir: str | os.PathLike) -> SuiteSpec:
     path = Path(suite_dir) / "suite.yaml"
     if not path.is_file():
         raise ConfigError(f"{path}: no suite.yaml in {suite_dir}")
-    from pgolf_core.config import _yaml_load
-
-    raw = _yaml_load(path.read_text(encoding="utf-8"), str(path))
+    raw = yaml_load(path.read_text(encoding="utf-8"), str(path))
     try:
         spec = SuiteSpec.model_validate(raw)
     except ValidationError as e:
@@ -238,7 +261,7 @@ def run_suite(
     seed_list: list[int | None] = list(seeds) if seeds else [None]
     for e in entries:  # validate every run before starting the first one
         for seed in seed_list:
-            validate_run(e.notebook, suite_dir / e.params, {"train.seed": seed} if seed is not None else None)
+            validate_run(e.notebook, suite_dir / e.params, {"train.seed": seed} if seed is not None else None, e.parameters)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     records: list[RunRecord] = []
     for seed in seed_list:
@@ -249,7 +272,8 @@ def run_suite(
             rec = run_notebook(
                 e.notebook, suite_dir / e.params, suite=suite_dir.name, reports_root=reports_root,
                 run_id=f"{stamp}-{e.name}{suffix}", overrides={"train.seed": seed} if seed is not None else None,
-                source_run=source, group=f"{suite_dir.name}/{e.name}", timeout=e.timeout, log_output=log_output,
+                source_run=source, parameters=e.parameters, group=f"{suite_dir.name}/{e.name}", timeout=e.timeout,
+                log_output=log_output,
             )
             by_name[e.name] = rec
             records.append(rec)

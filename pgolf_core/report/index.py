@@ -52,7 +52,7 @@ def summarize_groups(runs: list[dict]) -> list[dict]:
     out = []
     for name, members in sorted(groups.items()):
         stage_names = [s for s in STAGES if any(st.stage == s for m in members for st in m["stages"])]
-        extra = sorted({st.stage for m in members for st in m["stages"]} - set(stage_names))
+        extra = list(dict.fromkeys(st.stage for m in members for st in m["stages"] if st.stage not in STAGES))
         rows = []
         for stage in stage_names + extra:
             per_seed = sorted(
@@ -75,34 +75,46 @@ def summarize_groups(runs: list[dict]) -> list[dict]:
 _TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>pgolf reports</title>
 <style>
-body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}
-table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;padding:4px 8px;text-align:right}
-th{background:#f3f3f3}td.l{text-align:left}.pass{color:#176c2a}.FAIL{color:#b00020;font-weight:bold}
-.n-a{color:#888}.st-completed{color:#176c2a}.st-failed,.st-timeout,.st-dead_kernel,.st-unreadable{color:#b00020;font-weight:bold}
-.st-running{color:#a60}.small{font-size:12px;color:#555}
+body{font:14px/1.45 system-ui,sans-serif;margin:2em;color:#222;max-width:1500px}
+h1{margin-bottom:.2em}table{border-collapse:collapse;margin:.6em 0 1.6em}
+th,td{border:1px solid #d4d4d4;padding:4px 8px;text-align:right;vertical-align:top}
+th{background:#f3f3f3;font-weight:600}td.l,th.l{text-align:left}
+.ok{color:#176c2a}.bad{color:#b00020;font-weight:600}.na{color:#888}
+.badge{display:block;font-size:11px;white-space:nowrap}
+.st-completed{color:#176c2a}.st-failed,.st-timeout,.st-dead_kernel,.st-unreadable{color:#b00020;font-weight:600}
+.st-running{color:#a60}.small{font-size:12px;color:#555}.num{font-variant-numeric:tabular-nums}
 </style></head><body>
+{% macro badge(st) -%}
+{%- set failed = st.verdicts|selectattr("passed", "sameas", false)|map(attribute="check")|list -%}
+{%- set passed = st.verdicts|selectattr("passed", "sameas", true)|list|length -%}
+{%- set na = st.verdicts|selectattr("passed", "none")|list|length -%}
+<span class="badge {{ 'bad' if failed else 'ok' }}" title="{% for v in st.verdicts %}{{ v.label }} {{ v.check }}: {{ v.reason }}&#10;{% endfor %}">
+{%- if failed %}NON-COMPLIANT: {{ failed|join(", ") }}{% else %}compliant ({{ passed }} pass{% if na %}, {{ na }} n/a{% endif %}){% endif %}</span>
+{%- endmacro %}
 <h1>pgolf reports</h1>
-<p class="small">{{ runs|length }} run(s). bpb = bits per byte on the validation split; verdicts are the
-compliance checks (T1 future perturbation, T1b target independence, T2 normalization, T3 uniform floor,
-T4 exactly once, T5 score before update, T6 tripwires, T7 artifact size, T8 time, T10 byte recount).</p>
-{% if groups %}<h2>Groups (same configuration, several seeds)</h2>
-<table><tr><th class="l">group</th><th>runs</th><th class="l">stage</th><th>mean bpb</th><th>std</th><th class="l">per seed</th><th class="l">compliant</th></tr>
+<p class="small">{{ runs|length }} run(s). bpb: bits per byte on the validation split. Under every number, its compliance
+verdicts (hover for each check's reason): T1 future perturbation, T1b target independence, T2 normalization, T3 uniform
+floor, T4 exactly once, T5 score before update, T6 data tripwires, T7 artifact size, T8 time, T10 byte recount.
+Times are seconds against the 600 s budgets, which are defined on 8xH100 SXM.</p>
+{% if groups %}<h2>Configurations (mean over seeds)</h2>
+<table><tr><th class="l">group</th><th>runs</th><th class="l">stage</th><th>mean bpb</th><th>std</th><th class="l">per seed</th><th class="l">compliance</th></tr>
 {% for g in groups %}{% for row in g.rows %}<tr>{% if loop.first %}<td class="l" rowspan="{{ g.rows|length }}">{{ g.group }}</td><td rowspan="{{ g.rows|length }}">{{ g.runs }}</td>{% endif %}
-<td class="l">{{ row.stage }}</td><td>{{ "%.5f"|format(row.mean) }}</td><td>{{ "%.5f"|format(row.std) if row.std is not none else "" }}</td>
-<td class="l">{% for seed, v in row.seeds %}{{ seed }}: {{ "%.5f"|format(v) }}{% if not loop.last %}, {% endif %}{% endfor %}</td>
-<td class="l {{ 'pass' if row.compliant else 'FAIL' }}">{{ "yes" if row.compliant else "NO" }}</td></tr>{% endfor %}{% endfor %}
+<td class="l">{{ row.stage }}</td><td class="num">{{ "%.5f"|format(row.mean) }}</td><td class="num">{{ "%.5f"|format(row.std) if row.std is not none else "" }}</td>
+<td class="l num">{% for seed, v in row.seeds %}{{ seed }}: {{ "%.5f"|format(v) }}{% if not loop.last %}, {% endif %}{% endfor %}</td>
+<td class="l {{ 'ok' if row.compliant else 'bad' }}">{{ "compliant" if row.compliant else "NON-COMPLIANT" }}</td></tr>{% endfor %}{% endfor %}
 </table>{% endif %}
 <h2>Runs</h2>
-<table><tr><th class="l">run</th><th class="l">suite</th><th class="l">notebook</th><th class="l">status</th><th>seed</th>
-{% for s in stages %}<th>{{ s }}</th>{% endfor %}<th>artifact bytes</th><th>train s / 600</th><th>eval s / 600</th><th class="l">backend</th><th class="l">links</th></tr>
-{% for r in runs %}<tr><td class="l">{{ r.run_id }}</td><td class="l">{{ r.suite }}</td><td class="l">{{ (r.notebook or "").split("/")[-1] }}</td>
-<td class="l st-{{ r.status }}" title="{{ r.error or '' }}">{{ r.status }}</td><td>{{ r.seed if r.seed is not none else "" }}</td>
-{% for s in stages %}<td>{% for st in r.stages if st.stage == s %}{{ "%.4f"|format(st.val_bpb) }}<br>{% for v in st.verdicts %}<span class="{{ v.label|replace('/', '-') }}" title="{{ v.check }}: {{ v.reason }}">{{ v.check }}:{{ v.label }}</span> {% endfor %}{% endfor %}</td>{% endfor %}
-<td>{{ "{:,}".format(r.artifact_bytes) if r.artifact_bytes else "" }}</td>
-<td>{{ "%.1f"|format(r.train_seconds) if r.train_seconds is not none else "" }}</td><td>{{ "%.1f"|format(r.eval_seconds) if r.eval_seconds is not none else "" }}</td>
+<table><tr><th class="l">run</th><th class="l">notebook</th><th class="l">status</th><th>seed</th>
+{% for s in stages %}<th>{{ s }}</th>{% endfor %}<th>artifact bytes</th><th>train s</th><th>eval s</th><th class="l">backend</th><th class="l">links</th></tr>
+{% for r in runs %}<tr><td class="l">{{ r.suite }}/<br>{{ r.run_id }}</td><td class="l">{{ (r.notebook or "").split("/")[-1] }}</td>
+<td class="l st-{{ r.status }}" title="{{ r.error or '' }}">{{ r.status }}{% if r.error %}<span class="badge bad">{{ r.error.splitlines()[0][:80] }}</span>{% endif %}</td>
+<td>{{ r.seed if r.seed is not none else "" }}</td>
+{% for s in stages %}<td class="num">{% for st in r.stages if st.stage == s %}{{ "%.4f"|format(st.val_bpb) }}{{ badge(st) }}{% endfor %}</td>{% endfor %}
+<td class="num">{{ "{:,}".format(r.artifact_bytes) if r.artifact_bytes else "" }}</td>
+<td class="num">{{ "%.1f"|format(r.train_seconds) if r.train_seconds is not none else "" }}</td><td class="num">{{ "%.1f"|format(r.eval_seconds) if r.eval_seconds is not none else "" }}</td>
 <td class="l">{{ r.attn_backend or "" }}</td>
-<td class="l">{% if r.has_report %}<a href="{{ r.dir }}/report.html">report</a> {% endif %}<a href="{{ r.dir }}/manifest.json">manifest</a></td></tr>
-{% if r.extra_stages %}<tr><td class="l small" colspan="{{ 11 + stages|length - 6 }}">other stages: {% for st in r.extra_stages %}{{ st.stage }} {{ "%.4f"|format(st.val_bpb) }} ({% for v in st.verdicts if v.passed is sameas false %}{{ v.check }} FAIL {% else %}compliant{% endfor %}){% if not loop.last %}; {% endif %}{% endfor %}</td></tr>{% endif %}
+<td class="l">{% if r.has_report %}<a href="{{ r.dir }}/report.html">report</a><br>{% endif %}<a href="{{ r.dir }}/manifest.json">manifest</a></td></tr>
+{% if r.extra_stages %}<tr><td></td><td class="l small" colspan="{{ 3 + stages|length }}"><table style="margin:0">{% for st in r.extra_stages %}<tr><td class="l">{{ st.stage }}</td><td class="num">{{ "%.4f"|format(st.val_bpb) }}</td><td class="l">{{ badge(st) }}</td><td class="l small">{{ st.notes[:90] }}</td></tr>{% endfor %}</table></td><td colspan="5"></td></tr>{% endif %}
 {% endfor %}</table>
 </body></html>
 """

@@ -9,12 +9,9 @@ import json
 import os
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt  # headless machines fall back to Agg by themselves; kernels keep inline
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from pgolf_core.stages import StageRecord  # noqa: E402
+from pgolf_core.stages import StageRecord
 
 CAP_BYTES = 16_000_000
 
@@ -24,6 +21,19 @@ def save(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight")
     return path
+
+
+def show(fig, path: str | os.PathLike, dpi: int = 120):
+    """Save ``fig`` as PNG and display that very file in a notebook (the report embeds it); returns the path."""
+    out = save(fig, path, dpi)
+    plt.close(fig)
+    try:
+        from IPython.display import Image, display
+
+        display(Image(filename=str(out)))
+    except ImportError:  # pragma: no cover - IPython comes with the notebook dependencies
+        pass
+    return out
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:

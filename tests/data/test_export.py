@@ -137,3 +137,17 @@ def test_read_manifest_errors(tmp_path):
     (tmp_path / "manifest.json").write_text('{"format": "other"}')
     with pytest.raises(ValueError, match="manifest format 'other'"):
         read_manifest(tmp_path)
+
+
+def test_ensure_data_builds_the_smoke_corpus_once_and_refuses_missing_local_data(tmp_path):
+    from pgolf_core.config import DataConfig
+    from pgolf_core.data.prepare import ensure_data
+
+    dc = DataConfig(source="smoke", root=str(tmp_path / "smoke"))
+    assert ensure_data(dc, progress=False) == tmp_path / "smoke"
+    first = (tmp_path / "smoke" / "manifest.json").stat().st_mtime_ns
+    ensure_data(dc, progress=False)  # present: nothing rebuilt
+    assert (tmp_path / "smoke" / "manifest.json").stat().st_mtime_ns == first
+    local = DataConfig(source="local", root=str(tmp_path / "none"), tokenizer=str(tmp_path / "t.model"))
+    with pytest.raises(FileNotFoundError, match="no shards matching fineweb_val_"):
+        ensure_data(local, progress=False)
