@@ -8,6 +8,7 @@
     pgolf run NOTEBOOK PARAMS   one parameterized notebook -> reports/<suite>/<run_id>/
     pgolf suite DIR             every notebook of DIR/suite.yaml (optionally over several seeds)
     pgolf index                 rebuild reports/index.html
+    pgolf export GROUP --out D  a run group (one config, several seeds) -> the challenge's records folder
     pgolf config show PARAMS    the fully resolved config (with --set overrides)
     pgolf config check PARAMS.. validate params files before launching anything
     pgolf config keys           every config key with its type, default and meaning
@@ -164,6 +165,22 @@ def _cmd_suite(args: argparse.Namespace) -> int:
     return code
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from pgolf_core.submission import export_submission
+
+    res = export_submission(
+        args.group, args.out, name=args.name, author=args.author, github_id=args.github_id, blurb=args.blurb,
+        reports_root=args.reports, sota_bpb=args.sota_bpb, sota_loss=args.sota_loss, track=args.track,
+        overwrite=args.force,
+    )
+    sub = res.submission
+    print(f"wrote {res.out_dir}: val_bpb {sub['val_bpb']:.8f} over seeds {sub['seeds']}, "
+          f"{sub['bytes_total']:,} bytes (code {sub['bytes_code']:,})")
+    if res.significance is not None:
+        print(res.significance.summary())
+    return 0
+
+
 def _cmd_index(args: argparse.Namespace) -> int:
     from pgolf_core.report.index import build_index
 
@@ -206,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="pgolf", description="Parameter Golf research suite.")
     p.add_argument("--version", action="version", version=f"pgolf {__version__}")
-    sub = p.add_subparsers(dest="group", required=True, metavar="{data,train,run,suite,index,config}")
+    sub = p.add_subparsers(dest="group", required=True, metavar="{data,train,run,suite,index,export,config}")
 
     data = sub.add_parser("data", help="datasets: smoke corpus, export, official download, checks")
     dsub = data.add_subparsers(dest="cmd", required=True, metavar="{smoke,export,fetch,info}")
@@ -271,6 +288,20 @@ def build_parser() -> argparse.ArgumentParser:
     ix.add_argument("--reports", default="reports")
     ix.set_defaults(fn=_cmd_index)
 
+    ex = sub.add_parser("export", help="write a records/<date>_<name>/ submission folder from a run group")
+    ex.add_argument("group", help="a run group as the index shows it, e.g. h100x8/record_1493")
+    ex.add_argument("--out", required=True, help="records/<date>_<name>/")
+    ex.add_argument("--name", required=True, help="the record's name")
+    ex.add_argument("--author", required=True)
+    ex.add_argument("--github-id", required=True)
+    ex.add_argument("--blurb", required=True, help="one paragraph: what this record does")
+    ex.add_argument("--sota-bpb", type=float, help="test significance against this state of the art (bpb)")
+    ex.add_argument("--sota-loss", type=float, help="or against a val_loss in nats (same tokenizer only)")
+    ex.add_argument("--track", default="10min_16mb")
+    ex.add_argument("--reports", default="reports")
+    ex.add_argument("--force", action="store_true", help="replace a non-empty output folder")
+    ex.set_defaults(fn=_cmd_export)
+
     cfg = sub.add_parser("config", help="params files: show, check, list keys")
     csub = cfg.add_subparsers(dest="cmd", required=True, metavar="{show,check,keys}")
     c = csub.add_parser("show", help="print the fully resolved config")
@@ -291,11 +322,12 @@ def main(argv: list[str] | None = None) -> int:
     from pgolf_core.data.fetch import FetchError
     from pgolf_core.data.shards import ShardError
     from pgolf_core.data.tokenizer import TokenizerError
+    from pgolf_core.submission import SubmissionRefused
 
     args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
-    except (ConfigError, ExportError, FetchError, ShardError, TokenizerError, FileNotFoundError) as e:
+    except (ConfigError, ExportError, FetchError, ShardError, TokenizerError, FileNotFoundError, SubmissionRefused) as e:
         print(f"pgolf: error: {e}", file=sys.stderr)
         return 2
 

@@ -163,6 +163,13 @@ def summarize_run(nb: NotebookRun, train_dir: Path) -> dict:
     }
 
 
+def seed_record(run, final: StageRecord) -> StageRecord:
+    """A seed's submitted score as a record named after the seed (verdicts kept)."""
+    from dataclasses import replace
+
+    return replace(final, stage=f"{final.stage} seed {run.seed}")
+
+
 def write_outputs(nb: NotebookRun, **values: Any) -> Path:
     """run_dir/outputs.json: what the driver copies into the manifest and the index shows."""
     return atomic_write_json(nb.path("outputs.json"), values)

@@ -52,6 +52,7 @@ class SuiteSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     description: str = ""
+    seeds: list[int] = Field(default_factory=list, description="run the suite once per seed (--seeds overrides)")
     runs: list[SuiteEntry]
 
 
@@ -258,7 +259,7 @@ def run_suite(
     suite_dir = Path(suite_dir)
     spec = load_suite(suite_dir)
     entries = [e for e in spec.runs if not only or e.name in only]
-    seed_list: list[int | None] = list(seeds) if seeds else [None]
+    seed_list: list[int | None] = list(seeds or spec.seeds) or [None]
     for e in entries:  # validate every run before starting the first one
         for seed in seed_list:
             validate_run(e.notebook, suite_dir / e.params, {"train.seed": seed} if seed is not None else None, e.parameters)

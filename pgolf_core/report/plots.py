@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt  # headless machines fall back to Agg by themselves; kernels keep inline
+from matplotlib.ticker import FuncFormatter
 
 from pgolf_core.stages import StageRecord
 
@@ -95,6 +96,7 @@ def pareto(points: list[dict], cap: int = CAP_BYTES, title: str = "artifact byte
     ax.step([p["bytes"] for p in front], [p["bpb"] for p in front], where="post", color="#f58518", label="Pareto front")
     if max(p["bytes"] for p in pts) > 0.5 * cap:
         ax.axvline(cap, color="#e45756", ls="--", label=f"cap {cap:,} B")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
     ax.set(xlabel="artifact bytes (code + compressed model)", ylabel="val bpb after quantization", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
