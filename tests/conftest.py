@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 # The challenge's official tokenizers: beside the checkout in ../shared/ on the team's machines, or in
@@ -33,3 +34,21 @@ def official_tokenizer(name: str) -> Path:
         if (folder / name).is_file():
             return folder / name
     pytest.skip(f"official tokenizer {name} not found in {[str(d) for d in OFFICIAL_TOKENIZER_DIRS]}")
+
+
+# Folders of small-model unit tests: one intra-op thread. Their matrices are tiny, and on a shared 2-core
+# machine OpenMP workers spin-wait: under load two threads made one pre-quant TTT fine-tune take 14.8 s
+# instead of 0.17 s. One thread also makes CPU results independent of how work is split. The training
+# and notebook tests keep torch's default (they run real, larger workloads).
+ONE_THREAD_DIRS = ("compliance", "eval", "model", "quant")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_for_unit_tests(request):
+    if Path(str(request.fspath)).parent.name not in ONE_THREAD_DIRS:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
