@@ -27,10 +27,9 @@ class DistInfo:
 
 def dist_info_from_env() -> DistInfo:
     """DistInfo from torchrun's variables (a single process when they are absent)."""
-    env = os.environ
-    if "RANK" not in env or "WORLD_SIZE" not in env:
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return DistInfo()
-    info = DistInfo(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0")))
+    info = DistInfo(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", "0")))
     if not 0 <= info.rank < info.world_size:
         raise ValueError(f"RANK={info.rank} is outside WORLD_SIZE={info.world_size}")
     return info

@@ -2,39 +2,17 @@
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
-import torch.multiprocessing as mp
 
 from pgolf_core.dist import DistInfo
+from tests.gloo import run_ranks
 from tests.eval import _dist_worker
-
-TIMEOUT_S = 120
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_gloo_ranks_equal_one_process(tmp_path):
     """2 ranks (windows / chunk sequences / documents split across them, float64 sums and the NLL
     stream all-reduced, TTT gradients averaged) give one process's numbers on both ranks."""
-    ctx = mp.get_context("spawn")
-    port = _free_port()
-    procs = [ctx.Process(target=_dist_worker.worker, args=(r, 2, port, str(tmp_path))) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(TIMEOUT_S)
-    alive = [p for p in procs if p.is_alive()]
-    for p in alive:
-        p.kill()
-        p.join()
-    assert not alive, f"evaluation workers still running after {TIMEOUT_S} s"
-    assert [p.exitcode for p in procs] == [0, 0]
+    run_ranks(_dist_worker.worker, 2, str(tmp_path))
 
     expected = _dist_worker.run_all(DistInfo())
     for rank in range(2):

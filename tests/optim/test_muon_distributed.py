@@ -2,37 +2,15 @@
 
 from __future__ import annotations
 
-import socket
-
 import torch
-import torch.multiprocessing as mp
 
+from tests.gloo import run_ranks
 from tests.optim import _muon_dist_worker
-
-TIMEOUT_S = 120
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_muon_two_ranks_bitwise_equal_one_process(tmp_path):
     """2 gloo ranks (each orthogonalizing every other matrix, one all-reduce in the communication dtype) = 1 process, bitwise."""
-    ctx = mp.get_context("spawn")
-    port = _free_port()
-    procs = [ctx.Process(target=_muon_dist_worker.worker, args=(r, 2, port, str(tmp_path))) for r in range(2)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(TIMEOUT_S)
-    alive = [p for p in procs if p.is_alive()]
-    for p in alive:
-        p.kill()
-        p.join()
-    assert not alive, f"distributed Muon workers still running after {TIMEOUT_S} s"
-    assert [p.exitcode for p in procs] == [0, 0]
+    run_ranks(_muon_dist_worker.worker, 2, str(tmp_path))
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the same matmul kernels as the workers
