@@ -1,4 +1,4 @@
-"""Data-path benchmark: smoke build time, shard I/O, loader throughput, byte counting.
+"""Data-path benchmark: smoke build time, shard I/O, loader throughput, byte counting, the T9 split scan.
 
     .venv/bin/python bench/data_throughput.py [--tokens 20000000]
 
@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pgolf_core.data.loader import DistributedTokenLoader
+from pgolf_core.data.overlap import val_train_overlap
 from pgolf_core.data.shards import read_shard, write_shard
 from pgolf_core.data.smoke import build_smoke_dataset, smoke_documents
 from pgolf_core.data.tokenizer import load_tokenizer
@@ -63,6 +64,22 @@ def main() -> None:
         luts = build_byte_luts(load_tokenizer(tmp / "smoke" / "tokenizer.model"))
         t_bytes = timed(lambda: token_bytes(tokens[:-1], tokens[1:], luts).sum())
         print(f"byte counting (numpy tables):        {args.tokens / t_bytes / 1e6:,.0f} M tokens/s")
+
+        # T9: 1M validation tokens against the shard, with 20 validation documents (> 256 tokens) planted in
+        # it (BOS = 1 occurs by chance every ~1,024 tokens, so documents are about that long).
+        val = rng.integers(0, 1024, size=1_000_000).astype(np.uint16)
+        bos = np.flatnonzero(val == 1)
+        long_docs = [(a, b) for a, b in zip(bos[:-1], bos[1:]) if b - a > 256][::10][:20]
+        leaky = tokens.astype(np.uint16)
+        for i, (a, b) in enumerate(long_docs):
+            doc = val[a:b]
+            at = (i + 1) * (args.tokens // 21)
+            leaky[at:at + len(doc)] = doc
+        leaky_path = write_shard(tmp / "fineweb_train_000001.bin", leaky)
+        box = []
+        t_split = timed(lambda: box.append(val_train_overlap(val, [leaky_path])), repeat=1)
+        print(f"T9 split scan (k 64, stride 16):     {args.tokens / t_split / 1e6:,.1f} M training tokens/s "
+              f"({len(box[0].leaked)} of 20 planted documents found)")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@
     pgolf data export DOCS      any JSONL / text documents -> challenge shards
     pgolf data fetch            download the official FineWeb shards and tokenizer (pods)
     pgolf data info DIR         check every shard's header and summarize a dataset
+    pgolf data split DIR        compliance T9: canonical validation split, no validation text in training
     pgolf train PARAMS          train (in this process, or under torchrun with --nproc N)
     pgolf run NOTEBOOK PARAMS   one parameterized notebook -> reports/<suite>/<run_id>/
     pgolf suite DIR             every notebook of DIR/suite.yaml (optionally over several seeds)
@@ -95,6 +96,34 @@ def _cmd_data_info(args: argparse.Namespace) -> int:
     if (root / MANIFEST_NAME).is_file():
         print(describe_manifest(read_manifest(root), root))
     return 0
+
+
+def _cmd_data_split(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from pgolf_core.compliance import FINEWEB_VAL_DOCS, check_data_split
+    from pgolf_core.data.export import MANIFEST_NAME, read_manifest
+    from pgolf_core.data.shards import list_shards, load_tokens, read_header
+
+    root = Path(args.dir)
+    val_files, train_files = list_shards(root / "fineweb_val_*.bin"), list_shards(root / "fineweb_train_*.bin")
+    expected = args.val_docs
+    if expected is None:
+        # A pgolf-built dataset states its own split; anything else is taken to be the official one.
+        has_manifest = (root / MANIFEST_NAME).is_file()
+        expected = read_manifest(root)["splits"]["val"]["documents"] if has_manifest else FINEWEB_VAL_DOCS
+        print(f"expected validation documents: {expected:,} ({MANIFEST_NAME if has_manifest else 'the official split'})")
+    total = sum(read_header(f).num_tokens for f in train_files)
+    if args.max_train_tokens is not None:
+        total = min(total, args.max_train_tokens)
+    with tqdm(total=total, unit="tok", unit_scale=True, desc="train scan", disable=args.quiet) as bar:
+        verdict = check_data_split(
+            load_tokens(val_files), train_files, expected_val_docs=expected, expected_train_shards=args.train_shards,
+            k=args.k, stride=args.stride, max_train_tokens=args.max_train_tokens,
+            progress=lambda n: bar.update(n - bar.n),
+        )
+    print(f"{verdict.check} {verdict.label}: {verdict.reason}")
+    return 0 if verdict.passed else 1
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -226,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="group", required=True, metavar="{data,train,run,suite,index,export,config}")
 
     data = sub.add_parser("data", help="datasets: smoke corpus, export, official download, checks")
-    dsub = data.add_subparsers(dest="cmd", required=True, metavar="{smoke,export,fetch,info}")
+    dsub = data.add_subparsers(dest="cmd", required=True, metavar="{smoke,export,fetch,info,split}")
 
     s = dsub.add_parser("smoke", help="build the embedded smoke corpus (offline, deterministic)")
     s.add_argument("--out", default=str(SMOKE_DIR), help="output folder (default: %(default)s)")
@@ -261,6 +290,16 @@ def build_parser() -> argparse.ArgumentParser:
     i = dsub.add_parser("info", help="check every shard header and print the dataset summary")
     i.add_argument("dir", help="dataset folder")
     i.set_defaults(fn=_cmd_data_info)
+
+    sp = dsub.add_parser("split", help="compliance T9: canonical validation split, no validation document in training")
+    sp.add_argument("dir", help="dataset folder")
+    sp.add_argument("--val-docs", type=int, help="expected validation documents (default: the manifest's, else 50,000)")
+    sp.add_argument("--train-shards", type=int, help="expected training shards (default: not checked)")
+    sp.add_argument("--k", type=int, default=64, help="shingle length in tokens (default: %(default)s)")
+    sp.add_argument("--stride", type=int, default=16, help="hash every Nth training window (default: %(default)s)")
+    sp.add_argument("--max-train-tokens", type=int, help="scan only this many training tokens (a sample)")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.set_defaults(fn=_cmd_data_split)
 
     t = sub.add_parser("train", help="train a model from a params file (writes runs/<run_id>/)")
     t.add_argument("params", help="a YAML file under params/")

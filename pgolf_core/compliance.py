@@ -15,7 +15,8 @@ in, can be run through them:
 
 The run checks: T6 (``data_tripwire`` / ``check_data_access``: no validation shard opened while training
 or quantizing, no training shard while evaluating), T7 (``check_artifact_size``), T8
-(``check_train_time``, ``check_eval_time``), T10 (``check_byte_recount``). ``attach_verdicts`` puts
+(``check_train_time``, ``check_eval_time``), T9 (``check_data_split``: canonical document count, no
+validation document copied into training shards), T10 (``check_byte_recount``). ``attach_verdicts`` puts
 them on a ``StageRecord``. What each check catches, and what it cannot (T1 passes the #909 cache; T5
 sees only the updates a scorer reports), is in compliance.md section 4; tests/compliance holds one
 fixture per known illegal pattern and asserts which check flags it.
@@ -699,6 +700,47 @@ def check_eval_time(
         float(seconds),
         limit,
     )
+
+
+FINEWEB_VAL_DOCS = 50_000  # records.md A4: the first 50k documents of docs_selected.jsonl
+
+
+def check_data_split(
+    val_tokens: np.ndarray,
+    train_files: Sequence[str | os.PathLike],
+    *,
+    expected_val_docs: int | None = None,
+    expected_train_shards: int | None = None,
+    k: int = 64,
+    stride: int = 16,
+    leak_fraction: float = 0.5,
+    max_train_tokens: int | None = None,
+    bos_id: int = 1,
+    progress: Callable[[int], None] | None = None,
+) -> Verdict:
+    """T9: the validation split is the canonical one and no validation document was copied into training.
+
+    Document count (BOS tokens in the validation stream) against ``expected_val_docs`` (50,000 for the
+    official shards; a leaky 10k-document build is the known failure), training shard count against
+    ``expected_train_shards``, and verbatim overlap by hashed ``k``-token shingles
+    (``pgolf_core.data.overlap``). ``max_train_tokens`` samples the training data (said in the reason).
+    """
+    from pgolf_core.data.overlap import val_train_overlap
+
+    report = val_train_overlap(
+        val_tokens, train_files, k=k, stride=stride, bos_id=bos_id, leak_fraction=leak_fraction,
+        max_train_tokens=max_train_tokens, progress=progress,
+    )
+    problems = []
+    if expected_val_docs is not None and report.val_docs != expected_val_docs:
+        problems.append(f"validation has {report.val_docs:,} documents, expected {expected_val_docs:,}")
+    if expected_train_shards is not None and len(train_files) != expected_train_shards:
+        problems.append(f"{len(train_files)} training shards, expected {expected_train_shards}")
+    if report.leaked:
+        problems.append(f"validation documents {report.leaked[:10]} appear in the training data")
+    sampled = "" if max_train_tokens is None else f" (a sample: the first {max_train_tokens:,} training tokens)"
+    reason = "; ".join(problems + [report.summary() + sampled])
+    return Verdict("T9", not problems, reason, float(len(report.leaked)), 0.0)
 
 
 def recount_bytes(tokens: np.ndarray, sp, *, bos_id: int = 1) -> int:

@@ -264,6 +264,11 @@ class EvalConfig(Section):
     probe_tokens: int = Field(
         4096, ge=0, description="compliance checks T1-T5 run each stage's scorer on this many validation tokens (0: skip)"
     )
+    split_check_tokens: int = Field(
+        20_000_000, ge=0,
+        description="T9 looks for copied validation documents in this many training tokens (0: skip; "
+        "`pgolf data split` scans all)",
+    )
 
 
 class QuantGroupConfig(Section):
@@ -285,7 +290,7 @@ RUNTIME_CODE_FILES = (
     "pgolf_core/evaluate.py", "pgolf_core/train.py", "pgolf_core/scoring.py", "pgolf_core/stages.py",
     "pgolf_core/pipeline.py", "pgolf_core/compliance.py", "pgolf_core/ngram.py",
     "pgolf_core/data/__init__.py", "pgolf_core/data/shards.py", "pgolf_core/data/loader.py",
-    "pgolf_core/data/tokenizer.py", "pgolf_core/data/tokenizer_bytes.py",
+    "pgolf_core/data/tokenizer.py", "pgolf_core/data/tokenizer_bytes.py", "pgolf_core/data/overlap.py",
     "pgolf_core/model/*.py", "pgolf_core/optim/*.py", "pgolf_core/quant/*.py", "pgolf_core/ttt/*.py",
 )
 

@@ -34,16 +34,18 @@ import torch
 import torch.distributed as tdist
 
 from pgolf_core.compliance import (
+    FINEWEB_VAL_DOCS,
     check_artifact_size,
     check_byte_recount,
     check_data_access,
+    check_data_split,
     check_eval_time,
     check_train_time,
     run_scorer_checks,
 )
-from pgolf_core.config import RunConfig, load_config
+from pgolf_core.config import DataConfig, RunConfig, load_config
 from pgolf_core.data.loader import load_validation_tokens
-from pgolf_core.data.shards import list_shards
+from pgolf_core.data.shards import list_shards, load_tokens, read_header
 from pgolf_core.data.tokenizer import load_tokenizer
 from pgolf_core.data.tokenizer_bytes import LN2, build_byte_luts
 from pgolf_core.dist import DistInfo, dist_info_from_env
@@ -93,6 +95,7 @@ class Session:
         self.on_target = self._on_target()
         self.hardware = self.run.get("device_name") or str(device)
         self._t10: Verdict | None = None
+        self._t9: Verdict | None = None
 
     @classmethod
     def open(cls, cfg: RunConfig, train_dir: str | Path, out_dir: str | Path, dist: DistInfo | None = None) -> Session:
@@ -132,6 +135,13 @@ class Session:
         if self._t10 is None:
             self._t10 = check_byte_recount(self.val, self.sp, table_bytes=table_bytes)
         return self._t10
+
+    def t9(self) -> Verdict:
+        """T9 once per pipeline: the whole validation split (not the evaluated, possibly capped stream)
+        against the first ``eval.split_check_tokens`` training tokens; a data audit, outside eval timing."""
+        if self._t9 is None:
+            self._t9 = data_split_verdict(self.cfg.data, self.cfg.eval.split_check_tokens)
+        return self._t9
 
     def model_with(self, state: dict) -> torch.nn.Module:
         model = build_model(self.cfg.model, device=self.device).to(self.device)
@@ -194,9 +204,28 @@ def _evaluate(ctx: Session, fn: Callable[[], EvalResult]) -> tuple[EvalResult, V
     return box[0], verdict
 
 
+def data_split_verdict(dc: DataConfig, max_train_tokens: int) -> Verdict:
+    """T9 for a configured dataset: the official split must have 50,000 documents, a pgolf-built one
+    the count its manifest states."""
+    if max_train_tokens == 0:
+        return Verdict("T9", None, "eval.split_check_tokens is 0: data split check skipped")
+    root = dc.root_path()
+    manifest = root / "manifest.json"  # read here, not with data.export: dataset building is not run code
+    if dc.source == "official":
+        expected = FINEWEB_VAL_DOCS
+    else:
+        expected = json.loads(manifest.read_text())["splits"]["val"]["documents"] if manifest.is_file() else None
+    train_files = list_shards(root / dc.train_pattern)
+    total = sum(read_header(f).num_tokens for f in train_files)
+    return check_data_split(
+        load_tokens(list_shards(root / dc.val_pattern)), train_files, expected_val_docs=expected,
+        max_train_tokens=None if max_train_tokens >= total else max_train_tokens,
+    )
+
+
 def _record(ctx: Session, stage: str, res: EvalResult, scorer: Callable[[], Scorer], t6: Verdict,
             artifact: Verdict | None = None, artifact_bytes: int | None = None) -> StageRecord:
-    verdicts = [_coverage(res, ctx.val.size), ctx.t10(res.bytes), t6]
+    verdicts = [_coverage(res, ctx.val.size), ctx.t10(res.bytes), ctx.t9(), t6]
     if artifact is not None:
         verdicts.append(artifact)
     verdicts.append(_eval_time(ctx, res.seconds))

@@ -133,7 +133,7 @@ def test_fast_suite_training_report_has_every_stage_with_verdicts(fast_suite):
     assert names == ["pre", "ema", "q", "q_sw"] and set(names) <= set(STAGES)
     for s in stages["stages"]:
         checks = {v["check"] for v in s["verdicts"]}
-        assert {"T1", "T1b", "T2", "T3", "T4", "T5", "T4 full", "T10", "T6"} <= checks, (s["stage"], checks)
+        assert {"T1", "T1b", "T2", "T3", "T4", "T5", "T4 full", "T9", "T10", "T6"} <= checks, (s["stage"], checks)
         assert s["compliant"]
     assert {"T7", "T6 quant"} <= {v["check"] for v in stages["stages"][2]["verdicts"]}
     assert stages["artifact"]["total_bytes"] == stages["stages"][2]["artifact_bytes"]

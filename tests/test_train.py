@@ -160,8 +160,8 @@ def test_two_gloo_processes_equal_one_process_on_the_same_global_batch(smoke_dir
 def test_smoke_training_beats_the_unigram_floor(smoke_dir, smoke_manifest, tmp_path):
     """120 steps of the smoke model (4x128, 4,096-token batches; ~45 s on 2 cores) end far below unigram bpb.
 
-    Unigram bpb of the smoke validation split under the training unigram distribution: 3.514.
-    Measured on the dev VM: final val bpb 2.496 (the full params/smoke/train.yaml, 200 steps of 8,192
+    Unigram bpb of the smoke validation split under the training unigram distribution: 3.533.
+    Measured on the dev VM: final val bpb 2.661 (the full params/smoke/train.yaml, 200 steps of 8,192
     tokens, reaches 2.207 in 170 s).
     """
     cfg = load_config(REPO / "params/smoke/train.yaml", [
@@ -170,7 +170,7 @@ def test_smoke_training_beats_the_unigram_floor(smoke_dir, smoke_manifest, tmp_p
         "train.train_batch_tokens=4096", "train.train_seq_len=128", "train.val_loss_every=0",
     ])
     unigram = smoke_manifest["unigram_bpb"]
-    assert unigram == pytest.approx(3.514, abs=0.01)
+    assert unigram == pytest.approx(3.533, abs=0.01)
     result = train(cfg)
     assert result.stages["pre"]["bpb"] < unigram - 0.8, (result.stages["pre"]["bpb"], unigram)
 

@@ -9,6 +9,11 @@ Documents, in a fixed order before a seeded shuffle:
   document made of its docstrings in source order: the module's, then each class's and function's,
   each headed by its qualified name. Sources are parsed with ``ast``; nothing is imported.
 
+Near-duplicates are dropped (longest first, a document goes when 30% of its 16-word shingles are
+already in kept documents): pydoc topics nest (``if`` is a section of ``compound``) and generated
+modules share docstrings (the ``encodings.mac_*`` codecs, ``lib2to3``'s copy of ``tokenize``), and
+without this some validation documents were mostly present in training text (compliance.md T9).
+
 The corpus depends only on the CPython version; the manifest records its sha256 and the Python version.
 """
 
@@ -22,9 +27,11 @@ import sysconfig
 import time
 from pathlib import Path
 
+import numpy as np
 from pydoc_data import topics as _pydoc_topics
 
 from pgolf_core.atomic import atomic_write_json
+from pgolf_core.data.overlap import shingle_hashes
 from pgolf_core.data.export import MANIFEST_NAME, export_documents, staged_dir
 from pgolf_core.data.tokenizer import train_tokenizer
 
@@ -70,10 +77,34 @@ def stdlib_documents() -> list[str]:
     return docs
 
 
+DEDUP_SHINGLE_WORDS = 16
+DEDUP_CONTAINMENT = 0.3
+
+
+def drop_near_duplicates(docs: list[str], k: int = DEDUP_SHINGLE_WORDS, containment: float = DEDUP_CONTAINMENT) -> list[str]:
+    """``docs`` (in their order) without those whose k-word shingles are at least ``containment``
+    inside the shingles of longer kept documents (exact duplicates: the first is kept)."""
+    vocab: dict[str, int] = {}
+    shingles = []
+    for text in docs:
+        ids = np.array([vocab.setdefault(w, len(vocab)) for w in text.split()], dtype=np.int64)
+        hashes, _ = shingle_hashes(ids, min(k, max(len(ids), 1)), bos_id=-1)
+        shingles.append(set(hashes.tolist()))
+    seen: set[int] = set()
+    keep = []
+    for i in sorted(range(len(docs)), key=lambda i: (-len(docs[i]), i)):
+        own = shingles[i]
+        if own and len(own & seen) >= containment * len(own):
+            continue
+        seen |= own
+        keep.append(i)
+    return [docs[i] for i in sorted(keep)]
+
+
 @functools.lru_cache(maxsize=2)
 def smoke_documents(seed: int = SMOKE_SEED) -> tuple[str, ...]:
     """All smoke documents in their fixed, shuffled order (validation takes the first ones)."""
-    docs = [_pydoc_topics.topics[k] for k in sorted(_pydoc_topics.topics)] + stdlib_documents()
+    docs = drop_near_duplicates([_pydoc_topics.topics[k] for k in sorted(_pydoc_topics.topics)] + stdlib_documents())
     random.Random(seed).shuffle(docs)
     return tuple(docs)
 

@@ -43,6 +43,15 @@ def _float(name: str, t: Tensor, cls: TensorClass, store: torch.dtype) -> QTenso
     )
 
 
+def _baseline_int8(name: str, t: Tensor, cls: TensorClass) -> QTensor:
+    """The challenge's int8: per-row for matrices, one scale for other shapes."""
+    kind, (q, s) = ("row", baseline_rows(t)) if t.ndim == 2 else ("tensor", baseline_tensor(t))
+    return QTensor(
+        name, kind, cls.group, dtype_name(t.dtype), tuple(t.shape), {"q": q, "scale": s},
+        {"bits": 8, "clip": "baseline"},
+    )
+
+
 def _quantize_one(
     name: str, t: Tensor, cls: TensorClass, qcfg: QuantConfig, hessians: Mapping[str, Tensor] | None
 ) -> QTensor:
@@ -53,15 +62,7 @@ def _quantize_one(
     if qcfg.scheme == "baseline_int8":
         if small:
             return _float(name, t, cls, torch.float32 if cls.control else torch.float16)
-        if t.ndim == 2:
-            q, s = baseline_rows(t)
-            return QTensor(
-                name, "row", cls.group, dtype, shape, {"q": q, "scale": s}, {"bits": 8, "clip": "baseline"}
-            )
-        q, s = baseline_tensor(t)
-        return QTensor(
-            name, "tensor", cls.group, dtype, shape, {"q": q, "scale": s}, {"bits": 8, "clip": "baseline"}
-        )
+        return _baseline_int8(name, t, cls)
 
     # scheme == "groups"
     grouped = cls.group in ("attn", "mlp", "embed") or (cls.group == "gate" and qcfg.quant_gates)
@@ -103,15 +104,7 @@ def _quantize_one(
         return QTensor(name, "row", cls.group, dtype, shape, {"q": q, "scale": s}, meta)
     if small:
         return _float(name, t, cls, torch.float16)
-    if t.ndim == 2:
-        q, s = baseline_rows(t)
-        return QTensor(
-            name, "row", cls.group, dtype, shape, {"q": q, "scale": s}, {"bits": 8, "clip": "baseline"}
-        )
-    q, s = baseline_tensor(t)
-    return QTensor(
-        name, "tensor", cls.group, dtype, shape, {"q": q, "scale": s}, {"bits": 8, "clip": "baseline"}
-    )
+    return _baseline_int8(name, t, cls)
 
 
 def quantize_state(

@@ -94,7 +94,7 @@ th{background:#f3f3f3;font-weight:600}td.l,th.l{text-align:left}
 <h1>pgolf reports</h1>
 <p class="small">{{ runs|length }} run(s). bpb: bits per byte on the validation split. Under every number, its compliance
 verdicts (hover for each check's reason): T1 future perturbation, T1b target independence, T2 normalization, T3 uniform
-floor, T4 exactly once, T5 score before update, T6 data tripwires, T7 artifact size, T8 time, T10 byte recount.
+floor, T4 exactly once, T5 score before update, T6 data tripwires, T7 artifact size, T8 time, T9 data split, T10 byte recount.
 Times are seconds against the 600 s budgets, which are defined on 8xH100 SXM.</p>
 {% if groups %}<h2>Configurations (mean over seeds)</h2>
 <table><tr><th class="l">group</th><th>runs</th><th class="l">stage</th><th>mean bpb</th><th>std</th><th class="l">per seed</th><th class="l">compliance</th></tr>
