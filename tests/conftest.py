@@ -1,4 +1,4 @@
-"""Shared fixtures: the smoke dataset is built once per test session (about 5 s on 2 cores)."""
+"""Shared fixtures: the smoke dataset is built once per test session (about 10 s on 2 cores)."""
 
 from __future__ import annotations
 

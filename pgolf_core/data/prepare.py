@@ -17,7 +17,7 @@ def ensure_data(dc: DataConfig, *, progress: bool = True) -> Path:
     if dc.source == "smoke":
         from pgolf_core.data.smoke import build_smoke_dataset
 
-        print(f"{root}: no smoke dataset yet, building it (about 5 s)")
+        print(f"{root}: no smoke dataset yet, building it (about 10 s)")
         build_smoke_dataset(root, overwrite=root.exists(), progress=progress)
     elif dc.source == "official" and dc.root is None and dc.tokenizer is None:
         from pgolf_core.data.fetch import fetch_official
