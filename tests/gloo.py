@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import timedelta
 
+import torch
+import torch.distributed as dist
 import torch.multiprocessing as mp
 
 TIMEOUT_S = 120
@@ -34,3 +38,17 @@ def run_ranks(worker: Callable, world: int, *args, timeout: float = TIMEOUT_S) -
         p.join()
     assert not alive, f"{worker.__module__}.{worker.__name__}: workers still running after {timeout} s"
     assert [p.exitcode for p in procs] == [0] * world, f"{worker.__name__} exit codes {[p.exitcode for p in procs]}"
+
+
+@contextmanager
+def gloo_group(rank: int, world: int, port: int) -> Iterator[None]:
+    """Inside a worker: one thread (CPU results must not depend on how work splits across threads), a
+    gloo group on the port ``run_ranks`` chose, destroyed on the way out."""
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timedelta(seconds=60)
+    )
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()

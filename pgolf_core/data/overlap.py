@@ -37,7 +37,9 @@ def _powers(base: int, n: int) -> np.ndarray:
         return np.cumprod(out, dtype=np.uint64)
 
 
-def shingle_hashes(tokens: np.ndarray, k: int = 64, *, bos_id: int = 1, stride: int = 1, offset: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def shingle_hashes(
+    tokens: np.ndarray, k: int = 64, *, bos_id: int = 1, stride: int = 1, offset: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Hashes of the BOS-free k-token windows of ``tokens`` that start at positions p with
     (p + offset) % stride == 0; returns (hashes uint64, start positions int64)."""
     if k < 1 or stride < 1:
@@ -162,6 +164,7 @@ def val_train_overlap(
     scanned = hits = 0
     for path in train_files:
         shard = read_shard(path)
+        runs: dict[int, list[tuple[int, int]]] = {}  # alignment p - q -> validation runs found on it
         for start, piece in _chunks(shard, k):
             if scanned >= budget:
                 break
@@ -171,13 +174,18 @@ def val_train_overlap(
             hi = np.searchsorted(v_sorted, h, side="right")
             found = np.flatnonzero(hi > lo)
             hits += len(found)
-            for i in found:  # a Python loop only over hits, and only over validation positions not yet covered
+            for i in found:  # a Python loop over hits only; each aligned run is extended once
                 p = start + int(pos[i])
                 for q in v_pos[lo[i]:hi[i]]:
-                    if covered[q] or not np.array_equal(val[q:q + k], shard[p:p + k]):
-                        continue  # already explained, or a hash collision
+                    q = int(q)
+                    on_diagonal = runs.setdefault(p - q, [])
+                    if any(a <= q and q + k <= b for a, b in on_diagonal):
+                        continue  # a later window of a run already found
+                    if not np.array_equal(val[q:q + k], shard[p:p + k]):
+                        continue  # a hash collision
                     d = doc[q]
-                    a, b = _extend(val, int(q), (int(starts[d]), int(ends[d])), shard, p)
+                    a, b = _extend(val, q, (int(starts[d]), int(ends[d])), shard, p)
+                    on_diagonal.append((a, b))
                     covered[a:b] = True
             scanned += max(len(piece) - k + 1, 0)
             if progress is not None:

@@ -143,3 +143,17 @@ def test_pipeline_t9_reads_the_manifest_count_and_can_be_skipped(smoke_dir, tmp_
     # The official source expects the canonical 50,000 documents, whatever the folder holds.
     official = DataConfig(source="official", root=str(smoke_dir))
     assert "validation has 64 documents, expected 50,000" in data_split_verdict(official, 100_000).reason
+
+
+def test_a_longer_copy_found_after_a_shorter_one_extends_the_coverage(tmp_path):
+    """Doc content [0, 400): training holds tokens [0, 150) first, then [0, 160) elsewhere; coverage is the
+    union of the aligned runs (160 tokens), not the first run found."""
+    rng = np.random.default_rng(7)
+    content = rng.integers(2, 1024, 400)
+    val = np.concatenate([[BOS], content]).astype(np.uint16)
+    # Neighbours that differ from the copied spans' own neighbours, so runs cannot grow by chance.
+    train = np.concatenate([[BOS, 0], content[:150], [0, BOS, 0], content[:160], [0]]).astype(np.uint16)
+    f = write_shard(tmp_path / "fineweb_train_000000.bin", train)
+    for stride in (1, 16):
+        r = val_train_overlap(val, [f], k=64, stride=stride)
+        assert r.doc_fraction == {0: 160 / 400} and r.val_tokens_covered == 160 and r.leaked == []

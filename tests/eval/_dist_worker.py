@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
 from pgolf_core.dist import DistInfo
 from pgolf_core.evaluate import evaluate_sliding
 from pgolf_core.ttt import chunked_ttt, doc_lora_ttt
 from pgolf_core.ttt.common import EvalSpec
 from tests.eval.helpers import doc_stream, luts, random_stream, repetitive_stream, tiny_model, ttt_cfg
+from tests.gloo import gloo_group
 
 SLIDING = {"seq_len": 16, "stride": 5, "batch_seqs": 3}
 CHUNK_TTT = ttt_cfg(mode="chunk", chunk_tokens=96, epochs=2, lr=0.05, batch_seqs=3)
@@ -37,11 +36,5 @@ def run_all(dist_info: DistInfo) -> dict[str, np.ndarray]:
 
 
 def worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size, timeout=timedelta(seconds=60)
-    )
-    try:
+    with gloo_group(rank, world_size, port):
         np.savez(Path(out_dir) / f"rank{rank}.npz", **run_all(DistInfo(rank, world_size, rank)))
-    finally:
-        dist.destroy_process_group()

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from pgolf_core.optim.muon import Muon
+from tests.gloo import gloo_group
 
 # Five matrices in two groups: rank 0 owns params 0, 2 of group 0 and 0, 2 of group 1; rank 1 the rest.
 # Includes a tall matrix (scaled by 2) and a 3-D bank.
@@ -45,16 +44,5 @@ def run_problem() -> list[torch.Tensor]:
 
 
 def worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
-    # One thread: CPU matmul results must not depend on how the work is split across threads.
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=world_size,
-        timeout=timedelta(seconds=60),
-    )
-    try:
+    with gloo_group(rank, world_size, port):
         torch.save(run_problem(), Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
