@@ -22,11 +22,9 @@ from pgolf_core.evaluate import (
     Capture,
     EvalResult,
     ScoreSums,
-    device_tokens,
     rank_slice,
     resolve_nll,
     score_windows,
-    torch_luts,
     window_plan,
 )
 from pgolf_core.scoring import ScoreEvents
@@ -39,8 +37,8 @@ from pgolf_core.ttt.common import (
     cosine_lr,
     freeze,
     select_parameters,
+    start,
     train_on_targets,
-    working_copy,
 )
 from pgolf_core.ttt.lora import LoRASet
 
@@ -74,10 +72,7 @@ def chunked_ttt(
     "lora" (adapters on ``lora_targets``, base frozen, at ``lora_lr``). LR per chunk:
     ``lr * (1 + cos(pi c / (C - 1))) / 2`` (cosine) or constant. All ranks must call this together.
     """
-    t0 = time.perf_counter()
-    device = torch.device(device)
-    luts = torch_luts(luts, device)
-    work = working_copy(model)
+    t0, device, luts, work, tokens_d = start(model, val_tokens, luts, device)
     if ttt.adapt == "lora":
         freeze(work)
         lora = LoRASet(work, ttt.lora_targets, ttt.lora_rank, ttt.lora_alpha)
@@ -95,7 +90,6 @@ def chunked_ttt(
     plan = window_plan(n, spec.seq_len, spec.window_stride)
     bounds = chunk_bounds(plan.first_scored, ttt.chunk_tokens, n)
     n_chunks = len(bounds) - 1
-    tokens_d = device_tokens(val_tokens, device)
     sums = ScoreSums(n, device, return_streams)
     timer, steps, trained = Timer(), 0, 0
     for c in range(n_chunks):

@@ -26,14 +26,17 @@ from torch import nn
 
 from pgolf_core.config import RunConfig
 from pgolf_core.dist import DistInfo
+from pgolf_core.data.tokenizer_bytes import ByteLUTs
 from pgolf_core.evaluate import (
     Capture,
     EvalResult,
     NllFn,
     autocast_context,
+    device_tokens,
     model_device,
     rank_slice,
     stream_score_from,
+    torch_luts,
     window_batch,
 )
 from pgolf_core.scoring import ScoreEvents, Scorer, StreamScore
@@ -67,6 +70,16 @@ def working_copy(model: nn.Module) -> nn.Module:
     work = copy.deepcopy(model)
     work.eval()  # no dropout anywhere; eval() only documents that scoring and training share one mode
     return work
+
+
+def start(
+    model: nn.Module, val_tokens: np.ndarray, luts: ByteLUTs | None, device: torch.device
+) -> tuple[float, torch.device, ByteLUTs | None, nn.Module, torch.Tensor]:
+    """What every variant starts from: (start time, device, byte tables on it, the working copy,
+    the validation tokens on it)."""
+    t0 = time.perf_counter()
+    device = torch.device(device)
+    return t0, device, torch_luts(luts, device), working_copy(model), device_tokens(val_tokens, device)
 
 
 def select_parameters(model: nn.Module, freeze_first_blocks: int = 0) -> list[nn.Parameter]:

@@ -38,12 +38,10 @@ from pgolf_core.evaluate import (
     EvalResult,
     ScoreSums,
     autocast_context,
-    device_tokens,
-    torch_luts,
     window_batch,
 )
 from pgolf_core.scoring import ScoreEvents
-from pgolf_core.ttt.common import EvalSpec, Timer, TTTScorer, build_optimizer, freeze, working_copy
+from pgolf_core.ttt.common import EvalSpec, Timer, TTTScorer, build_optimizer, freeze, start
 from pgolf_core.ttt.lora import LoRASet
 
 
@@ -193,11 +191,7 @@ def doc_lora_ttt(
     capture: Capture | None = None,
 ) -> EvalResult:
     """Per-document LoRA TTT over the whole stream on a copy of ``model``. All ranks call it together."""
-    t0 = time.perf_counter()
-    device = torch.device(device)
-    luts = torch_luts(luts, device)
-    work = working_copy(model)
-    tokens_d = device_tokens(val_tokens, device)
+    t0, device, luts, work, tokens_d = start(model, val_tokens, luts, device)
     docs = find_documents(val_tokens)
     n = int(np.asarray(val_tokens).shape[0])
     runner = DocLoRARunner(work, ttt, spec, tokens_d, device)

@@ -24,7 +24,7 @@ from torch import nn
 from pgolf_core.config import TTTConfig
 from pgolf_core.data.tokenizer_bytes import ByteLUTs
 from pgolf_core.dist import DistInfo
-from pgolf_core.evaluate import Capture, EvalResult, ScoreSums, device_tokens, torch_luts
+from pgolf_core.evaluate import Capture, EvalResult, ScoreSums
 from pgolf_core.scoring import ScoreEvents
 from pgolf_core.ttt.common import (
     EvalSpec,
@@ -35,8 +35,8 @@ from pgolf_core.ttt.common import (
     cosine_lr,
     freeze,
     select_parameters,
+    start,
     train_on_targets,
-    working_copy,
 )
 from pgolf_core.ttt.doc_lora import DocLoRARunner, find_documents, split_docs_for_ranks
 
@@ -100,11 +100,7 @@ def phased_ttt(
     pass at boundary b trains on the targets of documents 0..b-1, all of which every rank has finished
     scoring (the pass itself is the synchronization point), and on nothing else.
     """
-    t0 = time.perf_counter()
-    device = torch.device(device)
-    luts = torch_luts(luts, device)
-    work = working_copy(model)
-    tokens_d = device_tokens(val_tokens, device)
+    t0, device, luts, work, tokens_d = start(model, val_tokens, luts, device)
     docs = find_documents(val_tokens)
     n = int(np.asarray(val_tokens).shape[0])
     runner = DocLoRARunner(work, ttt, spec, tokens_d, device)

@@ -24,11 +24,9 @@ from pgolf_core.evaluate import (
     Capture,
     EvalResult,
     ScoreSums,
-    device_tokens,
     rank_slice,
     resolve_nll,
     score_windows,
-    torch_luts,
     window_plan,
 )
 from pgolf_core.scoring import ScoreEvents
@@ -40,8 +38,8 @@ from pgolf_core.ttt.common import (
     TTTScorer,
     build_optimizer,
     select_parameters,
+    start,
     train_on_targets,
-    working_copy,
 )
 
 NON_COMPLIANT = "NON-COMPLIANT"
@@ -71,16 +69,12 @@ def prequant_ablation(
     Deliberately breaks the invariant every legal variant keeps (no update uses a token before it is
     scored): ``events.updated`` fires for all targets before the first ``events.scored``.
     """
-    t0 = time.perf_counter()
-    device = torch.device(device)
-    luts = torch_luts(luts, device)
+    t0, device, luts, work, tokens_d = start(model, val_tokens, luts, device)
     say = log if log is not None else (print if dist.is_main else (lambda _msg: None))
     say(f"{NON_COMPLIANT}: pre-quant TTT ablation, {ttt.prequant_epochs} epochs of AdamW on validation tokens before scoring them")
-    work = working_copy(model)
     params = select_parameters(work, 0)
     opt = build_optimizer(params, "adamw", ttt.prequant_lr, weight_decay=ttt.weight_decay)
     n = int(np.asarray(val_tokens).shape[0])
-    tokens_d = device_tokens(val_tokens, device)
     timer, steps = Timer(), 0
     ts = time.perf_counter()
     span = TrainRange(1, n, spec.seq_len)
