@@ -16,17 +16,9 @@ from pgolf_core.config import QuantConfig, RunConfig
 from pgolf_core.data.tokenizer_bytes import LN2
 from pgolf_core.evaluate import EvalResult, stream_byte_counts
 from pgolf_core.notebook import NotebookRun
-from pgolf_core.pipeline import (
-    Session,
-    _coverage,
-    _evaluate,
-    _record,
-    _standard,
-    _standard_scorer,
-    quantize_weights,
-    stage_q,
-    stage_q_sw,
-)
+from pgolf_core.pipeline import Session, quantize_weights, stage_q, stage_q_sw
+from pgolf_core.pipeline.stages import _standard
+from pgolf_core.pipeline.verdicts import _coverage, _evaluate, _record
 from pgolf_core.quant import GapRow, build_artifact, load_artifact, quant_gap
 from pgolf_core.quant.calib import train_calibration_batches
 from pgolf_core.quant.classify import QUANT_GROUPS, classify

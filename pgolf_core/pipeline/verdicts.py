@@ -1,0 +1,99 @@
+"""The verdicts the stages share: coverage (T4), the data tripwire around an evaluation (T6), the
+evaluation time (T8), the data split (T9) and the scorer checks T1-T5 on a probe of the stream."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pgolf_core.compliance import (
+    FINEWEB_VAL_DOCS,
+    check_data_access,
+    check_data_split,
+    check_eval_time,
+    run_scorer_checks,
+)
+from pgolf_core.config import DataConfig, RunConfig
+from pgolf_core.data.shards import list_shards, load_tokens, read_header
+from pgolf_core.evaluate import EvalResult
+from pgolf_core.scoring import Scorer
+from pgolf_core.stages import StageRecord, Verdict
+
+if TYPE_CHECKING:
+    from pgolf_core.pipeline.session import Session
+
+
+def _coverage(res: EvalResult, n_tokens: int) -> Verdict:
+    want = n_tokens - 1
+    ok = res.tokens == want
+    return Verdict("T4 full", ok, f"{res.tokens:,} targets scored, the stream has {want:,}" + ("" if ok else ": not exactly once"),
+                   float(res.tokens), float(want))
+
+
+def _probe_cfg(cfg: RunConfig, probe: int) -> RunConfig:
+    """The stage's config shrunk to the probe: TTT chunks scaled so that four fit and updates happen."""
+    chunk = max(probe // 4, 1)
+    ttt = cfg.ttt.model_copy(update={
+        "chunk_tokens": min(cfg.ttt.chunk_tokens, chunk),
+        "lora_chunk_tokens": min(cfg.ttt.lora_chunk_tokens, max(chunk // 4, 1)),
+        "lora_window": min(cfg.ttt.lora_window, chunk),
+        "phased_prefix_docs": min(cfg.ttt.phased_prefix_docs, 8),
+    })
+    return cfg.model_copy(update={"ttt": ttt})
+
+
+def _probe_verdicts(ctx: Session, make_scorer: Callable[[], Scorer]) -> list[Verdict]:
+    """T1..T5 of the stage's scorer on the first ``eval.probe_tokens`` validation tokens (rank 0)."""
+    n = ctx.cfg.eval.probe_tokens
+    if n <= 0:
+        return [Verdict("T1-T5", None, "eval.probe_tokens is 0: scorer checks skipped")]
+    if not ctx.dist.is_main:
+        return []
+    probe = np.asarray(ctx.val[: n + 1], dtype=np.int64)
+    verdicts = run_scorer_checks(make_scorer(), probe, vocab_size=ctx.cfg.model.vocab_size, uniform_tokens=n)
+    return [Verdict(v.check, v.passed, f"probe of {n:,} tokens: {v.reason}", v.measured, v.limit) for v in verdicts]
+
+
+def _eval_time(ctx: Session, seconds: float) -> Verdict:
+    return check_eval_time(seconds, on_target_hardware=ctx.on_target, hardware=ctx.hardware)
+
+
+def _evaluate(ctx: Session, fn: Callable[[], EvalResult]) -> tuple[EvalResult, Verdict]:
+    """Run an evaluation under the T6 tripwire (no training shard may be opened while evaluating)."""
+    box: list[EvalResult] = []
+    verdict = check_data_access(lambda: box.append(fn()), phase="eval")
+    if not box:
+        raise RuntimeError(f"evaluation aborted by the data tripwire: {verdict.reason}")
+    return box[0], verdict
+
+
+def data_split_verdict(dc: DataConfig, max_train_tokens: int) -> Verdict:
+    """T9 for a configured dataset: the official split must have 50,000 documents, a pgolf-built one
+    the count its manifest states."""
+    if max_train_tokens == 0:
+        return Verdict("T9", None, "eval.split_check_tokens is 0: data split check skipped")
+    root = dc.root_path()
+    manifest = root / "manifest.json"  # read here, not with data.export: dataset building is not run code
+    if dc.source == "official":
+        expected = FINEWEB_VAL_DOCS
+    else:
+        expected = json.loads(manifest.read_text())["splits"]["val"]["documents"] if manifest.is_file() else None
+    train_files = list_shards(root / dc.train_pattern)
+    total = sum(read_header(f).num_tokens for f in train_files)
+    return check_data_split(
+        load_tokens(list_shards(root / dc.val_pattern)), train_files, expected_val_docs=expected,
+        max_train_tokens=None if max_train_tokens >= total else max_train_tokens,
+    )
+
+
+def _record(ctx: Session, stage: str, res: EvalResult, scorer: Callable[[], Scorer], t6: Verdict,
+            artifact: Verdict | None = None, artifact_bytes: int | None = None) -> StageRecord:
+    verdicts = [_coverage(res, ctx.val.size), ctx.t10(res.bytes), ctx.t9(), t6]
+    if artifact is not None:
+        verdicts.append(artifact)
+    verdicts.append(_eval_time(ctx, res.seconds))
+    verdicts += _probe_verdicts(ctx, scorer)
+    return res.stage_record(stage, artifact_bytes=artifact_bytes, verdicts=verdicts)
