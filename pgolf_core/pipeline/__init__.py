@@ -17,33 +17,62 @@ training shard opened during evaluation; no validation shard during quantization
 T4, T5 measured by running the stage's own scorer on a probe: the first ``eval.probe_tokens``
 validation tokens (TTT chunk sizes scaled so the probe holds four chunks, so that updates happen).
 
-Rooms: ``session`` (config, data, byte tables, the run's records), ``verdicts`` (the checks every stage
-shares), ``stages`` (one function per stage), ``driver`` (``run_stages`` and the command line).
+Rooms: ``session`` (config, data, byte tables, the run's records), ``roundtrip`` (the weights a stage
+evaluates, and the artifact round trip), ``verdicts`` (the checks every stage shares, and the record),
+``stages`` (one function per stage, one signature: ``stage(session, weights, name) -> StageRecord``),
+``driver`` (``run_stages`` and the command line).
 """
 
 from pgolf_core.pipeline.driver import PipelineResult, default_stages, main, run_stages
+from pgolf_core.pipeline.roundtrip import StageWeights, quantize_weights
 from pgolf_core.pipeline.session import Session
 from pgolf_core.pipeline.stages import (
-    quantize_weights,
+    STAGE_FNS,
+    StageFn,
+    result_from_nll,
+    stage_checkpoint,
+    stage_name,
     stage_q,
     stage_q_ngram,
     stage_q_sw,
     stage_q_ttt,
-    stage_weights,
+    standard_eval,
+    standard_scorer,
 )
-from pgolf_core.pipeline.verdicts import data_split_verdict
+from pgolf_core.pipeline.verdicts import (
+    coverage_verdict,
+    data_split_verdict,
+    eval_time_verdict,
+    evaluate_guarded,
+    probe_config,
+    probe_verdicts,
+    stage_record,
+)
 
 __all__ = [
+    "STAGE_FNS",
     "PipelineResult",
     "Session",
+    "StageFn",
+    "StageWeights",
+    "coverage_verdict",
     "data_split_verdict",
     "default_stages",
+    "eval_time_verdict",
+    "evaluate_guarded",
     "main",
+    "probe_config",
+    "probe_verdicts",
     "quantize_weights",
+    "result_from_nll",
     "run_stages",
+    "stage_checkpoint",
+    "stage_name",
     "stage_q",
     "stage_q_ngram",
     "stage_q_sw",
     "stage_q_ttt",
-    "stage_weights",
+    "stage_record",
+    "standard_eval",
+    "standard_scorer",
 ]

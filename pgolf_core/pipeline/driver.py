@@ -18,15 +18,9 @@ import torch.distributed as tdist
 from pgolf_core.config import RunConfig, load_config
 from pgolf_core.dist import DistInfo, dist_info_from_env
 from pgolf_core.model import build_model
+from pgolf_core.pipeline.roundtrip import StageWeights, quantize_weights
 from pgolf_core.pipeline.session import Session
-from pgolf_core.pipeline.stages import (
-    quantize_weights,
-    stage_q,
-    stage_q_ngram,
-    stage_q_sw,
-    stage_q_ttt,
-    stage_weights,
-)
+from pgolf_core.pipeline.stages import STAGE_FNS, stage_name
 from pgolf_core.stages import STAGES, StageRecord, write_stages
 
 DESCRIPTION = "The post-training stages of a run, each a StageRecord with its compliance verdicts."
@@ -34,6 +28,8 @@ DESCRIPTION = "The post-training stages of a run, each a StageRecord with its co
 
 @dataclass
 class PipelineResult:
+    """What ``run_stages`` computed: the records (as written to stages.json) and the run's figures."""
+
     records: list[StageRecord]
     train_seconds: float | None
     eval_seconds: float | None  # the last (submitted) stage's evaluation time
@@ -42,6 +38,10 @@ class PipelineResult:
     artifact: dict = field(default_factory=dict)  # accounting and compressor of artifact.bin
 
 
+def artifact_line(accounting: dict) -> str:
+    return (f"artifact: {accounting['total_bytes']:,} bytes (model {accounting['model_bytes']:,} "
+            f"{accounting['compressor']} + code {accounting['code_bytes']:,}); margin {accounting['margin']:,}"
+            + ("  OVER THE CAP" if accounting["over_cap"] else ""))
 
 
 def default_stages(cfg: RunConfig, have_ema: bool) -> list[str]:
@@ -88,29 +88,23 @@ def run_stages(
         if dist.is_main:
             write_stages(out_dir / "stages.json", records, train_dir=str(train_dir), artifact=accounting)
 
-    if "pre" in stages:
-        done(stage_weights(ctx, "pre", raw))
-    if "ema" in stages:
-        if ema is None:
-            raise FileNotFoundError(f"{ckpt / 'final_ema.pt'}: stage 'ema' needs train.ema_decay > 0")
-        done(stage_weights(ctx, "ema", ema))
-    q_stages = [s for s in stages if s.startswith("q")]
-    if q_stages:
-        q_state, t7, t6q, accounting = quantize_weights(ctx, ema if ema is not None else raw)
-        log(f"artifact: {accounting['total_bytes']:,} bytes (model {accounting['model_bytes']:,} "
-            f"{accounting['compressor']} + code {accounting['code_bytes']:,}); margin {accounting['margin']:,}"
-            + ("  OVER THE CAP" if accounting["over_cap"] else ""))
-        total = accounting["total_bytes"]
-        if "q" in q_stages:
-            done(stage_q(ctx, q_state, t7, t6q, total))
-        if "q_sw" in q_stages:
-            if not cfg.eval.stride:
-                raise ValueError("stage 'q_sw' needs eval.stride > 0 (the records use 64)")
-            done(stage_q_sw(ctx, q_state, t7, total))
-        if "q_ttt" in q_stages:
-            done(stage_q_ttt(ctx, q_state, t7, total))
-        if "q_ngram" in q_stages:
-            done(stage_q_ngram(ctx, q_state, t7, total))
+    q: StageWeights | None = None
+    for stage in STAGES:  # in the fixed order, whatever the order asked for
+        if stage not in stages:
+            continue
+        if stage == "pre":
+            weights = StageWeights(raw)
+        elif stage == "ema":
+            if ema is None:
+                raise FileNotFoundError(f"{ckpt / 'final_ema.pt'}: stage 'ema' needs train.ema_decay > 0")
+            weights = StageWeights(ema)
+        else:
+            if q is None:  # one round trip serves every q stage
+                q = quantize_weights(ctx, ema if ema is not None else raw)
+                accounting = q.accounting
+                log(artifact_line(accounting))
+            weights = q
+        done(STAGE_FNS[stage](ctx, weights, stage_name(stage, cfg)))
     if dist.is_main:
         write_stages(out_dir / "stages.json", records, train_dir=str(train_dir), artifact=accounting)
     train_s = ctx.run.get("train_seconds")

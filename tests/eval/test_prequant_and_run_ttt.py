@@ -112,3 +112,16 @@ def test_ttt_off_without_stride_is_standard_evaluation():
 def test_ttt_config_rejects_a_lora_window_smaller_than_its_chunk():
     with pytest.raises(ConfigError, match="lora_window"):
         config_from_dict({"ttt": {"lora_window": 64, "lora_chunk_tokens": 128}})
+
+
+def test_the_pipeline_never_records_the_ablation_under_a_standard_stage_name():
+    """The driver names q_ttt's record after the ablation; a stage call with a standard name is refused."""
+    from types import SimpleNamespace
+
+    from pgolf_core.pipeline import StageWeights, stage_name, stage_q_ttt
+
+    cheat, legal = run_cfg(ttt={"prequant_ablation": True}), run_cfg(ttt={"enabled": True})
+    assert stage_name("q_ttt", cheat) == "q_ttt_prequant_NONCOMPLIANT" and stage_name("q_ttt", legal) == "q_ttt"
+    assert stage_name("q_sw", cheat) == "q_sw"
+    with pytest.raises(ValueError, match="cannot be recorded as stage 'q_ttt'"):
+        stage_q_ttt(SimpleNamespace(cfg=cheat), StageWeights({}), "q_ttt")
