@@ -32,7 +32,7 @@ from pgolf_core.pipeline.session import Session
 from pgolf_core.pipeline.verdicts import evaluate_guarded, probe_config, stage_record
 from pgolf_core.scoring import Scorer
 from pgolf_core.stages import STAGES, StageRecord
-from pgolf_core.ttt import run_ttt, ttt_scorer
+from pgolf_core.ttt import TTTInputs, run_ttt, ttt_scorer
 
 StageFn = Callable[[Session, StageWeights, str], "StageRecord | None"]
 
@@ -109,7 +109,8 @@ def stage_q_ttt(ctx: Session, weights: StageWeights, name: str) -> StageRecord:
         raise ValueError(f"the NON-COMPLIANT pre-quant ablation cannot be recorded as stage {name!r}; "
                          f"name it {stage_name('q_ttt', ctx.cfg)!r} (stage_name) or after the ablation")
     model = ctx.model_with(weights.state)
-    res, t6 = evaluate_guarded(ctx, lambda: run_ttt(model, ctx.val, ctx.luts, ctx.cfg, dist=ctx.dist, device=ctx.device)[0])
+    inputs = TTTInputs.from_config(model, ctx.val, ctx.luts, ctx.cfg, dist=ctx.dist, device=ctx.device)
+    res, t6 = evaluate_guarded(ctx, lambda: run_ttt(inputs)[0])
     probe_cfg = probe_config(ctx.cfg, ctx.cfg.eval.probe_tokens)
     return stage_record(ctx, name, res, lambda: ttt_scorer(model, probe_cfg), [t6], weights)
 

@@ -12,14 +12,8 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import torch
-from torch import nn
 
-from pgolf_core.config import TTTConfig
-from pgolf_core.data.tokenizer_bytes import ByteLUTs
-from pgolf_core.dist import DistInfo
 from pgolf_core.evaluate import (
-    Capture,
     EvalResult,
     ScoreSums,
     rank_slice,
@@ -27,11 +21,10 @@ from pgolf_core.evaluate import (
     score_windows,
     window_plan,
 )
-from pgolf_core.scoring import ScoreEvents
 from pgolf_core.ttt.common import (
-    EvalSpec,
     Timer,
     TrainRange,
+    TTTInputs,
     TTTScorer,
     build_optimizer,
     cosine_lr,
@@ -50,19 +43,7 @@ def chunk_bounds(first_scored: np.ndarray, chunk_tokens: int, n_tokens: int) -> 
     return np.searchsorted(first_scored // chunk_tokens, np.arange(n_chunks + 1), side="left")
 
 
-def chunked_ttt(
-    model: nn.Module,
-    val_tokens: np.ndarray,
-    luts: ByteLUTs | None,
-    ttt: TTTConfig,
-    spec: EvalSpec,
-    *,
-    dist: DistInfo,
-    device: torch.device,
-    return_streams: bool = False,
-    events: ScoreEvents | None = None,
-    capture: Capture | None = None,
-) -> EvalResult:
+def chunked_ttt(inputs: TTTInputs) -> EvalResult:
     """Score-first chunked TTT on a copy of ``model``; returns the sliding-window score of the stream.
 
     Invariant: no update uses a token before it is scored. Chunk c trains on the targets
@@ -72,7 +53,9 @@ def chunked_ttt(
     "lora" (adapters on ``lora_targets``, base frozen, at ``lora_lr``). LR per chunk:
     ``lr * (1 + cos(pi c / (C - 1))) / 2`` (cosine) or constant. All ranks must call this together.
     """
-    t0, device, luts, work, tokens_d = start(model, val_tokens, luts, device)
+    t0, device, luts, work, tokens_d = start(inputs)
+    val_tokens, ttt, spec, dist, events, capture = (
+        inputs.tokens, inputs.ttt, inputs.spec, inputs.dist, inputs.events, inputs.capture)
     if ttt.adapt == "lora":
         freeze(work)
         lora = LoRASet(work, ttt.lora_targets, ttt.lora_rank, ttt.lora_alpha)
@@ -90,7 +73,7 @@ def chunked_ttt(
     plan = window_plan(n, spec.seq_len, spec.window_stride)
     bounds = chunk_bounds(plan.first_scored, ttt.chunk_tokens, n)
     n_chunks = len(bounds) - 1
-    sums = ScoreSums(n, device, return_streams)
+    sums = ScoreSums(n, device, inputs.return_streams)
     timer, steps, trained = Timer(), 0, 0
     for c in range(n_chunks):
         ids = np.arange(bounds[c], bounds[c + 1])
@@ -126,13 +109,4 @@ class ChunkTTTScorer(TTTScorer):
 
     name = "ttt_chunk"
 
-    def __init__(self, model: nn.Module, ttt: TTTConfig, spec: EvalSpec):
-        super().__init__(model, spec)
-        self.ttt = ttt
-
-    def run(self, tokens, events, capture) -> EvalResult:
-        spec = EvalSpec(self.spec.seq_len, self.spec.stride, self.spec.batch_seqs, self.spec.temperature, False)
-        return chunked_ttt(
-            self.model, tokens, None, self.ttt, spec, dist=DistInfo(), device=self.device,
-            return_streams=True, events=events, capture=capture,
-        )
+    variant = staticmethod(chunked_ttt)

@@ -17,16 +17,16 @@ import copy
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.distributed as tdist
 from torch import nn
 
-from pgolf_core.config import RunConfig
-from pgolf_core.dist import DistInfo
+from pgolf_core.config import RunConfig, TTTConfig
 from pgolf_core.data.tokenizer_bytes import ByteLUTs
+from pgolf_core.dist import DistInfo
 from pgolf_core.evaluate import (
     Capture,
     EvalResult,
@@ -72,14 +72,46 @@ def working_copy(model: nn.Module) -> nn.Module:
     return work
 
 
-def start(
-    model: nn.Module, val_tokens: np.ndarray, luts: ByteLUTs | None, device: torch.device
-) -> tuple[float, torch.device, ByteLUTs | None, nn.Module, torch.Tensor]:
+LogFn = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TTTInputs:
+    """Everything a TTT variant (and ``run_ttt``) is given, in one object built once: by
+    ``from_config`` for a run, by ``TTTScorer`` for the compliance checks, by a test by hand.
+
+    ``luts`` None scores tokens only (no bytes, as the Scorer adapters do); ``events`` receives
+    ``scored`` / ``updated`` as they happen; ``capture`` records full distributions at chosen positions;
+    ``log`` takes progress lines (None: print on rank 0).
+    """
+
+    model: nn.Module
+    tokens: np.ndarray
+    luts: ByteLUTs | None
+    ttt: TTTConfig
+    spec: EvalSpec
+    dist: DistInfo
+    device: torch.device
+    return_streams: bool = False
+    events: ScoreEvents | None = None
+    capture: Capture | None = None
+    log: LogFn | None = None
+
+    @classmethod
+    def from_config(
+        cls, model: nn.Module, tokens: np.ndarray, luts: ByteLUTs | None, cfg: RunConfig, *, dist: DistInfo,
+        device: torch.device, return_streams: bool = False, events: ScoreEvents | None = None,
+    ) -> TTTInputs:
+        """The inputs of a run: ``cfg.ttt`` and scoring windows per ``cfg.eval`` (``EvalSpec.from_config``)."""
+        return cls(model, tokens, luts, cfg.ttt, EvalSpec.from_config(cfg), dist, device, return_streams, events)
+
+
+def start(inputs: TTTInputs) -> tuple[float, torch.device, ByteLUTs | None, nn.Module, torch.Tensor]:
     """What every variant starts from: (start time, device, byte tables on it, the working copy,
-    the validation tokens on it)."""
+    the tokens on it)."""
     t0 = time.perf_counter()
-    device = torch.device(device)
-    return t0, device, torch_luts(luts, device), working_copy(model), device_tokens(val_tokens, device)
+    device = torch.device(inputs.device)
+    return t0, device, torch_luts(inputs.luts, device), working_copy(inputs.model), device_tokens(inputs.tokens, device)
 
 
 def select_parameters(model: nn.Module, freeze_first_blocks: int = 0) -> list[nn.Parameter]:
@@ -224,18 +256,24 @@ class Timer:
 class TTTScorer(Scorer):
     """``Scorer`` adapter for a TTT variant: single process, on the model's device, no autocast.
 
-    Subclasses implement ``run(tokens, events, capture) -> EvalResult`` (the variant itself, scoring
-    with luts=None so no bytes are needed). ``predictive`` reruns the variant and captures the full
-    distribution at each requested position from the very forward that scored it, stopping once all
-    are captured, so the state is exactly the one scoring saw.
+    Subclasses name their variant (``variant``: a function of ``TTTInputs``, scoring with luts=None so
+    no bytes are needed). ``predictive`` reruns the variant and captures the full distribution at each
+    requested position from the very forward that scored it, stopping once all are captured, so the
+    state is exactly the one scoring saw. The model passed in is never changed.
     """
 
-    def __init__(self, model: nn.Module, spec: EvalSpec):
-        self.model, self.spec = model, spec
+    variant: Callable[[TTTInputs], EvalResult]
+
+    def __init__(self, model: nn.Module, ttt: TTTConfig, spec: EvalSpec):
+        self.model, self.ttt, self.spec = model, ttt, spec
         self.vocab_size = int(model.cfg.vocab_size)
 
     def run(self, tokens: np.ndarray, events: ScoreEvents | None, capture: Capture | None) -> EvalResult:
-        raise NotImplementedError
+        inputs = TTTInputs(
+            self.model, tokens, None, self.ttt, replace(self.spec, autocast=False), DistInfo(), self.device,
+            return_streams=True, events=events, capture=capture, log=lambda _msg: None,
+        )
+        return self.variant(inputs)
 
     @property
     def device(self) -> torch.device:
@@ -251,6 +289,3 @@ class TTTScorer(Scorer):
         capture = Capture(positions, logits_fn=None, temperature=self.spec.temperature)
         self.run(np.asarray(tokens), None, capture)
         return capture.matrix(positions)
-
-
-LogFn = Callable[[str], None]

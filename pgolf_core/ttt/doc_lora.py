@@ -41,7 +41,7 @@ from pgolf_core.evaluate import (
     window_batch,
 )
 from pgolf_core.scoring import ScoreEvents
-from pgolf_core.ttt.common import EvalSpec, Timer, TTTScorer, build_optimizer, freeze, start
+from pgolf_core.ttt.common import EvalSpec, Timer, TTTInputs, TTTScorer, build_optimizer, freeze, start
 from pgolf_core.ttt.lora import LoRASet
 
 
@@ -177,25 +177,15 @@ def split_docs_for_ranks(docs: Documents, ids: np.ndarray, dist: DistInfo) -> np
     return np.sort(order[dist.rank :: dist.world_size])
 
 
-def doc_lora_ttt(
-    model: nn.Module,
-    val_tokens: np.ndarray,
-    luts: ByteLUTs | None,
-    ttt: TTTConfig,
-    spec: EvalSpec,
-    *,
-    dist: DistInfo,
-    device: torch.device,
-    return_streams: bool = False,
-    events: ScoreEvents | None = None,
-    capture: Capture | None = None,
-) -> EvalResult:
+def doc_lora_ttt(inputs: TTTInputs) -> EvalResult:
     """Per-document LoRA TTT over the whole stream on a copy of ``model``. All ranks call it together."""
-    t0, device, luts, work, tokens_d = start(model, val_tokens, luts, device)
+    t0, device, luts, work, tokens_d = start(inputs)
+    val_tokens, ttt, spec, dist, events, capture = (
+        inputs.tokens, inputs.ttt, inputs.spec, inputs.dist, inputs.events, inputs.capture)
     docs = find_documents(val_tokens)
     n = int(np.asarray(val_tokens).shape[0])
     runner = DocLoRARunner(work, ttt, spec, tokens_d, device)
-    sums = ScoreSums(n, device, return_streams)
+    sums = ScoreSums(n, device, inputs.return_streams)
     timer = Timer()
     ts = time.perf_counter()
     runner.score(docs, split_docs_for_ranks(docs, np.arange(len(docs)), dist), sums, luts, events, capture)
@@ -210,13 +200,4 @@ class DocLoRAScorer(TTTScorer):
 
     name = "ttt_lora"
 
-    def __init__(self, model: nn.Module, ttt: TTTConfig, spec: EvalSpec):
-        super().__init__(model, spec)
-        self.ttt = ttt
-
-    def run(self, tokens, events, capture) -> EvalResult:
-        spec = EvalSpec(self.spec.seq_len, self.spec.stride, self.spec.batch_seqs, self.spec.temperature, False)
-        return doc_lora_ttt(
-            self.model, tokens, None, self.ttt, spec, dist=DistInfo(), device=self.device,
-            return_streams=True, events=events, capture=capture,
-        )
+    variant = staticmethod(doc_lora_ttt)

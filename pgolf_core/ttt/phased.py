@@ -22,14 +22,14 @@ import torch
 from torch import nn
 
 from pgolf_core.config import TTTConfig
-from pgolf_core.data.tokenizer_bytes import ByteLUTs
 from pgolf_core.dist import DistInfo
-from pgolf_core.evaluate import Capture, EvalResult, ScoreSums
+from pgolf_core.evaluate import EvalResult, ScoreSums
 from pgolf_core.scoring import ScoreEvents
 from pgolf_core.ttt.common import (
     EvalSpec,
     Timer,
     TrainRange,
+    TTTInputs,
     TTTScorer,
     build_optimizer,
     cosine_lr,
@@ -81,30 +81,20 @@ def global_pass(
     return n_chunks, steps
 
 
-def phased_ttt(
-    model: nn.Module,
-    val_tokens: np.ndarray,
-    luts: ByteLUTs | None,
-    ttt: TTTConfig,
-    spec: EvalSpec,
-    *,
-    dist: DistInfo,
-    device: torch.device,
-    return_streams: bool = False,
-    events: ScoreEvents | None = None,
-    capture: Capture | None = None,
-) -> EvalResult:
+def phased_ttt(inputs: TTTInputs) -> EvalResult:
     """Phased TTT on a copy of ``model``. All ranks call it together.
 
     Invariant: no update uses a token before it is scored. LoRA steps as in ``doc_lora``; a global
     pass at boundary b trains on the targets of documents 0..b-1, all of which every rank has finished
     scoring (the pass itself is the synchronization point), and on nothing else.
     """
-    t0, device, luts, work, tokens_d = start(model, val_tokens, luts, device)
+    t0, device, luts, work, tokens_d = start(inputs)
+    val_tokens, ttt, spec, dist, events, capture = (
+        inputs.tokens, inputs.ttt, inputs.spec, inputs.dist, inputs.events, inputs.capture)
     docs = find_documents(val_tokens)
     n = int(np.asarray(val_tokens).shape[0])
     runner = DocLoRARunner(work, ttt, spec, tokens_d, device)
-    sums = ScoreSums(n, device, return_streams)
+    sums = ScoreSums(n, device, inputs.return_streams)
     bounds = phase_boundaries(ttt.phased_prefix_docs, ttt.phased_phases, len(docs))
     timer, passes = Timer(), []
     done = 0
@@ -135,13 +125,4 @@ class PhasedTTTScorer(TTTScorer):
 
     name = "ttt_phased"
 
-    def __init__(self, model: nn.Module, ttt: TTTConfig, spec: EvalSpec):
-        super().__init__(model, spec)
-        self.ttt = ttt
-
-    def run(self, tokens, events, capture) -> EvalResult:
-        spec = EvalSpec(self.spec.seq_len, self.spec.stride, self.spec.batch_seqs, self.spec.temperature, False)
-        return phased_ttt(
-            self.model, tokens, None, self.ttt, spec, dist=DistInfo(), device=self.device,
-            return_streams=True, events=events, capture=capture,
-        )
+    variant = staticmethod(phased_ttt)

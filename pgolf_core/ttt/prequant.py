@@ -14,14 +14,8 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import torch
-from torch import nn
 
-from pgolf_core.config import TTTConfig
-from pgolf_core.data.tokenizer_bytes import ByteLUTs
-from pgolf_core.dist import DistInfo
 from pgolf_core.evaluate import (
-    Capture,
     EvalResult,
     ScoreSums,
     rank_slice,
@@ -29,12 +23,10 @@ from pgolf_core.evaluate import (
     score_windows,
     window_plan,
 )
-from pgolf_core.scoring import ScoreEvents
 from pgolf_core.ttt.common import (
-    EvalSpec,
-    LogFn,
     Timer,
     TrainRange,
+    TTTInputs,
     TTTScorer,
     build_optimizer,
     select_parameters,
@@ -49,28 +41,17 @@ REASON = (
 )
 
 
-def prequant_ablation(
-    model: nn.Module,
-    val_tokens: np.ndarray,
-    luts: ByteLUTs | None,
-    ttt: TTTConfig,
-    spec: EvalSpec,
-    *,
-    dist: DistInfo,
-    device: torch.device,
-    return_streams: bool = False,
-    events: ScoreEvents | None = None,
-    capture: Capture | None = None,
-    log: LogFn | None = None,
-) -> EvalResult:
+def prequant_ablation(inputs: TTTInputs) -> EvalResult:
     """NON-COMPLIANT: ``prequant_epochs`` epochs of AdamW (``prequant_lr``) over every validation target,
     THEN sliding-window scoring of the same tokens, on a copy of ``model``. All ranks call it together.
 
     Deliberately breaks the invariant every legal variant keeps (no update uses a token before it is
     scored): ``events.updated`` fires for all targets before the first ``events.scored``.
     """
-    t0, device, luts, work, tokens_d = start(model, val_tokens, luts, device)
-    say = log if log is not None else (print if dist.is_main else (lambda _msg: None))
+    t0, device, luts, work, tokens_d = start(inputs)
+    val_tokens, ttt, spec, dist, events, capture = (
+        inputs.tokens, inputs.ttt, inputs.spec, inputs.dist, inputs.events, inputs.capture)
+    say = inputs.log if inputs.log is not None else (print if dist.is_main else (lambda _msg: None))
     say(f"{NON_COMPLIANT}: pre-quant TTT ablation, {ttt.prequant_epochs} epochs of AdamW on validation tokens before scoring them")
     params = select_parameters(work, 0)
     opt = build_optimizer(params, "adamw", ttt.prequant_lr, weight_decay=ttt.weight_decay)
@@ -92,7 +73,7 @@ def prequant_ablation(
         capture.logits_fn = work.logits
     ts = time.perf_counter()
     plan = window_plan(n, spec.seq_len, spec.window_stride)
-    sums = ScoreSums(n, device, return_streams)
+    sums = ScoreSums(n, device, inputs.return_streams)
     ids = np.arange(plan.num_windows)[rank_slice(plan.num_windows, dist)]
     score_windows(
         resolve_nll(work, spec.temperature), tokens_d, plan, ids, batch_seqs=spec.batch_seqs, sums=sums,
@@ -110,13 +91,4 @@ class PrequantAblationScorer(TTTScorer):
 
     name = "prequant_ttt_NON_COMPLIANT"
 
-    def __init__(self, model: nn.Module, ttt: TTTConfig, spec: EvalSpec):
-        super().__init__(model, spec)
-        self.ttt = ttt
-
-    def run(self, tokens, events, capture) -> EvalResult:
-        spec = EvalSpec(self.spec.seq_len, self.spec.stride, self.spec.batch_seqs, self.spec.temperature, False)
-        return prequant_ablation(
-            self.model, tokens, None, self.ttt, spec, dist=DistInfo(), device=self.device,
-            return_streams=True, events=events, capture=capture, log=lambda _msg: None,
-        )
+    variant = staticmethod(prequant_ablation)

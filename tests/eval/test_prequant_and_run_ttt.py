@@ -17,6 +17,7 @@ from pgolf_core.ttt import (
     DocLoRAScorer,
     PhasedTTTScorer,
     PrequantAblationScorer,
+    TTTInputs,
     prequant_ablation,
     run_ttt,
     ttt_scorer,
@@ -43,7 +44,7 @@ def test_prequant_ablation_scores_better_and_says_non_compliant_everywhere(capsy
     tokens = random_stream(600, seed=9)  # i.i.d. tokens: only training on them can beat the model
     model = tiny_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    cheat = prequant_ablation(model, tokens, luts(), PREQUANT, SPEC, dist=ONE, device=CPU)
+    cheat = prequant_ablation(TTTInputs(model, tokens, luts(), PREQUANT, SPEC, dist=ONE, device=CPU))
     plain = evaluate_sliding(model, tokens, luts(), seq_len=32, stride=8, batch_seqs=8, dist=ONE, device=CPU)
     assert cheat.bpb < plain.bpb - 0.3 and cheat.tokens == plain.tokens
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
@@ -91,7 +92,7 @@ def test_run_ttt_dispatches_on_the_config_and_matches_its_scorer(ttt, mode, scor
     tokens = doc_stream([60, 90, 40, 70])
     model = tiny_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result, info = run_ttt(model, tokens, luts(), cfg, dist=ONE, device=CPU, return_streams=True)
+    result, info = run_ttt(TTTInputs.from_config(model, tokens, luts(), cfg, dist=ONE, device=CPU, return_streams=True))
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # TTT adapts a copy
     assert info["mode"] == mode and result.info == info and result.tokens == len(tokens) - 1
     assert result.compliant == (mode != "prequant_ablation")
@@ -105,7 +106,7 @@ def test_ttt_off_without_stride_is_standard_evaluation():
     cfg = run_cfg(eval={"seq_len": 32})
     assert isinstance(ttt_scorer(tiny_model(), cfg), StandardScorer)
     tokens = repetitive_stream(300)
-    result, info = run_ttt(tiny_model(), tokens, luts(), cfg, dist=ONE, device=CPU)
+    result, info = run_ttt(TTTInputs.from_config(tiny_model(), tokens, luts(), cfg, dist=ONE, device=CPU))
     assert info == {"mode": "off", "stride": 32} and result.tokens == 299
 
 

@@ -8,7 +8,7 @@ import torch
 
 from pgolf_core.dist import DistInfo
 from pgolf_core.evaluate import evaluate_sliding, window_plan
-from pgolf_core.ttt import ChunkTTTScorer, chunked_ttt
+from pgolf_core.ttt import ChunkTTTScorer, TTTInputs, chunked_ttt
 from pgolf_core.ttt.chunked import chunk_bounds
 from pgolf_core.ttt.common import EvalSpec, cosine_lr, select_parameters
 from tests.eval.helpers import OrderRecorder, luts, repetitive_stream, tiny_model, ttt_cfg
@@ -21,7 +21,8 @@ CHUNK = 200
 
 def run(tokens, events=None, model=None, **kw):
     cfg = ttt_cfg(**{"mode": "chunk", "chunk_tokens": CHUNK, "epochs": 2, "lr": 0.2, "batch_seqs": 4, **kw})
-    return chunked_ttt(model or tiny_model(), tokens, luts(), cfg, SPEC, dist=ONE, device=CPU, return_streams=True, events=events)
+    return chunked_ttt(TTTInputs(model or tiny_model(), tokens, luts(), cfg, SPEC, dist=ONE, device=CPU,
+                                 return_streams=True, events=events))
 
 
 @pytest.mark.parametrize("kw", [{}, {"optimizer": "adamw", "lr": 0.003}, {"adapt": "lora", "lora_lr": 0.05}])

@@ -8,7 +8,7 @@ import torch
 
 from pgolf_core.dist import DistInfo
 from pgolf_core.evaluate import ScoreSums, device_tokens, evaluate_sliding
-from pgolf_core.ttt import DocLoRAScorer, PhasedTTTScorer, doc_lora_ttt, find_documents, phased_ttt
+from pgolf_core.ttt import DocLoRAScorer, PhasedTTTScorer, TTTInputs, doc_lora_ttt, find_documents, phased_ttt
 from pgolf_core.ttt.common import EvalSpec, working_copy
 from pgolf_core.ttt.doc_lora import DocLoRARunner, doc_chunk
 from pgolf_core.ttt.lora import TARGETS, LoRASet
@@ -27,17 +27,17 @@ PHASED = {
 
 
 def lora_run(tokens, model=None, events=None, **kw):
-    return doc_lora_ttt(
+    return doc_lora_ttt(TTTInputs(
         model or tiny_model(), tokens, luts(), ttt_cfg(**{**LORA, **kw}), SPEC, dist=ONE, device=CPU,
         return_streams=True, events=events,
-    )
+    ))
 
 
 def phased_run(tokens, model=None, events=None, **kw):
-    return phased_ttt(
+    return phased_ttt(TTTInputs(
         model or tiny_model(), tokens, luts(), ttt_cfg(**{**PHASED, **kw}), SPEC, dist=ONE, device=CPU,
         return_streams=True, events=events,
-    )
+    ))
 
 
 def test_documents_cover_every_target_once():
