@@ -15,7 +15,6 @@ import numpy as np
 
 from pgolf_core.evaluate import (
     EvalResult,
-    ScoreSums,
     rank_slice,
     resolve_nll,
     score_windows,
@@ -53,34 +52,32 @@ def chunked_ttt(inputs: TTTInputs) -> EvalResult:
     "lora" (adapters on ``lora_targets``, base frozen, at ``lora_lr``). LR per chunk:
     ``lr * (1 + cos(pi c / (C - 1))) / 2`` (cosine) or constant. All ranks must call this together.
     """
-    t0, device, luts, work, tokens_d = start(inputs)
-    val_tokens, ttt, spec, dist, events, capture = (
-        inputs.tokens, inputs.ttt, inputs.spec, inputs.dist, inputs.events, inputs.capture)
+    w = start(inputs)
+    ttt, spec, dist, events, capture = inputs.ttt, inputs.spec, inputs.dist, inputs.events, inputs.capture
     if ttt.adapt == "lora":
-        freeze(work)
-        lora = LoRASet(work, ttt.lora_targets, ttt.lora_rank, ttt.lora_alpha)
+        freeze(w.model)
+        lora = LoRASet(w.model, ttt.lora_targets, ttt.lora_rank, ttt.lora_alpha)
         params, base_lr, logits_fn = list(lora.parameters()), ttt.lora_lr, lora.logits
         loss_fn = lora.nll
+        score_fn = resolve_nll(lambda x, y: logits_fn(x), spec.temperature)
     else:
-        params, base_lr, logits_fn = select_parameters(work, ttt.freeze_first_blocks), ttt.lr, work.logits
-        loss_fn = work.nll
-    score_fn = resolve_nll(work, spec.temperature) if ttt.adapt != "lora" else resolve_nll(lambda x, y: logits_fn(x), spec.temperature)
+        params, base_lr, logits_fn = select_parameters(w.model, ttt.freeze_first_blocks), ttt.lr, w.model.logits
+        loss_fn = w.model.nll
+        score_fn = resolve_nll(w.model, spec.temperature)
     if capture is not None:
         capture.logits_fn = logits_fn
     opt = build_optimizer(params, ttt.optimizer, base_lr, momentum=ttt.momentum, weight_decay=ttt.weight_decay)
 
-    n = int(np.asarray(val_tokens).shape[0])
-    plan = window_plan(n, spec.seq_len, spec.window_stride)
-    bounds = chunk_bounds(plan.first_scored, ttt.chunk_tokens, n)
+    plan = window_plan(w.n, spec.seq_len, spec.window_stride)
+    bounds = chunk_bounds(plan.first_scored, ttt.chunk_tokens, w.n)
     n_chunks = len(bounds) - 1
-    sums = ScoreSums(n, device, inputs.return_streams)
     timer, steps, trained = Timer(), 0, 0
     for c in range(n_chunks):
         ids = np.arange(bounds[c], bounds[c + 1])
         ts = time.perf_counter()
         score_windows(
-            score_fn, tokens_d, plan, ids[rank_slice(len(ids), dist)], batch_seqs=spec.batch_seqs, sums=sums,
-            luts=luts, device=device, autocast=spec.autocast, events=events, capture=capture,
+            score_fn, w.tokens_d, plan, ids[rank_slice(len(ids), dist)], batch_seqs=spec.batch_seqs, sums=w.sums,
+            luts=w.luts, device=w.device, autocast=spec.autocast, events=events, capture=capture,
         )
         timer.add("score_seconds", ts)
         if capture is not None and capture.done:
@@ -88,11 +85,11 @@ def chunked_ttt(inputs: TTTInputs) -> EvalResult:
         if c == n_chunks - 1 or ttt.epochs == 0:
             continue  # the last chunk is never trained on: nothing is left to score with it
         ts = time.perf_counter()
-        span = TrainRange(max(1, c * ttt.chunk_tokens), min((c + 1) * ttt.chunk_tokens, n), spec.seq_len)
+        span = TrainRange(max(1, c * ttt.chunk_tokens), min((c + 1) * ttt.chunk_tokens, w.n), spec.seq_len)
         steps += train_on_targets(
-            loss_fn, params, opt, tokens_d, span, epochs=ttt.epochs, batch_seqs=ttt.batch_seqs,
+            loss_fn, params, opt, w.tokens_d, span, epochs=ttt.epochs, batch_seqs=ttt.batch_seqs,
             lr=cosine_lr(base_lr, c, n_chunks - 1, ttt.lr_schedule), grad_clip=ttt.grad_clip, dist=dist,
-            device=device, autocast=spec.autocast, events=events, kind="ttt_step",
+            device=w.device, autocast=spec.autocast, events=events, kind="ttt_step",
         )
         trained += 1
         timer.add("train_seconds", ts)
@@ -100,7 +97,7 @@ def chunked_ttt(inputs: TTTInputs) -> EvalResult:
         "mode": "chunk", "adapt": ttt.adapt, "chunks": n_chunks, "trained_chunks": trained, "steps": steps,
         "windows": plan.num_windows, "stride": plan.stride, **timer.seconds,
     }
-    return sums.finish(val_tokens, luts, dist, t0, info=info)
+    return w.finish(info)
 
 
 class ChunkTTTScorer(TTTScorer):

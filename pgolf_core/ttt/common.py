@@ -31,6 +31,7 @@ from pgolf_core.evaluate import (
     Capture,
     EvalResult,
     NllFn,
+    ScoreSums,
     autocast_context,
     device_tokens,
     model_device,
@@ -106,12 +107,32 @@ class TTTInputs:
         return cls(model, tokens, luts, cfg.ttt, EvalSpec.from_config(cfg), dist, device, return_streams, events)
 
 
-def start(inputs: TTTInputs) -> tuple[float, torch.device, ByteLUTs | None, nn.Module, torch.Tensor]:
-    """What every variant starts from: (start time, device, byte tables on it, the working copy,
-    the tokens on it)."""
+@dataclass
+class Work:
+    """What every variant works with, made by ``start``: the start time, the device with the byte tables
+    and the tokens on it, the working copy of the model, and the score sums of the ``n``-token stream."""
+
+    inputs: TTTInputs
+    t0: float
+    device: torch.device
+    luts: ByteLUTs | None
+    model: nn.Module
+    tokens_d: torch.Tensor
+    n: int
+    sums: ScoreSums
+
+    def finish(self, info: dict, **extra) -> EvalResult:
+        """All ranks' sums as the result, with the variant's ``info`` (and ``notes`` / ``compliant``)."""
+        return self.sums.finish(self.inputs.tokens, self.luts, self.inputs.dist, self.t0, info=info, **extra)
+
+
+def start(inputs: TTTInputs) -> Work:
+    """What every variant starts from (the timer starts here)."""
     t0 = time.perf_counter()
     device = torch.device(inputs.device)
-    return t0, device, torch_luts(inputs.luts, device), working_copy(inputs.model), device_tokens(inputs.tokens, device)
+    luts, model = torch_luts(inputs.luts, device), working_copy(inputs.model)
+    tokens_d, n = device_tokens(inputs.tokens, device), int(np.asarray(inputs.tokens).shape[0])
+    return Work(inputs, t0, device, luts, model, tokens_d, n, ScoreSums(n, device, inputs.return_streams))
 
 
 def select_parameters(model: nn.Module, freeze_first_blocks: int = 0) -> list[nn.Parameter]:

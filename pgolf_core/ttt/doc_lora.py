@@ -41,7 +41,7 @@ from pgolf_core.evaluate import (
     window_batch,
 )
 from pgolf_core.scoring import ScoreEvents
-from pgolf_core.ttt.common import EvalSpec, Timer, TTTInputs, TTTScorer, build_optimizer, freeze, start
+from pgolf_core.ttt.common import EvalSpec, Timer, TTTInputs, TTTScorer, Work, build_optimizer, freeze, start
 from pgolf_core.ttt.lora import LoRASet
 
 
@@ -177,21 +177,24 @@ def split_docs_for_ranks(docs: Documents, ids: np.ndarray, dist: DistInfo) -> np
     return np.sort(order[dist.rank :: dist.world_size])
 
 
+def start_documents(inputs: TTTInputs) -> tuple[Work, Documents, DocLoRARunner]:
+    """``start`` plus the stream's documents and a LoRA runner on the working copy (doc_lora, phased)."""
+    w = start(inputs)
+    return w, find_documents(inputs.tokens), DocLoRARunner(w.model, inputs.ttt, inputs.spec, w.tokens_d, w.device)
+
+
 def doc_lora_ttt(inputs: TTTInputs) -> EvalResult:
-    """Per-document LoRA TTT over the whole stream on a copy of ``model``. All ranks call it together."""
-    t0, device, luts, work, tokens_d = start(inputs)
-    val_tokens, ttt, spec, dist, events, capture = (
-        inputs.tokens, inputs.ttt, inputs.spec, inputs.dist, inputs.events, inputs.capture)
-    docs = find_documents(val_tokens)
-    n = int(np.asarray(val_tokens).shape[0])
-    runner = DocLoRARunner(work, ttt, spec, tokens_d, device)
-    sums = ScoreSums(n, device, inputs.return_streams)
+    """Per-document LoRA TTT over the whole stream on a copy of ``inputs.model``. All ranks call it
+    together."""
+    w, docs, runner = start_documents(inputs)
     timer = Timer()
     ts = time.perf_counter()
-    runner.score(docs, split_docs_for_ranks(docs, np.arange(len(docs)), dist), sums, luts, events, capture)
+    mine = split_docs_for_ranks(docs, np.arange(len(docs)), inputs.dist)
+    runner.score(docs, mine, w.sums, w.luts, inputs.events, inputs.capture)
     timer.add("score_seconds", ts)
-    info = {"mode": "lora", "docs": len(docs), "steps": runner.steps, "targets": list(ttt.lora_targets), **timer.seconds}
-    return sums.finish(val_tokens, luts, dist, t0, info=info)
+    info = {"mode": "lora", "docs": len(docs), "steps": runner.steps, "targets": list(inputs.ttt.lora_targets),
+            **timer.seconds}
+    return w.finish(info)
 
 
 class DocLoRAScorer(TTTScorer):

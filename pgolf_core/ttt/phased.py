@@ -23,7 +23,7 @@ from torch import nn
 
 from pgolf_core.config import TTTConfig
 from pgolf_core.dist import DistInfo
-from pgolf_core.evaluate import EvalResult, ScoreSums
+from pgolf_core.evaluate import EvalResult
 from pgolf_core.scoring import ScoreEvents
 from pgolf_core.ttt.common import (
     EvalSpec,
@@ -35,10 +35,9 @@ from pgolf_core.ttt.common import (
     cosine_lr,
     freeze,
     select_parameters,
-    start,
     train_on_targets,
 )
-from pgolf_core.ttt.doc_lora import DocLoRARunner, find_documents, split_docs_for_ranks
+from pgolf_core.ttt.doc_lora import DocLoRARunner, split_docs_for_ranks, start_documents
 
 
 def phase_boundaries(prefix_docs: int, phases: int, num_docs: int) -> list[int]:
@@ -82,33 +81,28 @@ def global_pass(
 
 
 def phased_ttt(inputs: TTTInputs) -> EvalResult:
-    """Phased TTT on a copy of ``model``. All ranks call it together.
+    """Phased TTT on a copy of ``inputs.model``. All ranks call it together.
 
     Invariant: no update uses a token before it is scored. LoRA steps as in ``doc_lora``; a global
     pass at boundary b trains on the targets of documents 0..b-1, all of which every rank has finished
     scoring (the pass itself is the synchronization point), and on nothing else.
     """
-    t0, device, luts, work, tokens_d = start(inputs)
-    val_tokens, ttt, spec, dist, events, capture = (
-        inputs.tokens, inputs.ttt, inputs.spec, inputs.dist, inputs.events, inputs.capture)
-    docs = find_documents(val_tokens)
-    n = int(np.asarray(val_tokens).shape[0])
-    runner = DocLoRARunner(work, ttt, spec, tokens_d, device)
-    sums = ScoreSums(n, device, inputs.return_streams)
+    w, docs, runner = start_documents(inputs)
+    ttt, dist, events, capture = inputs.ttt, inputs.dist, inputs.events, inputs.capture
     bounds = phase_boundaries(ttt.phased_prefix_docs, ttt.phased_phases, len(docs))
     timer, passes = Timer(), []
     done = 0
     for stop in [*bounds, len(docs)]:
         ts = time.perf_counter()
-        runner.score(docs, split_docs_for_ranks(docs, np.arange(done, stop), dist), sums, luts, events, capture)
+        runner.score(docs, split_docs_for_ranks(docs, np.arange(done, stop), dist), w.sums, w.luts, events, capture)
         timer.add("score_seconds", ts)
         done = stop
         if (capture is not None and capture.done) or stop == len(docs):
             break
         ts = time.perf_counter()
         chunks, steps = global_pass(
-            work, runner, tokens_d, int(docs.starts[0]) + 1, int(docs.ends[stop - 1]) + 1, ttt, spec,
-            dist=dist, device=device, events=events,
+            w.model, runner, w.tokens_d, int(docs.starts[0]) + 1, int(docs.ends[stop - 1]) + 1, ttt, inputs.spec,
+            dist=dist, device=w.device, events=events,
         )
         timer.add("global_seconds", ts)
         passes.append({"docs": stop, "chunks": chunks, "steps": steps, "seconds": time.perf_counter() - ts})
@@ -116,7 +110,7 @@ def phased_ttt(inputs: TTTInputs) -> EvalResult:
         "mode": "phased", "docs": len(docs), "boundaries": bounds, "lora_steps": runner.steps,
         "global_steps": sum(p["steps"] for p in passes), "passes": passes, **timer.seconds,
     }
-    return sums.finish(val_tokens, luts, dist, t0, info=info)
+    return w.finish(info)
 
 
 class PhasedTTTScorer(TTTScorer):

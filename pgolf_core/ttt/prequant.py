@@ -17,7 +17,6 @@ import numpy as np
 
 from pgolf_core.evaluate import (
     EvalResult,
-    ScoreSums,
     rank_slice,
     resolve_nll,
     score_windows,
@@ -43,26 +42,25 @@ REASON = (
 
 def prequant_ablation(inputs: TTTInputs) -> EvalResult:
     """NON-COMPLIANT: ``prequant_epochs`` epochs of AdamW (``prequant_lr``) over every validation target,
-    THEN sliding-window scoring of the same tokens, on a copy of ``model``. All ranks call it together.
+    THEN sliding-window scoring of the same tokens, on a copy of ``inputs.model``. All ranks call it together.
 
     Deliberately breaks the invariant every legal variant keeps (no update uses a token before it is
     scored): ``events.updated`` fires for all targets before the first ``events.scored``.
     """
-    t0, device, luts, work, tokens_d = start(inputs)
-    val_tokens, ttt, spec, dist, events, capture = (
-        inputs.tokens, inputs.ttt, inputs.spec, inputs.dist, inputs.events, inputs.capture)
+    w = start(inputs)
+    ttt, spec, dist, events, capture = inputs.ttt, inputs.spec, inputs.dist, inputs.events, inputs.capture
     say = inputs.log if inputs.log is not None else (print if dist.is_main else (lambda _msg: None))
     say(f"{NON_COMPLIANT}: pre-quant TTT ablation, {ttt.prequant_epochs} epochs of AdamW on validation tokens before scoring them")
-    params = select_parameters(work, 0)
+    params = select_parameters(w.model, 0)
     opt = build_optimizer(params, "adamw", ttt.prequant_lr, weight_decay=ttt.weight_decay)
-    n = int(np.asarray(val_tokens).shape[0])
+    n = w.n
     timer, steps = Timer(), 0
     ts = time.perf_counter()
     span = TrainRange(1, n, spec.seq_len)
     for epoch in range(ttt.prequant_epochs):
         steps += train_on_targets(
-            work.nll, params, opt, tokens_d, span, epochs=1, batch_seqs=ttt.batch_seqs, lr=ttt.prequant_lr,
-            grad_clip=ttt.grad_clip, dist=dist, device=device, autocast=spec.autocast, events=events,
+            w.model.nll, params, opt, w.tokens_d, span, epochs=1, batch_seqs=ttt.batch_seqs, lr=ttt.prequant_lr,
+            grad_clip=ttt.grad_clip, dist=dist, device=w.device, autocast=spec.autocast, events=events,
             kind="prequant_ttt",
         )
         say(f"{NON_COMPLIANT}: pre-quant TTT epoch {epoch + 1}/{ttt.prequant_epochs} trained on all {n - 1:,} validation targets")
@@ -70,18 +68,17 @@ def prequant_ablation(inputs: TTTInputs) -> EvalResult:
     for p in params:
         p.requires_grad_(False)
     if capture is not None:
-        capture.logits_fn = work.logits
+        capture.logits_fn = w.model.logits
     ts = time.perf_counter()
     plan = window_plan(n, spec.seq_len, spec.window_stride)
-    sums = ScoreSums(n, device, inputs.return_streams)
     ids = np.arange(plan.num_windows)[rank_slice(plan.num_windows, dist)]
     score_windows(
-        resolve_nll(work, spec.temperature), tokens_d, plan, ids, batch_seqs=spec.batch_seqs, sums=sums,
-        luts=luts, device=device, autocast=spec.autocast, events=events, capture=capture,
+        resolve_nll(w.model, spec.temperature), w.tokens_d, plan, ids, batch_seqs=spec.batch_seqs, sums=w.sums,
+        luts=w.luts, device=w.device, autocast=spec.autocast, events=events, capture=capture,
     )
     timer.add("score_seconds", ts)
     info = {"mode": "prequant_ablation", "compliant": False, "epochs": ttt.prequant_epochs, "steps": steps, **timer.seconds}
-    result = sums.finish(val_tokens, luts, dist, t0, info=info, notes=REASON, compliant=False)
+    result = w.finish(info, notes=REASON, compliant=False)
     say(f"{NON_COMPLIANT}: pre-quant TTT ablation val_loss {result.loss:.6f} val_bpb {result.bpb:.6f} (not a valid score)")
     return result
 
