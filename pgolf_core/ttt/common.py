@@ -158,7 +158,8 @@ def build_optimizer(
     params: Sequence[nn.Parameter], kind: str, lr: float, *, momentum: float = 0.9,
     weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
 ) -> torch.optim.Optimizer:
-    """SGD with momentum (#461/#549/#1413: 0.9) or AdamW."""
+    """SGD with momentum (#461/#549/#1413: 0.9) or AdamW. The defaults are ``TTTConfig``'s (momentum,
+    weight_decay) and torch's AdamW's (betas, eps); tests/eval/test_ttt_chunk.py holds them equal."""
     if kind == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if kind == "adamw":

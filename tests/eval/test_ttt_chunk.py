@@ -1,16 +1,20 @@
-"""Chunked score-first TTT (records F1): order of scoring and updates, equivalences, effect."""
+"""Chunked score-first TTT (#461, #549): order of scoring and updates, equivalences, effect."""
 
 from __future__ import annotations
+
+import inspect
 
 import numpy as np
 import pytest
 import torch
 
+from pgolf_core.config import config_from_dict
 from pgolf_core.dist import DistInfo
 from pgolf_core.evaluate import evaluate_sliding, window_plan
 from pgolf_core.ttt import ChunkTTTScorer, TTTInputs, chunked_ttt
 from pgolf_core.ttt.chunked import chunk_bounds
-from pgolf_core.ttt.common import EvalSpec, cosine_lr, select_parameters
+from pgolf_core.ttt.common import EvalSpec, build_optimizer, cosine_lr, select_parameters
+from pgolf_core.ttt.lora import LoRASet
 from tests.eval.helpers import OrderRecorder, luts, repetitive_stream, tiny_model, ttt_cfg
 
 CPU = torch.device("cpu")
@@ -92,6 +96,25 @@ def test_frozen_blocks_and_lr_schedule():
     assert not any(p.requires_grad for p in model.blocks[0].parameters())
     assert [round(cosine_lr(1.0, c, 4), 6) for c in range(5)] == [1.0, 0.853553, 0.5, 0.146447, 0.0]
     assert cosine_lr(0.3, 3, 4, "constant") == 0.3
+
+
+def test_helper_defaults_are_the_config_defaults():
+    """The keyword defaults of the TTT helpers cannot drift from the config's defaults (the variants pass
+    the config's values; a caller relying on a default gets the configured behaviour)."""
+    cfg = config_from_dict({})
+
+    def default(fn, name):
+        return inspect.signature(fn).parameters[name].default
+
+    assert EvalSpec(seq_len=cfg.eval_seq_len) == EvalSpec.from_config(cfg)
+    assert default(select_parameters, "freeze_first_blocks") == cfg.ttt.freeze_first_blocks
+    assert default(cosine_lr, "schedule") == cfg.ttt.lr_schedule
+    assert default(build_optimizer, "momentum") == cfg.ttt.momentum
+    assert default(build_optimizer, "weight_decay") == cfg.ttt.weight_decay
+    assert default(LoRASet, "alpha") == cfg.ttt.lora_alpha
+    adamw = inspect.signature(torch.optim.AdamW).parameters  # no config field: torch's own AdamW defaults
+    assert (default(build_optimizer, "betas"), default(build_optimizer, "eps")) == (
+        adamw["betas"].default, adamw["eps"].default)
 
 
 def test_chunk_scorer_predictive_matches_scores_and_ignores_the_target():
