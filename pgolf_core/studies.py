@@ -65,8 +65,9 @@ def gap_rows(nb: NotebookRun, train_dir: Path, variants: list[tuple[str, QuantCo
         device=session.device,
     )
     records = []
-    for row, res in zip(rows, results[1:], strict=True):
-        t7 = check_artifact_size(model_bytes=row.model_bytes, code_bytes=row.artifact_bytes - row.model_bytes)
+    for row, res, (_, qcfg) in zip(rows, results[1:], variants, strict=True):
+        t7 = check_artifact_size(model_bytes=row.model_bytes, code_bytes=row.artifact_bytes - row.model_bytes,
+                                 cap=qcfg.byte_cap)
         verdicts = [coverage_verdict(res, session.val.size), session.t10(res.bytes), t7]
         rec = res.stage_record(f"q[{row.scheme}]", artifact_bytes=row.artifact_bytes, verdicts=verdicts)
         records.append(replace(rec, notes=f"{row.bits}; clip {row.clip}; {row.compressor}; gap {row.gap:+.5f}"))

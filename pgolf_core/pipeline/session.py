@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from pgolf_core.challenge import WORLD_SIZE
 from pgolf_core.compliance import check_byte_recount
 from pgolf_core.config import RunConfig
 from pgolf_core.data.loader import load_validation_tokens
@@ -71,7 +72,7 @@ class Session:
         return load_checkpoint(path)
 
     def _on_target(self) -> bool:
-        if self.device.type != "cuda" or self.dist.world_size != 8:
+        if self.device.type != "cuda" or self.dist.world_size != WORLD_SIZE:
             return False
         return "H100" in torch.cuda.get_device_name(self.device)
 
@@ -92,7 +93,7 @@ class Session:
         model = build_model(self.cfg.model, device=self.device).to(self.device)
         model.load_state_dict(state)
         if self.cfg.model.num_loops:
-            model.set_looping(True)  # evaluation always runs with the loops on (records.md B8)
+            model.set_looping(True)  # the records evaluate (and run TTT) with the loops on (#1394, #1493)
         return model.eval()
 
     @property

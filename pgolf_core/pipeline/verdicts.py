@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pgolf_core.challenge import VAL_DOCS
 from pgolf_core.compliance import (
-    FINEWEB_VAL_DOCS,
     check_data_access,
     check_data_split,
     check_eval_time,
@@ -83,14 +83,14 @@ def evaluate_guarded(ctx: Session, fn: Callable[[], EvalResult]) -> tuple[EvalRe
 
 
 def data_split_verdict(dc: DataConfig, max_train_tokens: int) -> Verdict:
-    """T9 for a configured dataset: the official split must have 50,000 documents, a pgolf-built one
-    the count its manifest states."""
+    """T9 for a configured dataset: the official split must have ``VAL_DOCS`` (50,000) documents, a
+    pgolf-built one the count its manifest states."""
     if max_train_tokens == 0:
         return Verdict("T9", None, "eval.split_check_tokens is 0: data split check skipped")
     root = dc.root_path()
     manifest = root / "manifest.json"  # read here, not with data.export: dataset building is not run code
     if dc.source == "official":
-        expected = FINEWEB_VAL_DOCS
+        expected = VAL_DOCS
     else:
         expected = json.loads(manifest.read_text())["splits"]["val"]["documents"] if manifest.is_file() else None
     train_files = list_shards(root / dc.train_pattern)
