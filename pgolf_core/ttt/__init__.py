@@ -1,5 +1,8 @@
-"""Legal score-first test-time training (records.md F; compliance.md R6, R8, R12), plus one clearly
-labelled non-compliant ablation.
+"""Legal score-first test-time training, plus one clearly labelled non-compliant ablation.
+
+Score-first as PR #461 defined it: a token's loss is committed before any update that uses it (the
+organizers' rulings in issues #402 and #677: adapting on already-scored tokens is legal; training on
+validation tokens before scoring them, or reporting a later pass, is not).
 
     result, info = run_ttt(TTTInputs.from_config(model, val_tokens, luts, cfg, dist=dist, device=device))
     scorer = ttt_scorer(model, cfg)        # the same evaluation as a pgolf_core.scoring.Scorer

@@ -1,6 +1,6 @@
-"""Chunked score-first test-time training over the sliding-window evaluation (records.md F1).
+"""Chunked score-first test-time training over the sliding-window evaluation (#461, #549, #1413, #1493).
 
-PR #461 defined it and #549 adopted it (compliance.md R12): the stream is cut into chunks of
+PR #461 defined it and the merged #549 adopted it: the stream is cut into chunks of
 ``chunk_tokens``; each sliding window belongs to the chunk holding the first target it scores. For
 chunk c: (1) score all its windows under no_grad and commit their NLLs; (2) unless c is the last
 chunk, train on chunk c's targets. Measured: #549 -0.0025 bpb (lr 0.002, 3 epochs, ~409 s on

@@ -1,4 +1,4 @@
-"""Pieces every test-time-training variant shares (records.md F).
+"""Pieces every test-time-training variant shares.
 
 - ``EvalSpec``: how scoring windows are cut (sequence length, stride, batch, temperature, autocast).
 - ``select_parameters`` / ``build_optimizer`` / ``cosine_lr``: what adapts and how.
@@ -138,7 +138,7 @@ def start(inputs: TTTInputs) -> Work:
 def select_parameters(model: nn.Module, freeze_first_blocks: int = 0) -> list[nn.Parameter]:
     """All parameters but those of the first ``freeze_first_blocks`` blocks; sets ``requires_grad``.
 
-    #461's code froze the first 2 blocks by default; #549 ran with 0 frozen (records.md F1).
+    #461's code froze the first 2 blocks by default; #549 ran with 0 frozen.
     """
     frozen = {id(p) for block in list(model.blocks)[:freeze_first_blocks] for p in block.parameters()}
     params = []
@@ -234,8 +234,8 @@ def train_on_targets(
     batch's sequences are split across ranks); one optimizer step per batch. Returns the step count.
 
     The caller guarantees every target of ``span`` is already scored. The gradient is the mean NLL
-    over the batch's targets, all-reduced, then clipped to ``grad_clip`` (the averaged gradient, as
-    the DDP records do; records.md I3).
+    over the batch's targets, all-reduced, then clipped to ``grad_clip``: the averaged gradient, as
+    the DDP records (#549) clip it, not each rank's local one as the banked-Muon code does.
     """
     for group in opt.param_groups:
         group["lr"] = lr

@@ -1,4 +1,5 @@
-"""Per-document LoRA test-time training (records.md F2: LORA0, re-added in #1530, inside phased TTT).
+"""Per-document LoRA test-time training (record 2026-03-17_LoRA_TTT "LORA0"; re-added in #1530; inside
+phased TTT).
 
 Documents start at BOS (id 1); a document's targets run from the token after its BOS up to and
 including the next document's BOS (it predicts its own end). Each document is cut into chunks of

@@ -1,4 +1,4 @@
-"""LoRA adapters on chosen projections of a GPT, for test-time training (records.md F2).
+"""LoRA adapters on chosen projections of a GPT, for test-time training (LORA0, #1530).
 
 LoRA(x) = (x A^T) B^T * scale with A ~ U(+-1/sqrt(in)), B = 0, so a fresh (or reset) adapter adds an
 exact zero and the model scores as the base model, bit for bit. scale = alpha / rank when alpha > 0
@@ -11,7 +11,7 @@ the pre-softcap logits. Adapters sit on physical layers, so with depth recurrenc
 every pass over its block (the records keep one per virtual layer slot).
 
 Every adapter has ``slots`` independent copies (a leading batch dimension) so that a batch of
-documents trains one adapter set per document (records F2, 1530+); ``slot_index`` maps the rows of
+documents trains one adapter set per document (#1530 and later); ``slot_index`` maps the rows of
 the current batch to slots. Shapes: B rows, T time, I in, O out, R rank, S slots.
 """
 

@@ -1,4 +1,4 @@
-"""Phased TTT: per-document LoRA plus global SGD passes on the base model (records.md F3).
+"""Phased TTT: per-document LoRA plus global SGD passes on the base model (#1610, #1626 ... #1855).
 
 #1610 (one phase) -> #1626 (three phases) -> ... -> #1855 (the top record). Documents are scored with
 per-document LoRA TTT (``doc_lora``) in stream order; at the phase boundaries

@@ -2,8 +2,9 @@
 
 This is the "pre-quant TTT" pattern of #1423 (6 epochs), #1416 (6), #1408 (10, "dTTT"), #1351 and
 #1364: after training, N epochs of AdamW on ``val_tokens``, then (GPTQ and) sliding evaluation of the
-same tokens. It is illegal (compliance.md R9: PR #1376 closed 2026-04-10; R6/R7/R8): every scored
-token was trained on before it was scored. It exists only so the TTT-ablation notebook can show what
+same tokens. It is illegal (PR #1376, closed by the organizers on 2026-04-10; issues #402 and #677:
+every token must be scored before any update that used it): every scored token was trained on before
+it was scored. It exists only so the TTT-ablation notebook can show what
 the cheat buys next to the legal variants. Every output says NON-COMPLIANT: the result's ``notes`` and
 ``compliant=False`` (its stage record gets a failed verdict), the scorer's name, every printed line.
 Its Scorer reports ``updated`` on every position before any ``scored``, so compliance test T5 flags it.

@@ -1,4 +1,4 @@
-"""Per-document LoRA TTT (records F2) and phased TTT (records F3)."""
+"""Per-document LoRA TTT (LORA0, #1530) and phased TTT (#1610, #1626)."""
 
 from __future__ import annotations
 
