@@ -46,7 +46,9 @@ def _saved_hessians(train_dir: Path) -> Hessians | None:
     return h
 
 
-def gap_rows(nb: NotebookRun, train_dir: Path, variants: list[tuple[str, QuantConfig]]) -> tuple[list[GapRow], list[StageRecord]]:
+def gap_rows(
+    nb: NotebookRun, train_dir: Path, variants: list[tuple[str, QuantConfig]]
+) -> tuple[list[GapRow], list[StageRecord]]:
     """The quant-gap table for the run's final weights, and one stage record ``q[<scheme>]`` per row."""
     session = Session.open(nb.cfg, train_dir, nb.run_dir)
     results: list[EvalResult] = []
@@ -60,17 +62,24 @@ def gap_rows(nb: NotebookRun, train_dir: Path, variants: list[tuple[str, QuantCo
         return res
 
     rows = quant_gap(
-        session.weights("final"), nb.cfg, variants, evaluate=evaluate,
-        calib_batches=lambda: list(train_calibration_batches(nb.cfg)), hessians=_saved_hessians(train_dir),
+        session.weights("final"),
+        nb.cfg,
+        variants,
+        evaluate=evaluate,
+        calib_batches=lambda: list(train_calibration_batches(nb.cfg)),
+        hessians=_saved_hessians(train_dir),
         device=session.device,
     )
     records = []
     for row, res, (_, qcfg) in zip(rows, results[1:], variants, strict=True):
-        t7 = check_artifact_size(model_bytes=row.model_bytes, code_bytes=row.artifact_bytes - row.model_bytes,
-                                 cap=qcfg.byte_cap)
+        t7 = check_artifact_size(
+            model_bytes=row.model_bytes, code_bytes=row.artifact_bytes - row.model_bytes, cap=qcfg.byte_cap
+        )
         verdicts = [coverage_verdict(res, session.val.size), session.t10(res.bytes), t7]
         rec = res.stage_record(f"q[{row.scheme}]", artifact_bytes=row.artifact_bytes, verdicts=verdicts)
-        records.append(replace(rec, notes=f"{row.bits}; clip {row.clip}; {row.compressor}; gap {row.gap:+.5f}"))
+        records.append(
+            replace(rec, notes=f"{row.bits}; clip {row.clip}; {row.compressor}; gap {row.gap:+.5f}")
+        )
     return rows, records
 
 
@@ -101,7 +110,9 @@ def group_gaps(nb: NotebookRun, train_dir: Path, qcfg: QuantConfig) -> dict[str,
     return out
 
 
-def ngram_records(nb: NotebookRun, train_dir: Path, configs: list[tuple[str, RunConfig]]) -> tuple[list[StageRecord], dict[str, float]]:
+def ngram_records(
+    nb: NotebookRun, train_dir: Path, configs: list[tuple[str, RunConfig]]
+) -> tuple[list[StageRecord], dict[str, float]]:
     """The plain model and each n-gram setting on the q weights; returns (records, cache tokens/s).
 
     The model's sliding-window log-probabilities are computed once and shared by every setting, so
@@ -114,8 +125,13 @@ def ngram_records(nb: NotebookRun, train_dir: Path, configs: list[tuple[str, Run
     base = (stage_q_sw if nb.cfg.eval.stride else stage_q)(session, q, "model only")
     model = session.model_with(q.state)
     stride = nb.cfg.eval.stride or nb.cfg.eval_seq_len
-    windowed = WindowedTorchModel(model, nb.cfg.eval_seq_len, stride=stride, temperature=nb.cfg.eval.temperature,
-                                  autocast=session.autocast)
+    windowed = WindowedTorchModel(
+        model,
+        nb.cfg.eval_seq_len,
+        stride=stride,
+        temperature=nb.cfg.eval.temperature,
+        autocast=session.autocast,
+    )
 
     def table(tokens: np.ndarray) -> np.ndarray:
         rows = windowed.logprobs(tokens, 1, tokens.size)
@@ -137,7 +153,7 @@ def ngram_records(nb: NotebookRun, train_dir: Path, configs: list[tuple[str, Run
 
         res, t6 = evaluate_guarded(sv, evaluate)
         speeds[name] = res.tokens / res.seconds
-        records.append(stage_record(sv, name, res, lambda cfg_v=cfg_v: NgramScorer(probe_lm, cfg_v.ngram), [t6], q))
+        records.append(
+            stage_record(sv, name, res, lambda cfg_v=cfg_v: NgramScorer(probe_lm, cfg_v.ngram), [t6], q)
+        )
     return records, speeds
-
-

@@ -1,7 +1,7 @@
 """The pipeline's driver: run the requested stages in order, log and write stages.json after each.
 
-    run_stages(cfg, train_dir, out_dir)                     # from a notebook or a test, one process
-    python -m pgolf_core.pipeline TRAIN_DIR --out DIR       # the same from a shell (pipeline/__main__.py)
+run_stages(cfg, train_dir, out_dir)                     # from a notebook or a test, one process
+python -m pgolf_core.pipeline TRAIN_DIR --out DIR       # the same from a shell (pipeline/__main__.py)
 """
 
 from __future__ import annotations
@@ -39,9 +39,11 @@ class PipelineResult:
 
 
 def artifact_line(accounting: dict) -> str:
-    return (f"artifact: {accounting['total_bytes']:,} bytes (model {accounting['model_bytes']:,} "
-            f"{accounting['compressor']} + code {accounting['code_bytes']:,}); margin {accounting['margin']:,}"
-            + ("  OVER THE CAP" if accounting["over_cap"] else ""))
+    return (
+        f"artifact: {accounting['total_bytes']:,} bytes (model {accounting['model_bytes']:,} "
+        f"{accounting['compressor']} + code {accounting['code_bytes']:,}); margin {accounting['margin']:,}"
+        + ("  OVER THE CAP" if accounting["over_cap"] else "")
+    )
 
 
 def default_stages(cfg: RunConfig, have_ema: bool) -> list[str]:
@@ -83,8 +85,10 @@ def run_stages(
             return
         records.append(rec)
         failed = [v.check for v in rec.verdicts if v.passed is False]
-        log(f"stage {rec.stage:<6} val_bpb {rec.val_bpb:.5f}  val_loss {rec.val_loss:.5f}  {rec.seconds:7.1f}s  "
-            + ("compliant" if not failed else f"NON-COMPLIANT ({', '.join(failed)})"))
+        log(
+            f"stage {rec.stage:<6} val_bpb {rec.val_bpb:.5f}  val_loss {rec.val_loss:.5f}  "
+            f"{rec.seconds:7.1f}s  " + ("compliant" if not failed else f"NON-COMPLIANT ({', '.join(failed)})")
+        )
         if dist.is_main:
             write_stages(out_dir / "stages.json", records, train_dir=str(train_dir), artifact=accounting)
 
@@ -132,8 +136,14 @@ def main(argv: list[str] | None = None) -> int:
         if dist.distributed and tdist.is_initialized():
             tdist.destroy_process_group()
     if dist.is_main:
-        print(json.dumps({"event": "stages", "eval_seconds": result.eval_seconds,
-                          "artifact_bytes": result.artifact_bytes,
-                          "stages": {r.stage: r.val_bpb for r in result.records}}))
+        print(
+            json.dumps(
+                {
+                    "event": "stages",
+                    "eval_seconds": result.eval_seconds,
+                    "artifact_bytes": result.artifact_bytes,
+                    "stages": {r.stage: r.val_bpb for r in result.records},
+                }
+            )
+        )
     return 0 if all(math.isfinite(r.val_bpb) for r in result.records) else 1
-

@@ -40,8 +40,10 @@ def quantize_weights(ctx: Session, state: dict) -> StageWeights:
         hessians = load_checkpoint(h_path)
     structure = build_model(ctx.cfg.model, device="cpu")
     box = []
-    t6 = check_data_access(lambda: box.append(build_artifact(state, ctx.cfg.quant, model=structure, hessians=hessians)),
-                           phase="quant")
+    t6 = check_data_access(
+        lambda: box.append(build_artifact(state, ctx.cfg.quant, model=structure, hessians=hessians)),
+        phase="quant",
+    )
     if not box:
         raise RuntimeError(f"quantization aborted by the data tripwire: {t6.reason}")
     art = box[0]
@@ -52,8 +54,14 @@ def quantize_weights(ctx: Session, state: dict) -> StageWeights:
         tdist.barrier()
     q_state = load_artifact(path)  # the round trip goes through the file, as a reader would
     t7 = check_artifact_size(model_bytes=art.model_bytes, code_bytes=art.code_bytes, cap=art.cap)
-    accounting = {"model_bytes": art.model_bytes, "code_bytes": art.code_bytes, "total_bytes": art.total_bytes,
-                  "margin": art.margin, "over_cap": art.over_cap, "compressor": art.compressor,
-                  "candidates": art.details.get("candidates", {})}
+    accounting = {
+        "model_bytes": art.model_bytes,
+        "code_bytes": art.code_bytes,
+        "total_bytes": art.total_bytes,
+        "margin": art.margin,
+        "over_cap": art.over_cap,
+        "compressor": art.compressor,
+        "candidates": art.details.get("candidates", {}),
+    }
     t6_quant = Verdict("T6 quant", t6.passed, t6.reason, t6.measured, t6.limit)
     return StageWeights(q_state, t7=t7, t6_quant=t6_quant, accounting=accounting)

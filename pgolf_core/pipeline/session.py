@@ -36,15 +36,21 @@ class Session:
         self.sp = load_tokenizer(dc.tokenizer_path())
         self.luts = build_byte_luts(self.sp, cfg.model.vocab_size)
         val_files = list_shards(dc.root_path() / dc.val_pattern)
-        self.val = load_validation_tokens(val_files, cfg.eval_seq_len, dc.val_max_tokens, cfg.model.vocab_size)
-        self.run = json.loads((train_dir / "run.json").read_text()) if (train_dir / "run.json").is_file() else {}
+        self.val = load_validation_tokens(
+            val_files, cfg.eval_seq_len, dc.val_max_tokens, cfg.model.vocab_size
+        )
+        self.run = (
+            json.loads((train_dir / "run.json").read_text()) if (train_dir / "run.json").is_file() else {}
+        )
         self.on_target = self._on_target()
         self.hardware = self.run.get("device_name") or str(device)
         self._t10: Verdict | None = None
         self._t9: Verdict | None = None
 
     @classmethod
-    def open(cls, cfg: RunConfig, train_dir: str | Path, out_dir: str | Path, dist: DistInfo | None = None) -> Session:
+    def open(
+        cls, cfg: RunConfig, train_dir: str | Path, out_dir: str | Path, dist: DistInfo | None = None
+    ) -> Session:
         dist = dist or dist_info_from_env()
         device = resolve_device(cfg.train.device, dist)
         init_process_group(dist, device)
@@ -55,7 +61,9 @@ class Session:
     def with_config(self, cfg: RunConfig) -> Session:
         """The same data and run, another config (the model section must not change)."""
         if cfg.model != self.cfg.model or cfg.data != self.cfg.data:
-            raise ValueError("with_config: a variant may change quant / eval / ttt / ngram, not model or data")
+            raise ValueError(
+                "with_config: a variant may change quant / eval / ttt / ngram, not model or data"
+            )
         # (the validation stream loaded for this session is shared, so data must match exactly)
         other = copy.copy(self)
         other.cfg = cfg

@@ -48,8 +48,15 @@ def stage_name(stage: str, cfg: RunConfig) -> str:
 def standard_eval(ctx: Session, model) -> EvalResult:
     """Standard (non-overlapping windows) evaluation of ``model`` on the session's stream."""
     return evaluate_standard(
-        model, ctx.val, ctx.luts, seq_len=ctx.cfg.eval_seq_len, batch_tokens=ctx.cfg.eval.batch_tokens,
-        dist=ctx.dist, device=ctx.device, autocast=ctx.autocast, temperature=ctx.cfg.eval.temperature,
+        model,
+        ctx.val,
+        ctx.luts,
+        seq_len=ctx.cfg.eval_seq_len,
+        batch_tokens=ctx.cfg.eval.batch_tokens,
+        dist=ctx.dist,
+        device=ctx.device,
+        autocast=ctx.autocast,
+        temperature=ctx.cfg.eval.temperature,
     )
 
 
@@ -63,8 +70,14 @@ def result_from_nll(nll: np.ndarray, nbytes: int, seconds: float, info: dict | N
     targets stand for."""
     loss_sum = float(np.nansum(nll))
     n = int(np.count_nonzero(~np.isnan(nll)))
-    return EvalResult(loss=loss_sum / n, bpb=loss_sum / (LN2 * nbytes), tokens=n, bytes=nbytes, seconds=seconds,
-                      info=dict(info or {}))
+    return EvalResult(
+        loss=loss_sum / n,
+        bpb=loss_sum / (LN2 * nbytes),
+        tokens=n,
+        bytes=nbytes,
+        seconds=seconds,
+        info=dict(info or {}),
+    )
 
 
 def stage_checkpoint(ctx: Session, weights: StageWeights, name: str) -> StageRecord:
@@ -76,8 +89,12 @@ def stage_checkpoint(ctx: Session, weights: StageWeights, name: str) -> StageRec
     if train_s is None:
         return rec
     total = train_s + ctx.run.get("calib_seconds", 0.0)
-    t8 = check_train_time(total, configured_cap=ctx.cfg.train.max_wallclock_seconds or None,
-                          on_target_hardware=ctx.on_target, hardware=ctx.hardware)
+    t8 = check_train_time(
+        total,
+        configured_cap=ctx.cfg.train.max_wallclock_seconds or None,
+        on_target_hardware=ctx.on_target,
+        hardware=ctx.hardware,
+    )
     return replace(rec, verdicts=[*rec.verdicts, t8])
 
 
@@ -95,19 +112,34 @@ def stage_q_sw(ctx: Session, weights: StageWeights, name: str) -> StageRecord:
     if not cfg.eval.stride:
         raise ValueError("stage 'q_sw' needs eval.stride > 0 (the records use 64)")
     model = ctx.model_with(weights.state)
-    res, t6 = evaluate_guarded(ctx, lambda: evaluate_sliding(
-        model, ctx.val, ctx.luts, seq_len=cfg.eval_seq_len, stride=cfg.eval.stride, batch_seqs=cfg.eval.sliding_batch_seqs,
-        dist=ctx.dist, device=ctx.device, autocast=ctx.autocast, temperature=cfg.eval.temperature))
-    scorer = lambda: SlidingScorer(model, seq_len=cfg.eval_seq_len, stride=cfg.eval.stride,
-                                   temperature=cfg.eval.temperature)
+    res, t6 = evaluate_guarded(
+        ctx,
+        lambda: evaluate_sliding(
+            model,
+            ctx.val,
+            ctx.luts,
+            seq_len=cfg.eval_seq_len,
+            stride=cfg.eval.stride,
+            batch_seqs=cfg.eval.sliding_batch_seqs,
+            dist=ctx.dist,
+            device=ctx.device,
+            autocast=ctx.autocast,
+            temperature=cfg.eval.temperature,
+        ),
+    )
+    scorer = lambda: SlidingScorer(
+        model, seq_len=cfg.eval_seq_len, stride=cfg.eval.stride, temperature=cfg.eval.temperature
+    )
     return stage_record(ctx, name, res, scorer, [t6], weights)
 
 
 def stage_q_ttt(ctx: Session, weights: StageWeights, name: str) -> StageRecord:
     """q_ttt: the TTT of ``cfg.ttt`` on the round trip (plain sliding window with TTT off)."""
     if ctx.cfg.ttt.prequant_ablation and name in STAGES:
-        raise ValueError(f"the NON-COMPLIANT pre-quant ablation cannot be recorded as stage {name!r}; "
-                         f"name it {stage_name('q_ttt', ctx.cfg)!r} (stage_name) or after the ablation")
+        raise ValueError(
+            f"the NON-COMPLIANT pre-quant ablation cannot be recorded as stage {name!r}; "
+            f"name it {stage_name('q_ttt', ctx.cfg)!r} (stage_name) or after the ablation"
+        )
     model = ctx.model_with(weights.state)
     inputs = TTTInputs.from_config(model, ctx.val, ctx.luts, ctx.cfg, dist=ctx.dist, device=ctx.device)
     res, t6 = evaluate_guarded(ctx, lambda: run_ttt(inputs)[0])
@@ -124,8 +156,9 @@ def stage_q_ngram(ctx: Session, weights: StageWeights, name: str) -> StageRecord
     stride = cfg.eval.stride or cfg.eval_seq_len
 
     def make_scorer() -> NgramScorer:
-        lm = WindowedTorchModel(model, cfg.eval_seq_len, stride=stride, temperature=cfg.eval.temperature,
-                                autocast=ctx.autocast)
+        lm = WindowedTorchModel(
+            model, cfg.eval_seq_len, stride=stride, temperature=cfg.eval.temperature, autocast=ctx.autocast
+        )
         return NgramScorer(lm, cfg.ngram)
 
     def evaluate() -> EvalResult:
@@ -147,6 +180,10 @@ def stage_q_ngram(ctx: Session, weights: StageWeights, name: str) -> StageRecord
 
 
 STAGE_FNS: dict[str, StageFn] = {
-    "pre": stage_checkpoint, "ema": stage_checkpoint, "q": stage_q, "q_sw": stage_q_sw, "q_ttt": stage_q_ttt,
+    "pre": stage_checkpoint,
+    "ema": stage_checkpoint,
+    "q": stage_q,
+    "q_sw": stage_q_sw,
+    "q_ttt": stage_q_ttt,
     "q_ngram": stage_q_ngram,
 }

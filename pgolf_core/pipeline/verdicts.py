@@ -31,8 +31,13 @@ def coverage_verdict(res: EvalResult, n_tokens: int) -> Verdict:
     """T4 full: the evaluation scored every target of the ``n_tokens`` stream exactly once."""
     want = n_tokens - 1
     ok = res.tokens == want
-    return Verdict("T4 full", ok, f"{res.tokens:,} targets scored, the stream has {want:,}" + ("" if ok else ": not exactly once"),
-                   float(res.tokens), float(want))
+    return Verdict(
+        "T4 full",
+        ok,
+        f"{res.tokens:,} targets scored, the stream has {want:,}" + ("" if ok else ": not exactly once"),
+        float(res.tokens),
+        float(want),
+    )
 
 
 # The scorer checks run the stage's own scorer on a probe of the stream; a TTT scorer must update on the
@@ -46,12 +51,14 @@ def probe_config(cfg: RunConfig, probe: int) -> RunConfig:
     """The stage's config shrunk to a probe of ``probe`` tokens (``PROBE_*``): TTT chunks scaled so that
     several fit and updates happen."""
     chunk = max(probe // PROBE_TTT_CHUNKS, 1)
-    ttt = cfg.ttt.model_copy(update={
-        "chunk_tokens": min(cfg.ttt.chunk_tokens, chunk),
-        "lora_chunk_tokens": min(cfg.ttt.lora_chunk_tokens, max(chunk // PROBE_LORA_CHUNKS, 1)),
-        "lora_window": min(cfg.ttt.lora_window, chunk),
-        "phased_prefix_docs": min(cfg.ttt.phased_prefix_docs, PROBE_PHASED_DOCS),
-    })
+    ttt = cfg.ttt.model_copy(
+        update={
+            "chunk_tokens": min(cfg.ttt.chunk_tokens, chunk),
+            "lora_chunk_tokens": min(cfg.ttt.lora_chunk_tokens, max(chunk // PROBE_LORA_CHUNKS, 1)),
+            "lora_window": min(cfg.ttt.lora_window, chunk),
+            "phased_prefix_docs": min(cfg.ttt.phased_prefix_docs, PROBE_PHASED_DOCS),
+        }
+    )
     return cfg.model_copy(update={"ttt": ttt})
 
 
@@ -64,7 +71,10 @@ def probe_verdicts(ctx: Session, make_scorer: Callable[[], Scorer]) -> list[Verd
         return []
     probe = np.asarray(ctx.val[: n + 1], dtype=np.int64)
     verdicts = run_scorer_checks(make_scorer(), probe, vocab_size=ctx.cfg.model.vocab_size, uniform_tokens=n)
-    return [Verdict(v.check, v.passed, f"probe of {n:,} tokens: {v.reason}", v.measured, v.limit) for v in verdicts]
+    return [
+        Verdict(v.check, v.passed, f"probe of {n:,} tokens: {v.reason}", v.measured, v.limit)
+        for v in verdicts
+    ]
 
 
 def eval_time_verdict(ctx: Session, seconds: float) -> Verdict:
@@ -92,17 +102,27 @@ def data_split_verdict(dc: DataConfig, max_train_tokens: int) -> Verdict:
     if dc.source == "official":
         expected = VAL_DOCS
     else:
-        expected = json.loads(manifest.read_text())["splits"]["val"]["documents"] if manifest.is_file() else None
+        expected = (
+            json.loads(manifest.read_text())["splits"]["val"]["documents"] if manifest.is_file() else None
+        )
     train_files = list_shards(root / dc.train_pattern)
     total = sum(read_header(f).num_tokens for f in train_files)
     return check_data_split(
-        load_tokens(list_shards(root / dc.val_pattern)), train_files, expected_val_docs=expected,
+        load_tokens(list_shards(root / dc.val_pattern)),
+        train_files,
+        expected_val_docs=expected,
         max_train_tokens=None if max_train_tokens >= total else max_train_tokens,
     )
 
 
-def stage_record(ctx: Session, name: str, res: EvalResult, make_scorer: Callable[[], Scorer],
-                 data_access: Sequence[Verdict], weights: StageWeights) -> StageRecord:
+def stage_record(
+    ctx: Session,
+    name: str,
+    res: EvalResult,
+    make_scorer: Callable[[], Scorer],
+    data_access: Sequence[Verdict],
+    weights: StageWeights,
+) -> StageRecord:
     """The record of one stage: T4 full, T10, T9, the T6 verdicts ``data_access``, T7 when ``weights``
     are the artifact's, T8 eval, then T1..T5 of ``make_scorer()`` on the probe."""
     verdicts = [coverage_verdict(res, ctx.val.size), ctx.t10(res.bytes), ctx.t9(), *data_access]

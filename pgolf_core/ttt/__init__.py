@@ -10,7 +10,8 @@ validation tokens before scoring them, or reporting a later pass, is not).
 Variants (``cfg.ttt.mode``), one module each:
 - ``chunk`` (chunked.py): score a chunk of sliding windows, then train on it (#461/#549/#1413/#1493);
 - ``lora`` (doc_lora.py): per-document LoRA adapters, score a chunk then one step (LORA0, #1530);
-- ``phased`` (phased.py): LoRA queue plus global SGD passes over already-scored documents (#1610/#1626..#1855);
+- ``phased`` (phased.py): LoRA queue plus global SGD passes over already-scored documents
+  (#1610/#1626..#1855);
 - ``ttt.prequant_ablation`` (prequant.py): NON-COMPLIANT fine-tuning on validation tokens before
   scoring them (#1423 family), for the ablation notebook only.
 
@@ -54,9 +55,17 @@ def run_ttt(inputs: TTTInputs) -> tuple[EvalResult, dict]:
         result = _VARIANTS[ttt.mode](inputs)
     else:
         result = evaluate_sliding(
-            inputs.model, inputs.tokens, inputs.luts, seq_len=spec.seq_len, stride=spec.window_stride,
-            batch_seqs=spec.batch_seqs, dist=inputs.dist, device=inputs.device, autocast=spec.autocast,
-            temperature=spec.temperature, return_streams=inputs.return_streams,
+            inputs.model,
+            inputs.tokens,
+            inputs.luts,
+            seq_len=spec.seq_len,
+            stride=spec.window_stride,
+            batch_seqs=spec.batch_seqs,
+            dist=inputs.dist,
+            device=inputs.device,
+            autocast=spec.autocast,
+            temperature=spec.temperature,
+            return_streams=inputs.return_streams,
         )
         result = replace(result, info={"mode": "off", "stride": spec.window_stride})
     return result, dict(result.info)
@@ -70,9 +79,15 @@ def ttt_scorer(model: nn.Module, cfg: RunConfig) -> Scorer:
     if cfg.ttt.enabled:
         return _SCORERS[cfg.ttt.mode](model, cfg.ttt, spec)
     if spec.window_stride == spec.seq_len:
-        return StandardScorer(model, seq_len=spec.seq_len, batch_seqs=spec.batch_seqs, temperature=spec.temperature)
+        return StandardScorer(
+            model, seq_len=spec.seq_len, batch_seqs=spec.batch_seqs, temperature=spec.temperature
+        )
     return SlidingScorer(
-        model, seq_len=spec.seq_len, stride=spec.window_stride, batch_seqs=spec.batch_seqs, temperature=spec.temperature
+        model,
+        seq_len=spec.seq_len,
+        stride=spec.window_stride,
+        batch_seqs=spec.batch_seqs,
+        temperature=spec.temperature,
     )
 
 

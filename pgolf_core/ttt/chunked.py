@@ -61,12 +61,18 @@ def chunked_ttt(inputs: TTTInputs) -> EvalResult:
         loss_fn = lora.nll
         score_fn = resolve_nll(lambda x, y: logits_fn(x), spec.temperature)
     else:
-        params, base_lr, logits_fn = select_parameters(w.model, ttt.freeze_first_blocks), ttt.lr, w.model.logits
+        params, base_lr, logits_fn = (
+            select_parameters(w.model, ttt.freeze_first_blocks),
+            ttt.lr,
+            w.model.logits,
+        )
         loss_fn = w.model.nll
         score_fn = resolve_nll(w.model, spec.temperature)
     if capture is not None:
         capture.logits_fn = logits_fn
-    opt = build_optimizer(params, ttt.optimizer, base_lr, momentum=ttt.momentum, weight_decay=ttt.weight_decay)
+    opt = build_optimizer(
+        params, ttt.optimizer, base_lr, momentum=ttt.momentum, weight_decay=ttt.weight_decay
+    )
 
     plan = window_plan(w.n, spec.seq_len, spec.window_stride)
     bounds = chunk_bounds(plan.first_scored, ttt.chunk_tokens, w.n)
@@ -76,8 +82,17 @@ def chunked_ttt(inputs: TTTInputs) -> EvalResult:
         ids = np.arange(bounds[c], bounds[c + 1])
         ts = time.perf_counter()
         score_windows(
-            score_fn, w.tokens_d, plan, ids[rank_slice(len(ids), dist)], batch_seqs=spec.batch_seqs, sums=w.sums,
-            luts=w.luts, device=w.device, autocast=spec.autocast, events=events, capture=capture,
+            score_fn,
+            w.tokens_d,
+            plan,
+            ids[rank_slice(len(ids), dist)],
+            batch_seqs=spec.batch_seqs,
+            sums=w.sums,
+            luts=w.luts,
+            device=w.device,
+            autocast=spec.autocast,
+            events=events,
+            capture=capture,
         )
         timer.add("score_seconds", ts)
         if capture is not None and capture.done:
@@ -87,15 +102,32 @@ def chunked_ttt(inputs: TTTInputs) -> EvalResult:
         ts = time.perf_counter()
         span = TrainRange(max(1, c * ttt.chunk_tokens), min((c + 1) * ttt.chunk_tokens, w.n), spec.seq_len)
         steps += train_on_targets(
-            loss_fn, params, opt, w.tokens_d, span, epochs=ttt.epochs, batch_seqs=ttt.batch_seqs,
-            lr=cosine_lr(base_lr, c, n_chunks - 1, ttt.lr_schedule), grad_clip=ttt.grad_clip, dist=dist,
-            device=w.device, autocast=spec.autocast, events=events, kind="ttt_step",
+            loss_fn,
+            params,
+            opt,
+            w.tokens_d,
+            span,
+            epochs=ttt.epochs,
+            batch_seqs=ttt.batch_seqs,
+            lr=cosine_lr(base_lr, c, n_chunks - 1, ttt.lr_schedule),
+            grad_clip=ttt.grad_clip,
+            dist=dist,
+            device=w.device,
+            autocast=spec.autocast,
+            events=events,
+            kind="ttt_step",
         )
         trained += 1
         timer.add("train_seconds", ts)
     info = {
-        "mode": "chunk", "adapt": ttt.adapt, "chunks": n_chunks, "trained_chunks": trained, "steps": steps,
-        "windows": plan.num_windows, "stride": plan.stride, **timer.seconds,
+        "mode": "chunk",
+        "adapt": ttt.adapt,
+        "chunks": n_chunks,
+        "trained_chunks": trained,
+        "steps": steps,
+        "windows": plan.num_windows,
+        "stride": plan.stride,
+        **timer.seconds,
     }
     return w.finish(info)
 

@@ -61,8 +61,11 @@ class EvalSpec:
     @classmethod
     def from_config(cls, cfg: RunConfig) -> EvalSpec:
         return cls(
-            seq_len=cfg.eval_seq_len, stride=cfg.eval.stride, batch_seqs=cfg.eval.sliding_batch_seqs,
-            temperature=cfg.eval.temperature, autocast=cfg.train.autocast,
+            seq_len=cfg.eval_seq_len,
+            stride=cfg.eval.stride,
+            batch_seqs=cfg.eval.sliding_batch_seqs,
+            temperature=cfg.eval.temperature,
+            autocast=cfg.train.autocast,
         )
 
 
@@ -100,11 +103,21 @@ class TTTInputs:
 
     @classmethod
     def from_config(
-        cls, model: nn.Module, tokens: np.ndarray, luts: ByteLUTs | None, cfg: RunConfig, *, dist: DistInfo,
-        device: torch.device, return_streams: bool = False, events: ScoreEvents | None = None,
+        cls,
+        model: nn.Module,
+        tokens: np.ndarray,
+        luts: ByteLUTs | None,
+        cfg: RunConfig,
+        *,
+        dist: DistInfo,
+        device: torch.device,
+        return_streams: bool = False,
+        events: ScoreEvents | None = None,
     ) -> TTTInputs:
-        """The inputs of a run: ``cfg.ttt`` and scoring windows per ``cfg.eval`` (``EvalSpec.from_config``)."""
-        return cls(model, tokens, luts, cfg.ttt, EvalSpec.from_config(cfg), dist, device, return_streams, events)
+        """The inputs of a run: ``cfg.ttt``; scoring windows per ``cfg.eval`` (``EvalSpec.from_config``)."""
+        return cls(
+            model, tokens, luts, cfg.ttt, EvalSpec.from_config(cfg), dist, device, return_streams, events
+        )
 
 
 @dataclass
@@ -155,8 +168,14 @@ def freeze(model: nn.Module) -> None:
 
 
 def build_optimizer(
-    params: Sequence[nn.Parameter], kind: str, lr: float, *, momentum: float = 0.9,
-    weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+    params: Sequence[nn.Parameter],
+    kind: str,
+    lr: float,
+    *,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
 ) -> torch.optim.Optimizer:
     """SGD with momentum (#461/#549/#1413: 0.9) or AdamW. The defaults are ``TTTConfig``'s (momentum,
     weight_decay) and torch's AdamW's (betas, eps); tests/eval/test_ttt_chunk.py holds them equal."""
@@ -261,7 +280,9 @@ def train_on_targets(
             opt.zero_grad(set_to_none=True)
             steps += 1
             if events is not None:
-                events.updated(np.concatenate([np.arange(s + 1, s + 1 + n) for s, n in zip(gstarts, glens)]), kind)
+                events.updated(
+                    np.concatenate([np.arange(s + 1, s + 1 + n) for s, n in zip(gstarts, glens)]), kind
+                )
     return steps
 
 
@@ -292,8 +313,17 @@ class TTTScorer(Scorer):
 
     def run(self, tokens: np.ndarray, events: ScoreEvents | None, capture: Capture | None) -> EvalResult:
         inputs = TTTInputs(
-            self.model, tokens, None, self.ttt, replace(self.spec, autocast=False), DistInfo(), self.device,
-            return_streams=True, events=events, capture=capture, log=lambda _msg: None,
+            self.model,
+            tokens,
+            None,
+            self.ttt,
+            replace(self.spec, autocast=False),
+            DistInfo(),
+            self.device,
+            return_streams=True,
+            events=events,
+            capture=capture,
+            log=lambda _msg: None,
         )
         return self.variant(inputs)
 

@@ -29,7 +29,9 @@ TARGETS = ("q", "k", "v", "o", "mlp", "head")
 class LoRA(nn.Module):
     """``slots`` independent low-rank adapters in -> out of rank ``rank``."""
 
-    def __init__(self, slots: int, in_dim: int, out_dim: int, rank: int, scale: float, generator: torch.Generator):
+    def __init__(
+        self, slots: int, in_dim: int, out_dim: int, rank: int, scale: float, generator: torch.Generator
+    ):
         super().__init__()
         bound = 1.0 / math.sqrt(in_dim)
         # One draw shared by every slot: a document's adapters start the same whatever its slot, batch
@@ -61,7 +63,9 @@ class LoRASet(nn.Module):
     off (the hooks return the base output untouched), e.g. while the phased variant trains the base.
     """
 
-    def __init__(self, model: nn.Module, targets, rank: int, alpha: float = 0.0, slots: int = 1, seed: int = 0):
+    def __init__(
+        self, model: nn.Module, targets, rank: int, alpha: float = 0.0, slots: int = 1, seed: int = 0
+    ):
         super().__init__()
         unknown = set(targets) - set(TARGETS)
         if unknown:
@@ -82,7 +86,9 @@ class LoRASet(nn.Module):
                 if t not in targets:
                     continue
                 module = sites[t]
-                in_dim, out_dim = (module.in_features, module.out_features) if isinstance(module, nn.Linear) else (D, D)
+                in_dim, out_dim = (
+                    (module.in_features, module.out_features) if isinstance(module, nn.Linear) else (D, D)
+                )
                 lora = LoRA(slots, in_dim, out_dim, rank, scale, gen)
                 self.adapters[f"{t}{i}"] = lora
                 self._hooks.append(module.register_forward_hook(self._hook(lora)))

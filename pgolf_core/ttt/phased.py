@@ -71,9 +71,20 @@ def global_pass(
         lo = first + c * ttt.chunk_tokens
         span = TrainRange(lo, min(lo + ttt.chunk_tokens, end), spec.seq_len)
         steps += train_on_targets(
-            model.nll, params, opt, tokens_d, span, epochs=1, batch_seqs=ttt.batch_seqs,
-            lr=cosine_lr(ttt.phased_lr, c, n_chunks, ttt.lr_schedule), grad_clip=ttt.grad_clip, dist=dist,
-            device=device, autocast=spec.autocast, events=events, kind="global_sgd",
+            model.nll,
+            params,
+            opt,
+            tokens_d,
+            span,
+            epochs=1,
+            batch_seqs=ttt.batch_seqs,
+            lr=cosine_lr(ttt.phased_lr, c, n_chunks, ttt.lr_schedule),
+            grad_clip=ttt.grad_clip,
+            dist=dist,
+            device=device,
+            autocast=spec.autocast,
+            events=events,
+            kind="global_sgd",
         )
     freeze(model)
     runner.lora.enabled = True
@@ -94,21 +105,36 @@ def phased_ttt(inputs: TTTInputs) -> EvalResult:
     done = 0
     for stop in [*bounds, len(docs)]:
         ts = time.perf_counter()
-        runner.score(docs, split_docs_for_ranks(docs, np.arange(done, stop), dist), w.sums, w.luts, events, capture)
+        runner.score(
+            docs, split_docs_for_ranks(docs, np.arange(done, stop), dist), w.sums, w.luts, events, capture
+        )
         timer.add("score_seconds", ts)
         done = stop
         if (capture is not None and capture.done) or stop == len(docs):
             break
         ts = time.perf_counter()
         chunks, steps = global_pass(
-            w.model, runner, w.tokens_d, int(docs.starts[0]) + 1, int(docs.ends[stop - 1]) + 1, ttt, inputs.spec,
-            dist=dist, device=w.device, events=events,
+            w.model,
+            runner,
+            w.tokens_d,
+            int(docs.starts[0]) + 1,
+            int(docs.ends[stop - 1]) + 1,
+            ttt,
+            inputs.spec,
+            dist=dist,
+            device=w.device,
+            events=events,
         )
         timer.add("global_seconds", ts)
         passes.append({"docs": stop, "chunks": chunks, "steps": steps, "seconds": time.perf_counter() - ts})
     info = {
-        "mode": "phased", "docs": len(docs), "boundaries": bounds, "lora_steps": runner.steps,
-        "global_steps": sum(p["steps"] for p in passes), "passes": passes, **timer.seconds,
+        "mode": "phased",
+        "docs": len(docs),
+        "boundaries": bounds,
+        "lora_steps": runner.steps,
+        "global_steps": sum(p["steps"] for p in passes),
+        "passes": passes,
+        **timer.seconds,
     }
     return w.finish(info)
 

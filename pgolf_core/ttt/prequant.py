@@ -51,7 +51,10 @@ def prequant_ablation(inputs: TTTInputs) -> EvalResult:
     w = start(inputs)
     ttt, spec, dist, events, capture = inputs.ttt, inputs.spec, inputs.dist, inputs.events, inputs.capture
     say = inputs.log if inputs.log is not None else (print if dist.is_main else (lambda _msg: None))
-    say(f"{NON_COMPLIANT}: pre-quant TTT ablation, {ttt.prequant_epochs} epochs of AdamW on validation tokens before scoring them")
+    say(
+        f"{NON_COMPLIANT}: pre-quant TTT ablation, {ttt.prequant_epochs} epochs of AdamW on validation "
+        "tokens before scoring them"
+    )
     params = select_parameters(w.model, 0)
     opt = build_optimizer(params, "adamw", ttt.prequant_lr, weight_decay=ttt.weight_decay)
     n = w.n
@@ -60,11 +63,25 @@ def prequant_ablation(inputs: TTTInputs) -> EvalResult:
     span = TrainRange(1, n, spec.seq_len)
     for epoch in range(ttt.prequant_epochs):
         steps += train_on_targets(
-            w.model.nll, params, opt, w.tokens_d, span, epochs=1, batch_seqs=ttt.batch_seqs, lr=ttt.prequant_lr,
-            grad_clip=ttt.grad_clip, dist=dist, device=w.device, autocast=spec.autocast, events=events,
+            w.model.nll,
+            params,
+            opt,
+            w.tokens_d,
+            span,
+            epochs=1,
+            batch_seqs=ttt.batch_seqs,
+            lr=ttt.prequant_lr,
+            grad_clip=ttt.grad_clip,
+            dist=dist,
+            device=w.device,
+            autocast=spec.autocast,
+            events=events,
             kind="prequant_ttt",
         )
-        say(f"{NON_COMPLIANT}: pre-quant TTT epoch {epoch + 1}/{ttt.prequant_epochs} trained on all {n - 1:,} validation targets")
+        say(
+            f"{NON_COMPLIANT}: pre-quant TTT epoch {epoch + 1}/{ttt.prequant_epochs} trained on all "
+            f"{n - 1:,} validation targets"
+        )
     timer.add("train_seconds", ts)
     for p in params:
         p.requires_grad_(False)
@@ -74,13 +91,31 @@ def prequant_ablation(inputs: TTTInputs) -> EvalResult:
     plan = window_plan(n, spec.seq_len, spec.window_stride)
     ids = np.arange(plan.num_windows)[rank_slice(plan.num_windows, dist)]
     score_windows(
-        resolve_nll(w.model, spec.temperature), w.tokens_d, plan, ids, batch_seqs=spec.batch_seqs, sums=w.sums,
-        luts=w.luts, device=w.device, autocast=spec.autocast, events=events, capture=capture,
+        resolve_nll(w.model, spec.temperature),
+        w.tokens_d,
+        plan,
+        ids,
+        batch_seqs=spec.batch_seqs,
+        sums=w.sums,
+        luts=w.luts,
+        device=w.device,
+        autocast=spec.autocast,
+        events=events,
+        capture=capture,
     )
     timer.add("score_seconds", ts)
-    info = {"mode": "prequant_ablation", "compliant": False, "epochs": ttt.prequant_epochs, "steps": steps, **timer.seconds}
+    info = {
+        "mode": "prequant_ablation",
+        "compliant": False,
+        "epochs": ttt.prequant_epochs,
+        "steps": steps,
+        **timer.seconds,
+    }
     result = w.finish(info, notes=REASON, compliant=False)
-    say(f"{NON_COMPLIANT}: pre-quant TTT ablation val_loss {result.loss:.6f} val_bpb {result.bpb:.6f} (not a valid score)")
+    say(
+        f"{NON_COMPLIANT}: pre-quant TTT ablation val_loss {result.loss:.6f} val_bpb {result.bpb:.6f} "
+        "(not a valid score)"
+    )
     return result
 
 

@@ -27,10 +27,12 @@ def run_all(dist_info: DistInfo) -> dict[str, np.ndarray]:
     out = {}
     res = evaluate_sliding(tiny_model(), random_stream(211, seed=7), luts(), dist=dist_info, device=cpu, return_streams=True, **SLIDING)
     out["sliding"] = res
-    out["chunk"] = chunked_ttt(TTTInputs(tiny_model(), repetitive_stream(400), luts(), CHUNK_TTT, SPEC, dist=dist_info,
-                                         device=cpu, return_streams=True))
-    out["lora"] = doc_lora_ttt(TTTInputs(tiny_model(), doc_stream(DOC_LENGTHS), luts(), LORA_TTT, SPEC, dist=dist_info,
-                                         device=cpu, return_streams=True))
+    chunk = TTTInputs(tiny_model(), repetitive_stream(400), luts(), CHUNK_TTT, SPEC, dist_info, cpu,
+                      return_streams=True)
+    out["chunk"] = chunked_ttt(chunk)
+    lora = TTTInputs(tiny_model(), doc_stream(DOC_LENGTHS), luts(), LORA_TTT, SPEC, dist_info, cpu,
+                     return_streams=True)
+    out["lora"] = doc_lora_ttt(lora)
     return {
         f"{k}_{f}": np.asarray(v) for k, r in out.items()
         for f, v in (("loss", r.loss), ("bpb", r.bpb), ("tokens", r.tokens), ("bytes", r.bytes), ("nll", r.nll))
