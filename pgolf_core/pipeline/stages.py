@@ -34,7 +34,7 @@ from pgolf_core.scoring import Scorer
 from pgolf_core.stages import STAGES, StageRecord
 from pgolf_core.ttt import TTTInputs, run_ttt, ttt_scorer
 
-StageFn = Callable[[Session, StageWeights, str], "StageRecord | None"]
+StageFn = Callable[[Session, StageWeights, str], StageRecord | None]
 
 PREQUANT_STAGE = "q_ttt_prequant_NONCOMPLIANT"  # what q_ttt is recorded as when it runs the ablation
 
