@@ -1,82 +1,15 @@
-"""The typed config tree: one ``RunConfig`` loaded from YAML under params/, validated before any compute.
-
-Sections: data, model, optim, train, quant, eval, ttt, ngram, report. Every field has a default; the
-defaults are the challenge's naive baseline (records.md BASE), so an empty YAML file *is* the baseline.
-
-Rules (style.md G1/G2):
-- ``load_config`` is the only door. Unknown keys, wrong types and bad choices are rejected with an error
-  that names the file, the dotted key, what was given and what is valid (with a "did you mean").
-- A params file may start with ``extends: other.yaml`` (a path relative to it, or a list of them);
-  bases are deep-merged first, the file's own keys win.
-- Overrides (``--set model.num_layers=11``) are parsed as YAML scalars and applied last.
-- Hyperparameters never come from environment variables; ``pgolf_core.dist`` alone reads torchrun's
-  RANK / WORLD_SIZE / LOCAL_RANK.
-- ``to_yaml(cfg)`` writes the fully resolved tree; loading it back gives an equal config.
-"""
+"""The run's sections besides the model (data, optim, train, eval, quant, ttt, ngram, report) and the
+``RunConfig`` tree that holds them all."""
 
 from __future__ import annotations
 
-import difflib
-import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-# --------------------------------------------------------------------------------------------------
-# YAML: safe loading, duplicate keys rejected, 1e-3 read as a float (YAML 1.1 wants "1.0e-3").
-# --------------------------------------------------------------------------------------------------
-
-
-class ConfigError(ValueError):
-    """A params file (or override) is invalid. The message names the file, the key and the fix."""
-
-
-class _StrictLoader(yaml.SafeLoader):
-    pass
-
-
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: dict[Any, yaml.Node] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise ConfigError(
-                f"duplicate key {key!r} at line {key_node.start_mark.line + 1} "
-                f"(first at line {seen[key].start_mark.line + 1})"
-            )
-        seen[key] = key_node
-    return loader.construct_mapping(node, deep=deep)
-
-
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-_StrictLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
-    list("-+0123456789"),
-)
-
-
-def yaml_load(text: str, source: str) -> Any:
-    try:
-        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - SafeLoader subclass
-    except ConfigError as e:
-        raise ConfigError(f"{source}: {e}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{source}: not valid YAML: {e}") from None
-
-
-# --------------------------------------------------------------------------------------------------
-# Sections
-# --------------------------------------------------------------------------------------------------
-
-
-class Section(BaseModel):
-    """Base of every section: unknown keys forbidden, types strict (no "9" for 9), frozen."""
-
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, validate_default=True)
-
+from pgolf_core.config.model import ModelConfig
+from pgolf_core.config.section import Section
 
 TOKENIZER_FOR_VARIANT = {"sp1024": "fineweb_1024_bpe.model", "sp8192": "fineweb_8192_bpe.model"}
 
@@ -116,82 +49,6 @@ class DataConfig(Section):
         if self.source == "smoke":
             return self.root_path() / "tokenizer.model"
         return Path("data/tokenizers") / TOKENIZER_FOR_VARIANT[self.variant]
-
-
-class ModelConfig(Section):
-    """The GPT. Defaults are the challenge baseline (9x512, 8 heads / 4 KV heads, relu^2 MLP 2x).
-
-    Every record trick is a flag whose default is off (records.md B); its code sits next to the
-    component it changes in pgolf_core/model/.
-    """
-
-    vocab_size: int = Field(1024, gt=0, lt=65536, description="must equal the tokenizer's vocab size")
-    num_layers: int = Field(9, gt=0, description="physical blocks")
-    model_dim: int = Field(512, gt=0)
-    num_heads: int = Field(8, gt=0)
-    num_kv_heads: int = Field(4, gt=0)
-    mlp_mult: float = Field(2.0, gt=0, description="MLP hidden = int(mlp_mult * model_dim)")
-    activation: Literal["relu2", "leaky_relu2"] = Field("relu2", description="leaky_relu2: PR #549, -0.003 bpb")
-    leaky_slope: float = Field(0.5, ge=0, description="negative slope of leaky_relu2")
-    tie_embeddings: bool = True
-    tied_embed_init_std: float = Field(0.005, ge=0)
-    rope_base: float = Field(10000.0, gt=0)
-    rope_dims: int = Field(0, ge=0, description="rotated dims per head (0: all; records use 16 of 64)")
-    rope_train_seq_len: int = Field(0, ge=0, description="NTK base rescale beyond this length (0: off; #549 used 1024)")
-    q_gain_init: float = Field(1.5, description="per-head query gain after q/k RMS norm")
-    logit_softcap: float = Field(30.0, gt=0, description="logits = c * tanh(z / c)")
-    ln_scale: bool = Field(False, description="scale normalized block inputs by 1/sqrt(layer+1) (#549)")
-    xsa_last_n: int = Field(0, ge=0, description="exclusive self-attention on the last N physical layers")
-    skip_gates: bool = Field(False, description="sigmoid-gated U-Net skips (#1218 on)")
-    loop_start: int = Field(0, ge=0, description="depth recurrence: first physical block of the looped segment")
-    loop_end: int = Field(0, ge=0, description="depth recurrence: last physical block of the segment (inclusive)")
-    num_loops: int = Field(0, ge=0, description="extra passes over the segment (0: no recurrence)")
-    loop_enable_frac: float = Field(0.0, ge=0, le=1, description="training-time fraction at which looping turns on")
-    parallel_residual: Literal["none", "gptj", "two_lane"] = Field("none", description="gptj: #1412/#1493; two_lane: #1204/#1855")
-    parallel_start_layer: int = Field(7, ge=0, description="first physical layer with parallel residuals")
-    smear_gate: Literal["none", "v1", "v2"] = Field("none", description="v1: #549 (after norm); v2: #1667+ (before norm)")
-    smear_width: int = Field(12, gt=0, description="v2: input dims of the smear gate")
-    smear_bos_fix: bool = Field(True, description="v2: no smear into a BOS token (#1851 fix)")
-    bigram_vocab: int = Field(0, ge=0, description="BigramHash buckets (0: off; #549 used 1536)")
-    bigram_dim: int = Field(128, gt=0)
-    ve_dim: int = Field(0, ge=0, description="value-embedding width (0: off; #549 used 128)")
-    ve_layers: list[int] = Field(default_factory=list, description="physical layers whose V gets the value embedding")
-    attn_gate: Literal["none", "dense", "sparse"] = Field("none", description="dense: #1736; sparse: #1787+")
-    attn_gate_width: int = Field(12, gt=0, description="sparse gate: input dims")
-    attn_gate_scale: float = Field(1.0, description="sparse gate: logit scale c")
-    attn_gate_init_std: float = Field(0.005, ge=0, description="dense gate: init std")
-    window_size: int = Field(0, ge=0, description="sliding-window attention span in tokens (0: full causal)")
-    window_layers: list[int] = Field(default_factory=list, description="physical layers with the window (empty: all)")
-    ortho_init: bool = Field(False, description="orthogonal init of matrices with both dims >= 64 (#549)")
-    attn_backend: Literal["auto", "fa3", "fa2", "sdpa"] = Field("auto", description="auto: FA3, then FA2, then SDPA")
-
-    @model_validator(mode="after")
-    def _shapes(self) -> ModelConfig:
-        L = self.num_layers
-        if self.model_dim % self.num_heads:
-            raise ValueError(f"model.model_dim ({self.model_dim}) must be divisible by model.num_heads ({self.num_heads})")
-        if self.num_heads % self.num_kv_heads:
-            raise ValueError(f"model.num_heads ({self.num_heads}) must be divisible by model.num_kv_heads ({self.num_kv_heads})")
-        head_dim = self.model_dim // self.num_heads
-        if head_dim % 2:
-            raise ValueError("model.model_dim / model.num_heads (the head dim) must be even for RoPE")
-        if self.rope_dims % 2 or self.rope_dims > head_dim:
-            raise ValueError(f"model.rope_dims ({self.rope_dims}) must be even and at most the head dim ({head_dim})")
-        if self.xsa_last_n > L:
-            raise ValueError(f"model.xsa_last_n ({self.xsa_last_n}) exceeds model.num_layers ({L})")
-        if self.num_loops and not (self.loop_start <= self.loop_end < L):
-            raise ValueError(f"model.loop_start..loop_end ({self.loop_start}..{self.loop_end}) must lie in 0..{L - 1}")
-        for key in ("ve_layers", "window_layers"):
-            bad = [i for i in getattr(self, key) if not 0 <= i < L]
-            if bad:
-                raise ValueError(f"model.{key} has layers {bad} outside 0..{L - 1}")
-        if self.ve_layers and not self.ve_dim:
-            raise ValueError("model.ve_layers is set but model.ve_dim is 0; set model.ve_dim (e.g. 128)")
-        if self.bigram_vocab == 1:
-            raise ValueError("model.bigram_vocab must be 0 (off) or at least 2")
-        if self.smear_width > self.model_dim or self.attn_gate_width > self.model_dim:
-            raise ValueError("model.smear_width and model.attn_gate_width must not exceed model.model_dim")
-        return self
 
 
 class OptimConfig(Section):
@@ -286,7 +143,7 @@ class QuantGroupConfig(Section):
 # What a run imports to train, quantize and score (conservatively every such file, compliance.md R18);
 # tooling that never runs in a submission (CLI, notebook driver, reports, data preparation) is left out.
 RUNTIME_CODE_FILES = (
-    "pgolf_core/__init__.py", "pgolf_core/atomic.py", "pgolf_core/config.py", "pgolf_core/dist.py",
+    "pgolf_core/__init__.py", "pgolf_core/atomic.py", "pgolf_core/config/*.py", "pgolf_core/dist.py",
     "pgolf_core/evaluate.py", "pgolf_core/train.py", "pgolf_core/scoring.py", "pgolf_core/stages.py",
     "pgolf_core/pipeline.py", "pgolf_core/compliance.py", "pgolf_core/ngram.py",
     "pgolf_core/data/__init__.py", "pgolf_core/data/shards.py", "pgolf_core/data/loader.py",
@@ -429,148 +286,3 @@ class RunConfig(Section):
     def eval_seq_len(self) -> int:
         return self.eval.seq_len or self.train.train_seq_len
 
-
-# --------------------------------------------------------------------------------------------------
-# Loading, merging, errors
-# --------------------------------------------------------------------------------------------------
-
-
-def deep_merge(base: dict, top: dict) -> dict:
-    out = dict(base)
-    for k, v in top.items():
-        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def _section_model(loc: tuple) -> type[BaseModel] | None:
-    """The pydantic model that owns the key at ``loc`` (for listing valid keys)."""
-    model: type[BaseModel] = RunConfig
-    for part in loc[:-1]:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
-        ann = getattr(field, "annotation", None)
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-            return None
-        model = ann
-    return model
-
-
-def _describe(err: dict) -> str:
-    loc = tuple(err["loc"])
-    key = ".".join(str(p) for p in loc) or "<top level>"
-    kind, given = err["type"], err.get("input")
-    if kind == "extra_forbidden":
-        owner = _section_model(loc)
-        valid = sorted(owner.model_fields) if owner else []
-        near = difflib.get_close_matches(str(loc[-1]), valid, n=1)
-        hint = f" (did you mean {'.'.join([*map(str, loc[:-1]), near[0]])!r}?)" if near else ""
-        where = f"in {'.'.join(map(str, loc[:-1]))!r}" if len(loc) > 1 else "at the top level"
-        return f"{key}: unknown key{hint}; valid keys {where}: {', '.join(valid)}"
-    if kind == "literal_error":
-        return f"{key}: got {given!r}; expected one of {err['ctx']['expected']}"
-    if kind.endswith("_type") or kind in ("model_type", "model_attributes_type"):
-        want = kind.removesuffix("_type").replace("model", "mapping").replace("_attributes", "")
-        return f"{key}: expected {want}, got {type(given).__name__} {given!r}"
-    if kind == "value_error":
-        return err["msg"].removeprefix("Value error, ")  # our validators name their keys themselves
-    return f"{key}: {err['msg']} (got {given!r})"
-
-
-def config_from_dict(raw: Any, source: str = "<dict>") -> RunConfig:
-    """Validate a plain dict into a RunConfig; errors name ``source`` and every bad key."""
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping of sections ({', '.join(SECTIONS)}), got {type(raw).__name__}")
-    try:
-        return RunConfig.model_validate(raw)
-    except ValidationError as e:
-        lines = [_describe(err) for err in e.errors()]
-        raise ConfigError(f"{source}: invalid config:\n  " + "\n  ".join(lines)) from None
-
-
-def read_params_tree(path: Path, chain: tuple[Path, ...] = ()) -> dict:
-    path = path.resolve()
-    if path in chain:
-        raise ConfigError(f"{path}: 'extends' cycle: {' -> '.join(map(str, (*chain, path)))}")
-    if not path.is_file():
-        where = f" (extended by {chain[-1]})" if chain else ""
-        raise ConfigError(f"{path}: params file not found{where}")
-    raw = yaml_load(path.read_text(encoding="utf-8"), str(path))
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
-    bases = raw.pop("extends", [])
-    bases = [bases] if isinstance(bases, str) else bases
-    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
-        raise ConfigError(f"{path}: 'extends' must be a path or a list of paths, got {bases!r}")
-    merged: dict = {}
-    for base in bases:
-        merged = deep_merge(merged, read_params_tree(path.parent / base, (*chain, path)))
-    return deep_merge(merged, raw)
-
-
-def parse_overrides(items: list[str] | dict[str, Any] | None) -> dict:
-    """``["model.num_layers=11", "train.seed=7"]`` (or a dotted dict) -> nested dict, values as YAML."""
-    if not items:
-        return {}
-    pairs = items.items() if isinstance(items, dict) else []
-    if not isinstance(items, dict):
-        parsed = []
-        for item in items:
-            if "=" not in item:
-                raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. model.num_layers=11")
-            k, v = item.split("=", 1)
-            parsed.append((k.strip(), yaml_load(v, f"override {item!r}")))
-        pairs = parsed
-    out: dict = {}
-    for dotted, value in pairs:
-        node = out
-        parts = dotted.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {dotted!r}: {p!r} is set to a value and also used as a section")
-        node[parts[-1]] = value
-    return out
-
-
-def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None = None) -> RunConfig:
-    """Load ``path`` (following ``extends``), apply overrides, validate. The only door into a RunConfig."""
-    path = Path(path)
-    raw = read_params_tree(path)
-    # A params file may carry values for a notebook's parameters cell; pgolf_core.suite validates them
-    # against the notebook. They are not part of the run's config.
-    notebook = raw.pop("notebook", {})
-    if not isinstance(notebook, dict):
-        raise ConfigError(f"{path}: 'notebook' must be a mapping of notebook parameters, got {type(notebook).__name__}")
-    over = parse_overrides(overrides)
-    source = str(path) + (f" with overrides {overrides!r}" if over else "")
-    return config_from_dict(deep_merge(raw, over), source)
-
-
-def to_dict(cfg: RunConfig) -> dict:
-    return cfg.model_dump(mode="json")
-
-
-def to_yaml(cfg: RunConfig) -> str:
-    """The fully resolved config, every key present, in section order: what reports and runs record."""
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False, default_flow_style=False)
-
-
-def describe_schema() -> list[tuple[str, str, Any, str]]:
-    """(dotted key, type, default, description) for every leaf field: the frozen key surface."""
-    rows: list[tuple[str, str, Any, str]] = []
-
-    def walk(model: type[BaseModel], prefix: str) -> None:
-        for name, f in model.model_fields.items():
-            ann = f.annotation
-            if isinstance(ann, type) and issubclass(ann, BaseModel):
-                walk(ann, f"{prefix}{name}.")
-                continue
-            tname = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
-            default = f.default_factory() if f.default_factory is not None else f.default
-            rows.append((f"{prefix}{name}", tname, default, f.description or ""))
-
-    walk(RunConfig, "")
-    return rows
