@@ -53,8 +53,7 @@ def gap_rows(nb: NotebookRun, train_dir: Path, variants: list[tuple[str, QuantCo
 
     def evaluate(model) -> EvalResult:
         model.to(session.device).eval()
-        if nb.cfg.model.num_loops:
-            model.set_looping(True)
+        model.set_loops(True)  # evaluation always runs with the loops on (a no-op without loops)
         res = _standard(session, model)
         results.append(res)
         return res

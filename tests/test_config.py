@@ -44,8 +44,10 @@ def test_defaults_are_the_challenge_baseline(tmp_path):
     cfg = load_config(write(tmp_path, ""))
     assert cfg == RunConfig()
     m, o, t = cfg.model, cfg.optim, cfg.train
-    assert (m.vocab_size, m.num_layers, m.model_dim, m.num_heads, m.num_kv_heads, m.mlp_mult) == (1024, 9, 512, 8, 4, 2.0)
-    assert (m.activation, m.tie_embeddings, m.tied_embed_init_std, m.q_gain_init, m.logit_softcap) == ("relu2", True, 0.005, 1.5, 30.0)
+    assert (m.vocab_size, m.num_layers, m.model_dim, m.num_heads, m.num_kv_heads, m.mlp.mult) == (1024, 9, 512, 8, 4, 2.0)
+    assert (m.mlp.activation, m.tie_embeddings, m.tied_embed_init_std, m.attention.q_gain_init, m.logit_softcap) == (
+        "relu2", True, 0.005, 1.5, 30.0
+    )
     assert (o.matrix_lr, o.tied_embed_lr, o.scalar_lr, o.muon_momentum, o.muon_backend_steps) == (0.04, 0.05, 0.04, 0.95, 5)
     assert (t.train_batch_tokens, t.train_seq_len, t.max_wallclock_seconds) == (524288, 1024, 600.0)
     assert (cfg.quant.scheme, cfg.quant.compressor, cfg.quant.byte_cap) == ("baseline_int8", "zlib", 16_000_000)
@@ -58,7 +60,7 @@ def test_unknown_key_names_file_key_valid_keys_and_a_guess(tmp_path):
     msg = str(e.value)
     assert str(path) in msg
     assert "model.num_layerz: unknown key (did you mean 'model.num_layers'?)" in msg
-    assert "valid keys in 'model': activation, " in msg and "num_kv_heads" in msg
+    assert "valid keys in 'model': attention, attn_backend, embeddings, " in msg and "num_kv_heads" in msg
 
 
 def test_unknown_section_lists_the_sections(tmp_path):
@@ -74,7 +76,15 @@ def test_unknown_section_lists_the_sections(tmp_path):
         ("model:\n  tie_embeddings: 1\n", "model.tie_embeddings: expected bool, got int 1"),
         ("train:\n  max_wallclock_seconds: ten\n", "train.max_wallclock_seconds: expected float, got str 'ten'"),
         ("model: 3\n", "model: expected mapping, got int 3"),
-        ("model:\n  activation: gelu\n", "model.activation: got 'gelu'; expected one of 'relu2' or 'leaky_relu2'"),
+        ("model:\n  mlp: {activation: gelu}\n", "model.mlp.activation: got 'gelu'; expected one of 'relu2' or 'leaky_relu2'"),
+        ("model:\n  mlp: 2.0\n", "model.mlp: expected mapping, got float 2.0"),
+        ("model:\n  embeddings: {value: {layers: [1]}}\n", "model.embeddings.value.layers is set but model.embeddings.value.dim is 0"),
+        ("model:\n  embeddings: {bigram: {buckets: 1}}\n", "model.embeddings.bigram.buckets must be 0 (off) or at least 2"),
+        ("model:\n  attention: {xsa_last_n: 10}\n", "model.attention.xsa_last_n (10) exceeds model.num_layers (9)"),
+        ("model:\n  attention: {window: {layers: [9]}}\n", "model.attention.window.layers has layers [9] outside 0..8"),
+        ("model:\n  rotary: {dims: 3}\n", "model.rotary.dims (3) must be even and at most the head dim (64)"),
+        ("model:\n  residual: {loops: {start: 4, end: 9, count: 1}}\n", "model.residual.loops.start..end (4..9) must lie in 0..8"),
+        ("model:\n  embeddings: {smear: {width: 600}}\n", "model.embeddings.smear.width (600) must not exceed model.model_dim (512)"),
         ("data:\n  variant: sp4096\n", "data.variant: got 'sp4096'; expected one of 'sp1024' or 'sp8192'"),
         ("model:\n  model_dim: 100\n", "model.model_dim (100) must be divisible by model.num_heads (8)"),
         ("model:\n  num_kv_heads: 3\n", "model.num_heads (8) must be divisible by model.num_kv_heads (3)"),
@@ -108,8 +118,8 @@ def test_scientific_notation_without_a_dot_is_a_float(tmp_path):
 def test_extends_deep_merges_and_overrides_win(tmp_path):
     write(tmp_path, "model:\n  num_layers: 11\n  model_dim: 256\ntrain:\n  seed: 1\n", "base.yaml")
     child = write(tmp_path, "extends: base.yaml\nmodel:\n  num_layers: 5\n", "child.yaml")
-    cfg = load_config(child, ["model.model_dim=128", "train.seed=7", "model.activation=leaky_relu2"])
-    assert (cfg.model.num_layers, cfg.model.model_dim, cfg.train.seed, cfg.model.activation) == (5, 128, 7, "leaky_relu2")
+    cfg = load_config(child, ["model.model_dim=128", "train.seed=7", "model.mlp.activation=leaky_relu2"])
+    assert (cfg.model.num_layers, cfg.model.model_dim, cfg.train.seed, cfg.model.mlp.activation) == (5, 128, 7, "leaky_relu2")
     assert load_config(child, {"data.val_max_tokens": 9}).data.val_max_tokens == 9
 
 
@@ -160,7 +170,8 @@ def test_schema_lists_every_key_with_a_default():
     assert len(keys) == len(set(keys)) and {k.split(".")[0] for k in keys} == set(SECTIONS)
     assert ("model.num_layers", "int", 9) == rows[keys.index("model.num_layers")][:3]
     assert ("quant.mlp.bits", "int", 8) == rows[keys.index("quant.mlp.bits")][:3]
-    assert rows[keys.index("model.ve_layers")][2] == []
+    assert rows[keys.index("model.embeddings.value.layers")][2] == []
+    assert ("model.residual.loops.count", "int", 0) == rows[keys.index("model.residual.loops.count")][:3]
 
 
 def test_nested_unknown_key_lists_the_nested_section(tmp_path):
@@ -179,3 +190,70 @@ def test_hyperparameters_never_come_from_the_environment():
         if path.name != "dist.py" and reads.search(path.read_text()):
             offenders.append(path.relative_to(REPO).as_posix())
     assert offenders == []
+
+
+# Every params file of the repository (suite definitions aside: they list notebooks, not a config).
+ALL_PARAMS = sorted(
+    p for folder in ("params", "tests") for p in (REPO / folder).rglob("*.yaml") if p.name != "suite.yaml"
+)
+SUITES = sorted(p.parent for folder in ("params", "tests") for p in (REPO / folder).rglob("suite.yaml"))
+
+
+def test_pgolf_config_check_accepts_every_params_file_in_the_repo(capsys):
+    from pgolf_core.cli import main
+
+    assert len(ALL_PARAMS) >= 16
+    assert main(["config", "check", *map(str, ALL_PARAMS)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("ok   ") == len(ALL_PARAMS)
+
+
+@pytest.mark.parametrize("suite", SUITES, ids=lambda p: p.relative_to(REPO).as_posix())
+def test_every_suite_entry_names_a_params_file_that_loads(suite):
+    from pgolf_core.suite import load_suite
+
+    for run in load_suite(suite).runs:
+        load_config(suite / run.params)
+
+
+def test_old_flat_model_key_names_its_new_dotted_key_in_one_line(tmp_path):
+    path = write(tmp_path, "model:\n  num_layers: 11\n  xsa_last_n: 4\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    assert str(e.value) == f"{path}: model.xsa_last_n was renamed to model.attention.xsa_last_n"
+
+
+def test_every_old_flat_model_key_maps_to_a_key_that_exists(tmp_path):
+    """The hint table covers the 29 flat trick names of the previous release; each target is a real key."""
+    from pgolf_core.config.model import RENAMED_MODEL_KEYS
+
+    keys = {row[0] for row in describe_schema()}
+    assert len(RENAMED_MODEL_KEYS) == 29
+    assert {f"model.{new}" for new in RENAMED_MODEL_KEYS.values()} <= keys
+    text = "model:\n  num_loops: 2\n  smear_gate: v2\n  rope_dims: 16\n"
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text))
+    msg = str(e.value)
+    assert "\n" not in msg
+    for old, new in (("num_loops", "residual.loops.count"), ("smear_gate", "embeddings.smear.kind"),
+                     ("rope_dims", "rotary.dims")):
+        assert f"model.{old} was renamed to model.{new}" in msg
+
+
+def test_old_flat_model_key_in_an_override_or_a_base_file(tmp_path):
+    ok = write(tmp_path, "", "ok.yaml")
+    with pytest.raises(ConfigError, match=r"with overrides .*: model\.num_loops was renamed to model\.residual\.loops\.count$"):
+        load_config(ok, ["model.num_loops=2"])
+    write(tmp_path, "model:\n  bigram_vocab: 1536\n", "base.yaml")
+    child = write(tmp_path, "extends: base.yaml\n", "child.yaml")
+    with pytest.raises(ConfigError, match=r"child\.yaml: model\.bigram_vocab was renamed to model\.embeddings\.bigram\.buckets"):
+        load_config(child)
+
+
+def test_unknown_key_in_a_model_sub_section_guesses_the_nested_key(tmp_path):
+    with pytest.raises(
+        ConfigError,
+        match=r"model\.residual\.loops\.cuont: unknown key \(did you mean 'model\.residual\.loops\.count'\?\); "
+        r"valid keys in 'model\.residual\.loops': count, enable_frac, end, start",
+    ):
+        load_config(write(tmp_path, "model:\n  residual:\n    loops: {cuont: 2}\n"))

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from pgolf_core.config.model import RENAMED_MODEL_KEYS
 from pgolf_core.config.sections import SECTIONS, RunConfig
 from pgolf_core.config.strict_yaml import ConfigError, yaml_load
 
@@ -60,12 +61,22 @@ def _describe(err: dict) -> str:
     return f"{key}: {err['msg']} (got {given!r})"
 
 
+def _refuse_renamed_keys(raw: dict, source: str) -> None:
+    """One line for the flat model keys of the previous release, each with its new dotted key."""
+    model = raw.get("model")
+    old = [k for k in model if k in RENAMED_MODEL_KEYS] if isinstance(model, dict) else []
+    if old:
+        moves = "; ".join(f"model.{k} was renamed to model.{RENAMED_MODEL_KEYS[k]}" for k in old)
+        raise ConfigError(f"{source}: {moves}")
+
+
 def config_from_dict(raw: Any, source: str = "<dict>") -> RunConfig:
     """Validate a plain dict into a RunConfig; errors name ``source`` and every bad key."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections ({', '.join(SECTIONS)}), got {type(raw).__name__}")
+    _refuse_renamed_keys(raw, source)
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:

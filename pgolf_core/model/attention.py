@@ -10,7 +10,7 @@ K head dim, C kv dim (G * K), W sparse-gate input width.
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +42,7 @@ def _import_flash(kind: str) -> tuple[Callable | None, str]:
     for name in _FLASH_MODULES[kind]:
         try:
             module = importlib.import_module(name)
-        except Exception as e:  # ImportError, or a wheel built for another torch/CUDA
+        except Exception as e:  # noqa: BLE001 - ImportError, or a wheel built for another torch/CUDA
             errors.append(f"import {name}: {type(e).__name__}: {e}")
             continue
         fn = getattr(module, "flash_attn_func", None)
@@ -194,18 +194,18 @@ class CausalSelfAttention(nn.Module):
         self.proj = linear(D, D, MATRIX, zero_init=True)
         # With q and k RMS-normed, the gain is the softmax temperature: init 1.5 (BASE) -> 4.0 (#1394)
         # -> 5.25 (#1493) -> 5.0 (#1855) along the record lineage (records.md B0).
-        self.q_gain = param(torch.full((H,), cfg.q_gain_init), SCALAR)
-        self.rotary = Rotary(self.head_dim, cfg.rope_dims, cfg.rope_base, cfg.rope_train_seq_len)
+        ac, rc = cfg.attention, cfg.rotary
+        self.q_gain = param(torch.full((H,), ac.q_gain_init), SCALAR)
+        self.rotary = Rotary(self.head_dim, rc.dims, rc.base, rc.train_seq_len)
         # XSA on the last xsa_last_n physical layers: last 4 in #549, all 11 from #1019 on.
-        self.xsa = layer >= cfg.num_layers - cfg.xsa_last_n
+        self.xsa = layer >= cfg.num_layers - ac.xsa_last_n
         # Sliding window: no studied record uses one (it is an experiment knob, off by default).
-        in_window = not cfg.window_layers or layer in cfg.window_layers
-        self.window = cfg.window_size if in_window else 0
+        in_window = not ac.window.layers or layer in ac.window.layers
+        self.window = ac.window.size if in_window else 0
         self.gate = None
-        if cfg.attn_gate != "none":
-            self.gate = AttnOutputGate(
-                cfg.attn_gate, D, H, cfg.attn_gate_width, cfg.attn_gate_scale, cfg.attn_gate_init_std
-            )
+        if ac.gate.kind != "none":
+            g = ac.gate
+            self.gate = AttnOutputGate(g.kind, D, H, g.width, g.scale, g.init_std)
 
     def forward(self, x_BTD: Tensor, ve_BTC: Tensor | None = None) -> Tensor:
         """x_BTD: the normalized block input; ve_BTC: this layer's value-embedding term or None."""
