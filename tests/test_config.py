@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 
@@ -257,3 +258,98 @@ def test_unknown_key_in_a_model_sub_section_guesses_the_nested_key(tmp_path):
         r"valid keys in 'model\.residual\.loops': count, enable_frac, end, start",
     ):
         load_config(write(tmp_path, "model:\n  residual:\n    loops: {cuont: 2}\n"))
+
+
+# --------------------------------------------------------------------------------------------------
+# Finite floats, alias bombs, bounded messages
+# --------------------------------------------------------------------------------------------------
+
+FLOAT_TYPES = {key: typ for key, typ, _, _ in describe_schema() if typ in ("float", "list[float]")}
+FLOAT_KEYS = sorted(FLOAT_TYPES)
+
+
+def nested(dotted: str, value) -> dict:
+    out = value
+    for part in reversed(dotted.split(".")):
+        out = {part: out}
+    return out
+
+
+def test_schema_has_the_float_fields_the_finite_rule_must_cover():
+    assert {"optim.matrix_lr", "eval.temperature", "model.rotary.base", "model.attention.q_gain_init",
+            "ngram.entropy_center", "quant.search_quantiles", "quant.calib_temperature"} <= set(FLOAT_KEYS)
+    assert len(FLOAT_KEYS) >= 50
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+def test_every_float_field_refuses_inf_and_nan(bad):
+    """Each float field alone (and each list of floats) rejects the value, naming the key."""
+    for key, typ in FLOAT_TYPES.items():
+        value = [0.5, bad] if typ == "list[float]" else bad
+        with pytest.raises(ConfigError) as e:
+            config_from_dict(nested(key, value))
+        where = f"{key}.1" if typ == "list[float]" else key
+        assert f"{where}: expected a finite number, got {bad!r}" in str(e.value), key
+
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("optim:\n  matrix_lr: .inf\n", "optim.matrix_lr"),
+        ("ttt:\n  lr: 1e999\n", "ttt.lr"),
+        ("eval:\n  temperature: .inf\n", "eval.temperature"),
+        ("quant:\n  calib_temperature: .Inf\n", "quant.calib_temperature"),
+        ("model:\n  rotary: {base: .nan}\n", "model.rotary.base"),
+        ("model:\n  attention: {q_gain_init: .NaN}\n", "model.attention.q_gain_init"),
+        ("ngram:\n  entropy_center: .nan\n", "ngram.entropy_center"),
+        ("quant:\n  search_quantiles: [0.999, .nan]\n", "quant.search_quantiles.1"),
+    ],
+)
+def test_yaml_inf_and_nan_are_rejected_with_the_key(tmp_path, text, key):
+    with pytest.raises(ConfigError, match=re.escape(f"{key}: expected a finite number, got ")):
+        load_config(write(tmp_path, text))
+
+
+def alias_bomb(levels: int = 9) -> str:
+    """The "billion laughs": each anchor is a list of nine aliases of the previous one (9^9 values)."""
+    names = "abcdefghijklmnop"[:levels]
+    lines = [f"{names[0]}: &{names[0]} [" + ",".join(['"lol"'] * 9) + "]"]
+    lines += [f"{c}: &{c} [" + ",".join([f"*{p}"] * 9) + "]" for p, c in itertools.pairwise(names)]
+    return "\n".join(lines) + f"\nmodel: {{num_layers: *{names[-1]}}}\n"
+
+
+def test_alias_bomb_is_refused_in_one_short_line(tmp_path):
+    text = alias_bomb()
+    assert len(text) < 500
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text))
+    msg = str(e.value)
+    assert "\n" not in msg and len(msg) < 300
+    assert "aliases expand to more than 100,000 values" in msg and str(tmp_path) in msg
+
+
+def test_recursive_alias_and_deep_nesting_are_one_line_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r"recursive alias at line 1"):
+        load_config(write(tmp_path, "model: &m {num_layers: 2, more: *m}\n"))
+    with pytest.raises(ConfigError, match="nested too deeply|not valid YAML"):
+        load_config(write(tmp_path, "model: " + "[" * 5000 + "]" * 5000 + "\n", "deep.yaml"))
+
+
+def test_small_anchors_and_aliases_still_work(tmp_path):
+    cfg = load_config(write(tmp_path, "quant:\n  attn: &g {bits: 6, clip: search}\n  mlp: *g\n"))
+    assert cfg.quant.mlp == cfg.quant.attn and cfg.quant.mlp.bits == 6
+
+
+def test_echoed_values_and_error_lists_are_bounded(tmp_path):
+    """A huge value is cut in the message; a list of thousands of bad items reports 20 and a count."""
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, "model:\n  num_layers: " + "x" * 100_000 + "\n"))
+    assert len(str(e.value)) < 400 and "model.num_layers: expected int, got str 'xxx" in str(e.value)
+    layers = ", ".join(["q"] * 5000)
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, f"model:\n  embeddings: {{value: {{dim: 8, layers: [{layers}]}}}}\n"))
+    lines = str(e.value).splitlines()
+    assert len(lines) == 1 + 20 + 1 and lines[-1] == "  ... and 4980 more"
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, "model:\n  num_layers: " + "[" * 50 + "]" * 50 + "\n"))
+    assert len(str(e.value)) < 300

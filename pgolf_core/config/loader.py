@@ -10,6 +10,7 @@ and translate pydantic's errors into lines that name the file, the dotted key an
 from __future__ import annotations
 
 import difflib
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,11 @@ from pydantic import BaseModel, ValidationError
 
 from pgolf_core.config.model import RENAMED_MODEL_KEYS
 from pgolf_core.config.sections import SECTIONS, RunConfig
-from pgolf_core.config.strict_yaml import ConfigError, yaml_load
+from pgolf_core.config.strict_yaml import ConfigError, echo, yaml_load
+
+ECHO_KEY_CHARS = 200  # a dotted key as long as a YAML key can be is cut
+# An error report lists at most this many problems (a bad list can hold thousands).
+MAX_ERROR_LINES = 20
 
 
 def deep_merge(base: dict, top: dict) -> dict:
@@ -42,7 +47,7 @@ def _section_model(loc: tuple) -> type[BaseModel] | None:
 
 def _describe(err: dict) -> str:
     loc = tuple(err["loc"])
-    key = ".".join(str(p) for p in loc) or "<top level>"
+    key = ".".join(str(p) for p in loc)[:ECHO_KEY_CHARS] or "<top level>"
     kind, given = err["type"], err.get("input")
     if kind == "extra_forbidden":
         owner = _section_model(loc)
@@ -52,13 +57,15 @@ def _describe(err: dict) -> str:
         where = f"in {'.'.join(map(str, loc[:-1]))!r}" if len(loc) > 1 else "at the top level"
         return f"{key}: unknown key{hint}; valid keys {where}: {', '.join(valid)}"
     if kind == "literal_error":
-        return f"{key}: got {given!r}; expected one of {err['ctx']['expected']}"
+        return f"{key}: got {echo(given)}; expected one of {err['ctx']['expected']}"
     if kind.endswith("_type") or kind in ("model_type", "model_attributes_type"):
         want = kind.removesuffix("_type").replace("model", "mapping").replace("_attributes", "")
-        return f"{key}: expected {want}, got {type(given).__name__} {given!r}"
+        return f"{key}: expected {want}, got {type(given).__name__} {echo(given)}"
+    if kind == "finite_number":
+        return f"{key}: expected a finite number, got {echo(given)}"
     if kind == "value_error":
         return err["msg"].removeprefix("Value error, ")  # our validators name their keys themselves
-    return f"{key}: {err['msg']} (got {given!r})"
+    return f"{key}: {err['msg']} (got {echo(given)})"
 
 
 def _refuse_renamed_keys(raw: dict, source: str) -> None:
@@ -80,7 +87,10 @@ def config_from_dict(raw: Any, source: str = "<dict>") -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as e:
-        lines = [_describe(err) for err in e.errors()]
+        errors = e.errors()
+        lines = [_describe(err) for err in errors[:MAX_ERROR_LINES]]
+        if len(errors) > MAX_ERROR_LINES:
+            lines.append(f"... and {len(errors) - MAX_ERROR_LINES} more")
         raise ConfigError(f"{source}: invalid config:\n  " + "\n  ".join(lines)) from None
 
 
@@ -99,7 +109,7 @@ def read_params_tree(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     bases = raw.pop("extends", [])
     bases = [bases] if isinstance(bases, str) else bases
     if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
-        raise ConfigError(f"{path}: 'extends' must be a path or a list of paths, got {bases!r}")
+        raise ConfigError(f"{path}: 'extends' must be a path or a list of paths, got {echo(bases)}")
     merged: dict = {}
     for base in bases:
         merged = deep_merge(merged, read_params_tree(path.parent / base, (*chain, path)))
@@ -115,9 +125,9 @@ def parse_overrides(items: list[str] | dict[str, Any] | None) -> dict:
         parsed = []
         for item in items:
             if "=" not in item:
-                raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. model.num_layers=11")
+                raise ConfigError(f"override {echo(item)}: expected KEY=VALUE, e.g. model.num_layers=11")
             k, v = item.split("=", 1)
-            parsed.append((k.strip(), yaml_load(v, f"override {item!r}")))
+            parsed.append((k.strip(), yaml_load(v, f"override {echo(item)}")))
         pairs = parsed
     out: dict = {}
     for dotted, value in pairs:
@@ -126,7 +136,7 @@ def parse_overrides(items: list[str] | dict[str, Any] | None) -> dict:
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {dotted!r}: {p!r} is set to a value and also used as a section")
+                raise ConfigError(f"override {echo(dotted)}: {echo(p)} is set to a value and also used as a section")
         node[parts[-1]] = value
     return out
 
@@ -141,7 +151,7 @@ def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None =
     if not isinstance(notebook, dict):
         raise ConfigError(f"{path}: 'notebook' must be a mapping of notebook parameters, got {type(notebook).__name__}")
     over = parse_overrides(overrides)
-    source = str(path) + (f" with overrides {overrides!r}" if over else "")
+    source = str(path) + (f" with overrides {echo(overrides)}" if over else "")
     return config_from_dict(deep_merge(raw, over), source)
 
 
@@ -164,7 +174,8 @@ def describe_schema() -> list[tuple[str, str, Any, str]]:
             if isinstance(ann, type) and issubclass(ann, BaseModel):
                 walk(ann, f"{prefix}{name}.")
                 continue
-            tname = getattr(ann, "__name__", None) or str(ann).replace("typing.", "")
+            generic = typing.get_origin(ann) is not None  # list[float], Literal[...]: the full spelling
+            tname = str(ann).replace("typing.", "") if generic else getattr(ann, "__name__", None) or str(ann)
             default = f.default_factory() if f.default_factory is not None else f.default
             rows.append((f"{prefix}{name}", tname, default, f.description or ""))
 
