@@ -111,7 +111,8 @@ class TrainConfig(Section):
 
 
 class EvalConfig(Section):
-    """Validation scoring. stride 0 = non-overlapping windows; stride s > 0 = sliding window (records E2)."""
+    """Validation scoring. stride 0 = non-overlapping windows; stride s > 0 = sliding window (each token
+    scored with up to seq_len - s tokens of context; the records use 64)."""
 
     seq_len: int = Field(0, ge=0, description="0: train.train_seq_len")
     batch_tokens: int = Field(524288, gt=0, description="tokens per evaluation batch, all ranks together")
@@ -140,7 +141,8 @@ class QuantGroupConfig(Section):
     gptq: bool = Field(False, description="Hessian-aware GPTQ rounding (#1019 on)")
 
 
-# What a run imports to train, quantize and score (conservatively every such file, compliance.md R18);
+# What a run imports to train, quantize and score: the challenge counts the submission's code, and the
+# conservative reading (some records count only train_gpt.py, a contested practice) is every such file;
 # tooling that never runs in a submission (CLI, notebook driver, reports, data preparation) is left out.
 RUNTIME_CODE_FILES = (
     "pgolf_core/__init__.py", "pgolf_core/atomic.py", "pgolf_core/config/*.py", "pgolf_core/dist.py",
@@ -190,7 +192,8 @@ class QuantConfig(Section):
 
 
 class TTTConfig(Section):
-    """Legal score-first test-time training (records.md F, compliance.md R6/R12); off by default."""
+    """Legal score-first test-time training: each token is scored before any update that could use it
+    (the rule of PR #461, adopted by #549); off by default."""
 
     enabled: bool = False
     mode: Literal["chunk", "lora", "phased"] = Field("chunk", description="chunk: #461/#549; lora: per-document LoRA (#1530); phased: #1626")
@@ -209,7 +212,7 @@ class TTTConfig(Section):
     lora_alpha: float = Field(0.0, ge=0, description="LoRA scale alpha/r (0: no scale, as #1530-#1769)")
     lora_targets: list[Literal["q", "k", "v", "o", "mlp", "head"]] = Field(default_factory=lambda: ["q", "v", "head"])
     lora_lr: float = Field(0.01, ge=0)
-    lora_beta1: float = Field(0.9, ge=0, lt=1, description="Adam(W) betas of the LoRA step (LORA0: 0.9, 0.95; #1530: 0, 0.999)")
+    lora_beta1: float = Field(0.9, ge=0, lt=1, description="Adam(W) betas of the LoRA step (2026-03-17_LoRA_TTT: 0.9, 0.95; #1530: 0, 0.999)")
     lora_beta2: float = Field(0.95, ge=0, lt=1)
     lora_weight_decay: float = Field(0.0, ge=0, description="#1530/#1855: 0.5")
     lora_chunk_tokens: int = Field(256, gt=0, description="lora: score a chunk of a document, then one step")
@@ -232,7 +235,8 @@ class TTTConfig(Section):
 
 
 class NgramConfig(Section):
-    """Legal n-gram cache mixed with the model (compliance.md 2.8); off by default."""
+    """An n-gram cache mixed with the model, in its legal form: a normalized full-vocabulary distribution
+    from the scored context only, tables updated after scoring (unlike PR #909's); off by default."""
 
     enabled: bool = False
     max_order: int = Field(4, ge=2, description="orders 2..max_order")

@@ -22,7 +22,7 @@ from pgolf_core.model.roles import MATRIX, SCALAR
 from pgolf_core.model.rotary import Rotary, apply_rotary
 
 # --------------------------------------------------------------------------------------------------
-# Backend selection (records.md G): 549+ call FA3 directly on Hopper and no record falls back; we try
+# Backend selection: #549 and later call FA3 directly on Hopper and no record falls back; we try
 # FA3, then FA2, then torch SDPA, once, when the model is built.
 # --------------------------------------------------------------------------------------------------
 
@@ -134,9 +134,10 @@ def causal_attention(q_BTHK: Tensor, k_BTGK: Tensor, v_BTGK: Tensor, backend: st
 def exclusive_self_attention(y_BTHK: Tensor, v_BTGK: Tensor) -> Tensor:
     """XSA: remove from each head's output its component along the token's OWN normalized value vector.
 
-    y_{t,h} <- y_{t,h} - (y_{t,h} . v^_{t,g(h)}) v^_{t,g(h)} (records.md B3, arXiv:2603.09078). The GQA
+    y_{t,h} <- y_{t,h} - (y_{t,h} . v^_{t,g(h)}) v^_{t,g(h)} (arXiv:2603.09078). The GQA
     form views y as (B, T, G, R, K) and broadcasts v^ as (B, T, G, 1, K), so no kv head is repeated
-    (XSA README: overhead ~7 -> ~2 ms/step; last 3 layers about -0.002 bpb).
+    (2026-03-20_11L_EfficientPartialXSA_FA3_SWA120 README: overhead ~7 -> ~2 ms/step; last 3 layers
+    about -0.002 bpb).
     """
     B, T, H, K = y_BTHK.shape
     G = v_BTGK.size(2)
@@ -180,7 +181,7 @@ class CausalSelfAttention(nn.Module):
     """GQA causal attention of one physical layer with the per-layer record flags resolved.
 
     q = W_q x, k = W_k x, v = W_v x (+ value embedding); q, k RMS-normalized per head; RoPE; q times a
-    learnable per-head gain (records.md B2); then optional XSA and output gate; W_o zero-init.
+    learnable per-head gain (the baseline's); then optional XSA and output gate; W_o zero-init.
     """
 
     def __init__(self, cfg: ModelConfig, layer: int, backend: str = "sdpa"):
@@ -193,7 +194,7 @@ class CausalSelfAttention(nn.Module):
         self.v = linear(D, G * self.head_dim, MATRIX)
         self.proj = linear(D, D, MATRIX, zero_init=True)
         # With q and k RMS-normed, the gain is the softmax temperature: init 1.5 (BASE) -> 4.0 (#1394)
-        # -> 5.25 (#1493) -> 5.0 (#1855) along the record lineage (records.md B0).
+        # -> 5.25 (#1493) -> 5.0 (#1855) along the record lineage.
         ac, rc = cfg.attention, cfg.rotary
         self.q_gain = param(torch.full((H,), ac.q_gain_init), SCALAR)
         self.rotary = Rotary(self.head_dim, rc.dims, rc.base, rc.train_seq_len)
@@ -215,7 +216,7 @@ class CausalSelfAttention(nn.Module):
         k_BTGK = rms_norm(self.k(x_BTD).view(B, T, G, K))
         v_BTC = self.v(x_BTD)
         if ve_BTC is not None:
-            v_BTC = v_BTC + ve_BTC.to(v_BTC.dtype)  # added before the head reshape (records.md B7)
+            v_BTC = v_BTC + ve_BTC.to(v_BTC.dtype)  # added before the head reshape (#549)
         v_BTGK = v_BTC.view(B, T, G, K)
         cos_TF, sin_TF = self.rotary.cos_sin(T, x_BTD.device)
         q_BTHK = apply_rotary(q_BTHK, cos_TF, sin_TF)

@@ -20,7 +20,7 @@ from pgolf_core.data.tokenizer import BOS_ID
 from pgolf_core.model.layers import linear, param, rms_norm, shift_right
 from pgolf_core.model.roles import SCALAR, TABLE, set_role
 
-# Multipliers of the bigram hash (the #549/#1019 form; the earlier SmearGate record hashed 31 prev + cur).
+# Multipliers of the bigram hash (the #549/#1019 form; the first BigramHash record hashed 31 prev + cur).
 BIGRAM_MUL_CUR, BIGRAM_MUL_PREV = 36313, 27191
 
 # Inits of #549/#1019 (their code; no ablation of these values was logged). The bigram table starts at
@@ -92,9 +92,10 @@ class ValueEmbedding(nn.Module):
 
 
 class SmearGate(nn.Module):
-    """SmearGate v1 (#549/#1019, from the 2026-03-20 SmearGate record): x_t <- (1 - s) x_t + s x_{t-1}, s = sigmoid(g), g (D,) zero-init.
+    """SmearGate v1: x_t <- (1 - s) x_t + s x_{t-1}, s = sigmoid(g), g (D,) zero-init.
 
     Applied after the embedding RMS norm; gives every position a cheap look at the previous token.
+    From 2026-03-20_Int6_MLP3x_SmearGate_BigramHash_MuonWD_SWA, kept by #549/#1019.
     """
 
     def __init__(self, dim: int):

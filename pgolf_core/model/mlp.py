@@ -13,7 +13,7 @@ from pgolf_core.model.roles import MATRIX
 
 
 class MLP(nn.Module):
-    """down(act(up(x))^2) with act = relu (baseline) or leaky_relu(slope) (records.md B4).
+    """down(act(up(x))^2) with act = relu (baseline) or leaky_relu(slope) (#549 on).
 
     LeakyReLU(0.5)^2 is #549's change: README -0.003 bpb, ablation -0.0021 post-TTT. The negative side
     keeps a gradient, and squaring keeps the output non-negative like relu^2.

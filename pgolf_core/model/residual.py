@@ -33,8 +33,8 @@ class Block(nn.Module):
 
     ``resid_mix`` (2, D) init [1, 0] lets each layer re-read the embedding x0; ``attn_scale`` and
     ``mlp_scale`` (D) init 1 (the baseline's block). With ln_scale the normalized inputs are multiplied
-    by 1 / sqrt(layer + 1) (physical index, so looped repeats reuse it; the 2026-03-21 PartialRoPE record:
-    with partial RoPE 1.1271 -> 1.1248 bpb). GPT-J parallel blocks (#1412/#1493, layers >=
+    by 1 / sqrt(layer + 1) (physical index, so looped repeats reuse it; with partial RoPE 1.1271 -> 1.1248
+    bpb in 2026-03-21_11L_XSA4_EMA_PartialRoPE_LateQAT_1.1248). GPT-J parallel blocks (#1412/#1493, layers >=
     parallel.start_layer) feed Attn and MLP the same n(x_in).
     """
 

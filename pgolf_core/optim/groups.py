@@ -1,4 +1,5 @@
-"""Optimizer routing by parameter role (style.md G6, records.md C1).
+"""Optimizer routing by parameter role (the split every record uses: Muon for block matrices, Adam(W)
+for the rest).
 
 Every trainable parameter declares a role at construction (``pgolf_core.model.roles``); routing reads
 the role, never the name, and checks that each trainable parameter lands in exactly one group:
@@ -51,7 +52,7 @@ class OptimizerSet:
             opt.zero_grad(set_to_none=set_to_none)
 
     def set_lr_multiplier(self, mult: float) -> None:
-        """lr = base_lr * mult in every group (one schedule for all optimizers, records C7)."""
+        """lr = base_lr * mult in every group (one schedule for all optimizers, as the records)."""
         for _, group in self.groups():
             group["lr"] = group["base_lr"] * mult
 

@@ -1,4 +1,5 @@
-"""Embedding-side modules follow their formulas (records.md B7), including the SmearGate BOS fix."""
+"""Embedding-side modules follow their formulas (#549/#1019 bigram and value embedding, SmearGate v1 and
+v2), including the #1851 SmearGate BOS fix."""
 
 from __future__ import annotations
 
