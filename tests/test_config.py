@@ -19,7 +19,9 @@ from pgolf_core.config import (
 )
 from tests.conftest import REPO
 
-PARAMS = sorted(p for p in (REPO / "params").rglob("*.yaml") if p.name != "suite.yaml")  # suites: test_notebooks
+PARAMS = sorted(
+    p for p in (REPO / "params").rglob("*.yaml") if p.name != "suite.yaml"
+)  # suites: test_notebooks
 
 
 def write(tmp_path: Path, text: str, name: str = "p.yaml") -> Path:
@@ -45,13 +47,34 @@ def test_defaults_are_the_challenge_baseline(tmp_path):
     cfg = load_config(write(tmp_path, ""))
     assert cfg == RunConfig()
     m, o, t = cfg.model, cfg.optim, cfg.train
-    assert (m.vocab_size, m.num_layers, m.model_dim, m.num_heads, m.num_kv_heads, m.mlp.mult) == (1024, 9, 512, 8, 4, 2.0)
-    assert (m.mlp.activation, m.tie_embeddings, m.tied_embed_init_std, m.attention.q_gain_init, m.logit_softcap) == (
-        "relu2", True, 0.005, 1.5, 30.0
+    assert (m.vocab_size, m.num_layers, m.model_dim, m.num_heads, m.num_kv_heads, m.mlp.mult) == (
+        1024,
+        9,
+        512,
+        8,
+        4,
+        2.0,
     )
-    assert (o.matrix_lr, o.tied_embed_lr, o.scalar_lr, o.muon_momentum, o.muon_backend_steps) == (0.04, 0.05, 0.04, 0.95, 5)
+    assert (
+        m.mlp.activation,
+        m.tie_embeddings,
+        m.tied_embed_init_std,
+        m.attention.q_gain_init,
+        m.logit_softcap,
+    ) == ("relu2", True, 0.005, 1.5, 30.0)
+    assert (o.matrix_lr, o.tied_embed_lr, o.scalar_lr, o.muon_momentum, o.muon_backend_steps) == (
+        0.04,
+        0.05,
+        0.04,
+        0.95,
+        5,
+    )
     assert (t.train_batch_tokens, t.train_seq_len, t.max_wallclock_seconds) == (524288, 1024, 600.0)
-    assert (cfg.quant.scheme, cfg.quant.compressor, cfg.quant.byte_cap) == ("baseline_int8", "zlib", 16_000_000)
+    assert (cfg.quant.scheme, cfg.quant.compressor, cfg.quant.byte_cap) == (
+        "baseline_int8",
+        "zlib",
+        16_000_000,
+    )
 
 
 def test_unknown_key_names_file_key_valid_keys_and_a_guess(tmp_path):
@@ -65,7 +88,11 @@ def test_unknown_key_names_file_key_valid_keys_and_a_guess(tmp_path):
 
 
 def test_unknown_section_lists_the_sections(tmp_path):
-    with pytest.raises(ConfigError, match=r"modell: unknown key \(did you mean 'model'\?\); valid keys at the top level: data, eval, model"):
+    with pytest.raises(
+        ConfigError,
+        match=r"modell: unknown key \(did you mean 'model'\?\); "
+        r"valid keys at the top level: data, eval, model",
+    ):
         load_config(write(tmp_path, "modell: {}\n"))
 
 
@@ -75,21 +102,48 @@ def test_unknown_section_lists_the_sections(tmp_path):
         ("model:\n  num_layers: '9'\n", "model.num_layers: expected int, got str '9'"),
         ("model:\n  num_layers: 9.0\n", "model.num_layers: expected int, got float 9.0"),
         ("model:\n  tie_embeddings: 1\n", "model.tie_embeddings: expected bool, got int 1"),
-        ("train:\n  max_wallclock_seconds: ten\n", "train.max_wallclock_seconds: expected float, got str 'ten'"),
+        (
+            "train:\n  max_wallclock_seconds: ten\n",
+            "train.max_wallclock_seconds: expected float, got str 'ten'",
+        ),
         ("model: 3\n", "model: expected mapping, got int 3"),
-        ("model:\n  mlp: {activation: gelu}\n", "model.mlp.activation: got 'gelu'; expected one of 'relu2' or 'leaky_relu2'"),
+        (
+            "model:\n  mlp: {activation: gelu}\n",
+            "model.mlp.activation: got 'gelu'; expected one of 'relu2' or 'leaky_relu2'",
+        ),
         ("model:\n  mlp: 2.0\n", "model.mlp: expected mapping, got float 2.0"),
-        ("model:\n  embeddings: {value: {layers: [1]}}\n", "model.embeddings.value.layers is set but model.embeddings.value.dim is 0"),
-        ("model:\n  embeddings: {bigram: {buckets: 1}}\n", "model.embeddings.bigram.buckets must be 0 (off) or at least 2"),
-        ("model:\n  attention: {xsa_last_n: 10}\n", "model.attention.xsa_last_n (10) exceeds model.num_layers (9)"),
-        ("model:\n  attention: {window: {layers: [9]}}\n", "model.attention.window.layers has layers [9] outside 0..8"),
+        (
+            "model:\n  embeddings: {value: {layers: [1]}}\n",
+            "model.embeddings.value.layers is set but model.embeddings.value.dim is 0",
+        ),
+        (
+            "model:\n  embeddings: {bigram: {buckets: 1}}\n",
+            "model.embeddings.bigram.buckets must be 0 (off) or at least 2",
+        ),
+        (
+            "model:\n  attention: {xsa_last_n: 10}\n",
+            "model.attention.xsa_last_n (10) exceeds model.num_layers (9)",
+        ),
+        (
+            "model:\n  attention: {window: {layers: [9]}}\n",
+            "model.attention.window.layers has layers [9] outside 0..8",
+        ),
         ("model:\n  rotary: {dims: 3}\n", "model.rotary.dims (3) must be even and at most the head dim (64)"),
-        ("model:\n  residual: {loops: {start: 4, end: 9, count: 1}}\n", "model.residual.loops.start..end (4..9) must lie in 0..8"),
-        ("model:\n  embeddings: {smear: {width: 600}}\n", "model.embeddings.smear.width (600) must not exceed model.model_dim (512)"),
+        (
+            "model:\n  residual: {loops: {start: 4, end: 9, count: 1}}\n",
+            "model.residual.loops.start..end (4..9) must lie in 0..8",
+        ),
+        (
+            "model:\n  embeddings: {smear: {width: 600}}\n",
+            "model.embeddings.smear.width (600) must not exceed model.model_dim (512)",
+        ),
         ("data:\n  variant: sp4096\n", "data.variant: got 'sp4096'; expected one of 'sp1024' or 'sp8192'"),
         ("model:\n  model_dim: 100\n", "model.model_dim (100) must be divisible by model.num_heads (8)"),
         ("model:\n  num_kv_heads: 3\n", "model.num_heads (8) must be divisible by model.num_kv_heads (3)"),
-        ("train:\n  train_batch_tokens: 1000\n", "train.train_batch_tokens (1000) must be a multiple of train.train_seq_len (1024)"),
+        (
+            "train:\n  train_batch_tokens: 1000\n",
+            "train.train_batch_tokens (1000) must be a multiple of train.train_seq_len (1024)",
+        ),
         ("eval:\n  stride: 2048\n", "eval.stride (2048) must not exceed the eval sequence length (1024)"),
         ("data:\n  source: local\n", "data.source 'local' needs both data.root and data.tokenizer"),
         ("optim:\n  matrix_lr: -1.0\n", "optim.matrix_lr: Input should be greater than or equal to 0"),
@@ -120,7 +174,12 @@ def test_extends_deep_merges_and_overrides_win(tmp_path):
     write(tmp_path, "model:\n  num_layers: 11\n  model_dim: 256\ntrain:\n  seed: 1\n", "base.yaml")
     child = write(tmp_path, "extends: base.yaml\nmodel:\n  num_layers: 5\n", "child.yaml")
     cfg = load_config(child, ["model.model_dim=128", "train.seed=7", "model.mlp.activation=leaky_relu2"])
-    assert (cfg.model.num_layers, cfg.model.model_dim, cfg.train.seed, cfg.model.mlp.activation) == (5, 128, 7, "leaky_relu2")
+    assert (cfg.model.num_layers, cfg.model.model_dim, cfg.train.seed, cfg.model.mlp.activation) == (
+        5,
+        128,
+        7,
+        "leaky_relu2",
+    )
     assert load_config(child, {"data.val_max_tokens": 9}).data.val_max_tokens == 9
 
 
@@ -160,7 +219,10 @@ def test_data_paths_follow_source_and_variant():
     assert str(RunConfig().data.root_path()) == "data/datasets/fineweb10B_sp1024"
     assert str(RunConfig().data.tokenizer_path()) == "data/tokenizers/fineweb_1024_bpe.model"
     smoke = config_from_dict({"data": {"source": "smoke"}}).data
-    assert (str(smoke.root_path()), str(smoke.tokenizer_path())) == ("data/smoke", "data/smoke/tokenizer.model")
+    assert (str(smoke.root_path()), str(smoke.tokenizer_path())) == (
+        "data/smoke",
+        "data/smoke/tokenizer.model",
+    )
     sp8192 = config_from_dict({"data": {"variant": "sp8192"}}).data
     assert str(sp8192.tokenizer_path()) == "data/tokenizers/fineweb_8192_bpe.model"
 
@@ -176,7 +238,11 @@ def test_schema_lists_every_key_with_a_default():
 
 
 def test_nested_unknown_key_lists_the_nested_section(tmp_path):
-    with pytest.raises(ConfigError, match=r"quant\.mlp\.bitz: unknown key \(did you mean 'quant\.mlp\.bits'\?\); valid keys in 'quant\.mlp': bits, clip"):
+    with pytest.raises(
+        ConfigError,
+        match=r"quant\.mlp\.bitz: unknown key \(did you mean 'quant\.mlp\.bits'\?\); "
+        r"valid keys in 'quant\.mlp': bits, clip",
+    ):
         load_config(write(tmp_path, "quant:\n  mlp:\n    bitz: 6\n"))
 
 
@@ -236,25 +302,35 @@ def test_every_old_flat_model_key_maps_to_a_key_that_exists(tmp_path):
         load_config(write(tmp_path, text))
     msg = str(e.value)
     assert "\n" not in msg
-    for old, new in (("num_loops", "residual.loops.count"), ("smear_gate", "embeddings.smear.kind"),
-                     ("rope_dims", "rotary.dims")):
+    for old, new in (
+        ("num_loops", "residual.loops.count"),
+        ("smear_gate", "embeddings.smear.kind"),
+        ("rope_dims", "rotary.dims"),
+    ):
         assert f"model.{old} was renamed to model.{new}" in msg
 
 
 def test_old_flat_model_key_in_an_override_or_a_base_file(tmp_path):
     ok = write(tmp_path, "", "ok.yaml")
-    with pytest.raises(ConfigError, match=r"with overrides .*: model\.num_loops was renamed to model\.residual\.loops\.count$"):
+    with pytest.raises(
+        ConfigError,
+        match=r"with overrides .*: model\.num_loops was renamed to model\.residual\.loops\.count$",
+    ):
         load_config(ok, ["model.num_loops=2"])
     write(tmp_path, "model:\n  bigram_vocab: 1536\n", "base.yaml")
     child = write(tmp_path, "extends: base.yaml\n", "child.yaml")
-    with pytest.raises(ConfigError, match=r"child\.yaml: model\.bigram_vocab was renamed to model\.embeddings\.bigram\.buckets"):
+    with pytest.raises(
+        ConfigError,
+        match=r"child\.yaml: model\.bigram_vocab was renamed to model\.embeddings\.bigram\.buckets",
+    ):
         load_config(child)
 
 
 def test_unknown_key_in_a_model_sub_section_guesses_the_nested_key(tmp_path):
     with pytest.raises(
         ConfigError,
-        match=r"model\.residual\.loops\.cuont: unknown key \(did you mean 'model\.residual\.loops\.count'\?\); "
+        match=r"model\.residual\.loops\.cuont: unknown key "
+        r"\(did you mean 'model\.residual\.loops\.count'\?\); "
         r"valid keys in 'model\.residual\.loops': count, enable_frac, end, start",
     ):
         load_config(write(tmp_path, "model:\n  residual:\n    loops: {cuont: 2}\n"))
@@ -276,8 +352,15 @@ def nested(dotted: str, value) -> dict:
 
 
 def test_schema_has_the_float_fields_the_finite_rule_must_cover():
-    assert {"optim.matrix_lr", "eval.temperature", "model.rotary.base", "model.attention.q_gain_init",
-            "ngram.entropy_center", "quant.search_quantiles", "quant.calib_temperature"} <= set(FLOAT_KEYS)
+    assert {
+        "optim.matrix_lr",
+        "eval.temperature",
+        "model.rotary.base",
+        "model.attention.q_gain_init",
+        "ngram.entropy_center",
+        "quant.search_quantiles",
+        "quant.calib_temperature",
+    } <= set(FLOAT_KEYS)
     assert len(FLOAT_KEYS) >= 50
 
 

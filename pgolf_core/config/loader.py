@@ -82,7 +82,9 @@ def config_from_dict(raw: Any, source: str = "<dict>") -> RunConfig:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping of sections ({', '.join(SECTIONS)}), got {type(raw).__name__}")
+        raise ConfigError(
+            f"{source}: expected a mapping of sections ({', '.join(SECTIONS)}), got {type(raw).__name__}"
+        )
     _refuse_renamed_keys(raw, source)
     try:
         return RunConfig.model_validate(raw)
@@ -136,7 +138,9 @@ def parse_overrides(items: list[str] | dict[str, Any] | None) -> dict:
         for p in parts[:-1]:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {echo(dotted)}: {echo(p)} is set to a value and also used as a section")
+                raise ConfigError(
+                    f"override {echo(dotted)}: {echo(p)} is set to a value and also used as a section"
+                )
         node[parts[-1]] = value
     return out
 
@@ -149,7 +153,9 @@ def load_config(path: str | Path, overrides: list[str] | dict[str, Any] | None =
     # against the notebook. They are not part of the run's config.
     notebook = raw.pop("notebook", {})
     if not isinstance(notebook, dict):
-        raise ConfigError(f"{path}: 'notebook' must be a mapping of notebook parameters, got {type(notebook).__name__}")
+        raise ConfigError(
+            f"{path}: 'notebook' must be a mapping of notebook parameters, got {type(notebook).__name__}"
+        )
     over = parse_overrides(overrides)
     source = str(path) + (f" with overrides {echo(overrides)}" if over else "")
     return config_from_dict(deep_merge(raw, over), source)

@@ -5,7 +5,8 @@
       rotary:     {base, dims, train_seq_len}
       mlp:        {mult, activation, leaky_slope}
       embeddings: {bigram: {buckets, dim}, value: {dim, layers}, smear: {kind, width, bos_fix}}
-      residual:   {ln_scale, skip_gates, loops: {start, end, count, enable_frac}, parallel: {kind, start_layer}}
+      residual:   {ln_scale, skip_gates, loops: {start, end, count, enable_frac},
+                   parallel: {kind, start_layer}}
 
 Defaults are the challenge baseline (9x512, 8 heads / 4 KV heads, relu^2 MLP 2x); every record trick is
 a flag whose default is off. ``RENAMED_MODEL_KEYS`` maps the flat names of the previous release to
@@ -38,7 +39,9 @@ class WindowConfig(Section):
     """Sliding-window attention (model.attention.window); no studied record uses one."""
 
     size: int = Field(0, ge=0, description="span in tokens (0: full causal)")
-    layers: list[int] = Field(default_factory=list, description="physical layers with the window (empty: all)")
+    layers: list[int] = Field(
+        default_factory=list, description="physical layers with the window (empty: all)"
+    )
 
 
 class AttentionConfig(Section):
@@ -60,7 +63,9 @@ class RotaryConfig(Section):
 
     base: float = Field(10000.0, gt=0)
     dims: int = Field(0, ge=0, description="rotated dims per head (0: all; records use 16 of 64)")
-    train_seq_len: int = Field(0, ge=0, description="NTK base rescale beyond this length (0: off; #549 used 1024)")
+    train_seq_len: int = Field(
+        0, ge=0, description="NTK base rescale beyond this length (0: off; #549 used 1024)"
+    )
 
 
 class MLPConfig(Section):
@@ -108,7 +113,9 @@ class ValueEmbeddingConfig(Section):
 class SmearConfig(Section):
     """SmearGate: each position mixes in the previous one."""
 
-    kind: Literal["none", "v1", "v2"] = Field("none", description="v1: #549 (after norm); v2: #1667+ (before norm)")
+    kind: Literal["none", "v1", "v2"] = Field(
+        "none", description="v1: #549 (after norm); v2: #1667+ (before norm)"
+    )
     width: int = Field(12, gt=0, description="v2: input dims of the gate")
     bos_fix: bool = Field(True, description="v2: no smear into a BOS token (#1851 fix)")
 
@@ -132,13 +139,17 @@ class LoopsConfig(Section):
     start: int = Field(0, ge=0, description="first physical block of the looped segment")
     end: int = Field(0, ge=0, description="last physical block of the looped segment (inclusive)")
     count: int = Field(0, ge=0, description="extra passes over the segment (0: no loops)")
-    enable_frac: float = Field(0.0, ge=0, le=1, description="training-time fraction at which the loops turn on")
+    enable_frac: float = Field(
+        0.0, ge=0, le=1, description="training-time fraction at which the loops turn on"
+    )
 
 
 class ParallelConfig(Section):
     """Parallel residuals from ``start_layer`` on."""
 
-    kind: Literal["none", "gptj", "two_lane"] = Field("none", description="gptj: #1412/#1493; two_lane: #1204/#1855")
+    kind: Literal["none", "gptj", "two_lane"] = Field(
+        "none", description="gptj: #1412/#1493; two_lane: #1204/#1855"
+    )
     start_layer: int = Field(7, ge=0, description="first physical layer with parallel residuals")
 
 
@@ -168,7 +179,9 @@ class ModelConfig(Section):
     tied_embed_init_std: float = Field(0.005, ge=0)
     logit_softcap: float = Field(30.0, gt=0, description="logits = c * tanh(z / c)")
     ortho_init: bool = Field(False, description="orthogonal init of matrices with both dims >= 64 (#549)")
-    attn_backend: Literal["auto", "fa3", "fa2", "sdpa"] = Field("auto", description="auto: FA3, then FA2, then SDPA")
+    attn_backend: Literal["auto", "fa3", "fa2", "sdpa"] = Field(
+        "auto", description="auto: FA3, then FA2, then SDPA"
+    )
     attention: AttentionConfig = AttentionConfig()
     rotary: RotaryConfig = RotaryConfig()
     mlp: MLPConfig = MLPConfig()
@@ -186,13 +199,16 @@ class ModelConfig(Section):
             raise ValueError(f"model.model_dim ({D}) must be divisible by model.num_heads ({self.num_heads})")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
-                f"model.num_heads ({self.num_heads}) must be divisible by model.num_kv_heads ({self.num_kv_heads})"
+                f"model.num_heads ({self.num_heads}) must be divisible by "
+                f"model.num_kv_heads ({self.num_kv_heads})"
             )
         if self.head_dim % 2:
             raise ValueError("model.model_dim / model.num_heads (the head dim) must be even for RoPE")
         dims = self.rotary.dims
         if dims % 2 or dims > self.head_dim:
-            raise ValueError(f"model.rotary.dims ({dims}) must be even and at most the head dim ({self.head_dim})")
+            raise ValueError(
+                f"model.rotary.dims ({dims}) must be even and at most the head dim ({self.head_dim})"
+            )
         attn, emb, loops = self.attention, self.embeddings, self.residual.loops
         if attn.xsa_last_n > L:
             raise ValueError(f"model.attention.xsa_last_n ({attn.xsa_last_n}) exceeds model.num_layers ({L})")
@@ -200,11 +216,17 @@ class ModelConfig(Section):
             raise ValueError(
                 f"model.residual.loops.start..end ({loops.start}..{loops.end}) must lie in 0..{L - 1}"
             )
-        for key, layers in (("embeddings.value.layers", emb.value.layers), ("attention.window.layers", attn.window.layers)):
+        for key, layers in (
+            ("embeddings.value.layers", emb.value.layers),
+            ("attention.window.layers", attn.window.layers),
+        ):
             bad = [i for i in layers if not 0 <= i < L]
             if bad:
                 raise ValueError(f"model.{key} has layers {bad} outside 0..{L - 1}")
-        for key, width in (("embeddings.smear.width", emb.smear.width), ("attention.gate.width", attn.gate.width)):
+        for key, width in (
+            ("embeddings.smear.width", emb.smear.width),
+            ("attention.gate.width", attn.gate.width),
+        ):
             if width > D:
                 raise ValueError(f"model.{key} ({width}) must not exceed model.model_dim ({D})")
         return self

@@ -83,7 +83,9 @@ def check_expansion(root: yaml.Node, limit: int = MAX_EXPANDED_VALUES) -> int:
         if key in sizes:
             continue
         if key in open_nodes:
-            raise ConfigError(f"recursive alias at line {node.start_mark.line + 1}: a value that contains itself")
+            raise ConfigError(
+                f"recursive alias at line {node.start_mark.line + 1}: a value that contains itself"
+            )
         open_nodes.add(key)
         stack.append((node, True))
         stack.extend((c, False) for c in _children(node) if id(c) not in sizes)

@@ -140,13 +140,13 @@ def build_optimizers(
     optimizers: dict[str, torch.optim.Optimizer] = {}
     param_names: dict[str, list[str]] = {}
     if by_role[MATRIX]:
-        group = dict(
-            name=MATRIX,
-            params=[p for _, p in by_role[MATRIX]],
-            lr=cfg.matrix_lr,
-            base_lr=cfg.matrix_lr,
-            weight_decay=cfg.muon_weight_decay,
-        )
+        group = {
+            "name": MATRIX,
+            "params": [p for _, p in by_role[MATRIX]],
+            "lr": cfg.matrix_lr,
+            "base_lr": cfg.matrix_lr,
+            "weight_decay": cfg.muon_weight_decay,
+        }
         optimizers["muon"] = Muon(
             [group],
             lr=cfg.matrix_lr,
@@ -161,7 +161,13 @@ def build_optimizers(
     for role, (lr, wd) in _adam_settings(cfg, tie_embeddings).items():
         if by_role[role]:
             adam_groups.append(
-                dict(name=role, params=[p for _, p in by_role[role]], lr=lr, base_lr=lr, weight_decay=wd)
+                {
+                    "name": role,
+                    "params": [p for _, p in by_role[role]],
+                    "lr": lr,
+                    "base_lr": lr,
+                    "weight_decay": wd,
+                }
             )
             param_names[role] = [n for n, _ in by_role[role]]
     if adam_groups:

@@ -81,7 +81,7 @@ def test_smear_v2_bos_fix_in_model_embedding(bos_fix):
 
 
 def test_value_embedding_is_added_only_in_its_layers():
-    """The VE term reaches V only in embeddings.value.layers, scaled by the shared scalar and each layer's scalar."""
+    """The VE term reaches V only in embeddings.value.layers, scaled by the shared and the layer's scalar."""
     model = tiny_model(embeddings={"value": {"dim": 16, "layers": [1, 3]}})
     ve = model.value_embed
     base = ve(tokens())

@@ -37,15 +37,29 @@ FLAG_CASES = {
     "bigram": {"embeddings.bigram.buckets": 32, "embeddings.bigram.dim": 16},
     "value_embed": {"embeddings.value.dim": 16, "embeddings.value.layers": [1, 3]},
     "attn_gate_dense": {"attention.gate.kind": "dense"},
-    "attn_gate_sparse": {"attention.gate.kind": "sparse", "attention.gate.width": 4, "attention.gate.scale": 0.5},
+    "attn_gate_sparse": {
+        "attention.gate.kind": "sparse",
+        "attention.gate.width": 4,
+        "attention.gate.scale": 0.5,
+    },
     "window": {"attention.window.size": 4},
     "window_layers": {"attention.window.size": 4, "attention.window.layers": [0]},
     "kitchen_sink": {
-        "mlp.activation": "leaky_relu2", "rotary.dims": 8, "residual.ln_scale": True,
-        "attention.xsa_last_n": 4, "residual.skip_gates": True, "residual.parallel.kind": "two_lane",
-        "residual.parallel.start_layer": 2, "embeddings.smear.kind": "v2", "attention.gate.kind": "sparse",
-        "embeddings.bigram.buckets": 32, "embeddings.value.dim": 16, "embeddings.value.layers": [3],
-        "attention.window.size": 6, "ortho_init": True, **LOOP,
+        "mlp.activation": "leaky_relu2",
+        "rotary.dims": 8,
+        "residual.ln_scale": True,
+        "attention.xsa_last_n": 4,
+        "residual.skip_gates": True,
+        "residual.parallel.kind": "two_lane",
+        "residual.parallel.start_layer": 2,
+        "embeddings.smear.kind": "v2",
+        "attention.gate.kind": "sparse",
+        "embeddings.bigram.buckets": 32,
+        "embeddings.value.dim": 16,
+        "embeddings.value.layers": [3],
+        "attention.window.size": 6,
+        "ortho_init": True,
+        **LOOP,
     },
 }
 
@@ -69,18 +83,32 @@ DEPENDENT_CASES = {
     "residual.loops.end": ({**LOOP}, "residual.loops.end", 2, 1),
     "residual.loops.count": ({**LOOP}, "residual.loops.count", 1, 2),
     "residual.parallel.start_layer[gptj]": (
-        {"residual.parallel.kind": "gptj"}, "residual.parallel.start_layer", 1, 2
+        {"residual.parallel.kind": "gptj"},
+        "residual.parallel.start_layer",
+        1,
+        2,
     ),
     "residual.parallel.start_layer[two_lane]": (
-        {"residual.parallel.kind": "two_lane"}, "residual.parallel.start_layer", 2, 3  # lanes start in the decoder
+        {"residual.parallel.kind": "two_lane"},
+        "residual.parallel.start_layer",
+        2,
+        3,  # lanes start in the decoder
     ),
 }
 
 # Fields not covered above, each with the test that covers it.
 OTHER_FIELDS = {
-    "vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads",  # test_param_counts, TINY
-    "tied_embed_init_std", "attention.gate.init_std", "ortho_init",  # test_*_init_* below
-    "residual.parallel.kind", "embeddings.smear.kind", "attention.gate.kind",  # gptj, smear_v1, ...
+    "vocab_size",
+    "num_layers",
+    "model_dim",
+    "num_heads",
+    "num_kv_heads",  # test_param_counts, TINY
+    "tied_embed_init_std",
+    "attention.gate.init_std",
+    "ortho_init",  # test_*_init_* below
+    "residual.parallel.kind",
+    "embeddings.smear.kind",
+    "attention.gate.kind",  # gptj, smear_v1, ...
     "residual.loops.enable_frac",  # a training schedule knob: the model never reads it
     "attn_backend",  # test_attention_backend
 }
@@ -166,20 +194,35 @@ def test_sparse_gate_width_and_scale_follow_the_formula():
 
 def test_window_layers_and_parallel_start_pick_their_layers():
     """window.layers: the window only in those layers; parallel.start_layer: GPT-J from that layer on."""
-    model = build_model(tiny_cfg(**{"attention.window.size": 4, "attention.window.layers": [0, 2]}), device="cpu")
+    model = build_model(
+        tiny_cfg(**{"attention.window.size": 4, "attention.window.layers": [0, 2]}), device="cpu"
+    )
     assert [b.attn.window for b in model.blocks] == [4, 0, 4, 0]
     everywhere = build_model(tiny_cfg(**{"attention.window.size": 3}), device="cpu")
     assert [b.attn.window for b in everywhere.blocks] == [3, 3, 3, 3]
     for start in (1, 3):
-        gptj = build_model(tiny_cfg(**{"residual.parallel.kind": "gptj", "residual.parallel.start_layer": start}), device="cpu")
+        gptj = build_model(
+            tiny_cfg(**{"residual.parallel.kind": "gptj", "residual.parallel.start_layer": start}),
+            device="cpu",
+        )
         assert [b.gptj for b in gptj.blocks] == [i >= start for i in range(4)]
 
 
 def test_defaults_flags_off_is_the_baseline_model():
     """With every flag at its default the tiny model has exactly the baseline's parameter names."""
     names = {n for n, _ in build_model(tiny_cfg(), device="cpu").named_parameters()}
-    per_block = {"attn.q.weight", "attn.k.weight", "attn.v.weight", "attn.proj.weight", "attn.q_gain",
-                 "mlp.up.weight", "mlp.down.weight", "resid_mix", "attn_scale", "mlp_scale"}
+    per_block = {
+        "attn.q.weight",
+        "attn.k.weight",
+        "attn.v.weight",
+        "attn.proj.weight",
+        "attn.q_gain",
+        "mlp.up.weight",
+        "mlp.down.weight",
+        "resid_mix",
+        "attn_scale",
+        "mlp_scale",
+    }
     expected = {"tok_emb.weight", "skip_weights"} | {f"blocks.{i}.{n}" for i in range(4) for n in per_block}
     assert names == expected
 
@@ -191,8 +234,15 @@ def test_zero_init_paths_receive_gradient_at_init():
     gradient flows through the attention out-projection, which is zero at init.)
     """
     torch.manual_seed(0)
-    cfg = tiny_cfg(**{"embeddings.bigram.buckets": 32, "embeddings.bigram.dim": 16, "embeddings.value.dim": 16,
-                      "embeddings.value.layers": [3], "ortho_init": True})
+    cfg = tiny_cfg(
+        **{
+            "embeddings.bigram.buckets": 32,
+            "embeddings.bigram.dim": 16,
+            "embeddings.value.dim": 16,
+            "embeddings.value.layers": [3],
+            "ortho_init": True,
+        }
+    )
     model = build_model(cfg, device="cpu")
     model(tokens(), tokens(seed=1)).backward()
     grads = {n: p.grad for n, p in model.named_parameters()}
@@ -228,6 +278,8 @@ def test_attn_gate_init_std_sets_dense_gate_std_and_sparse_gate_starts_at_zero()
     dense = build_model(dense_cfg, device="cpu")
     assert dense.blocks[0].attn.gate.proj.weight.shape == (8, 256)
     assert dense.blocks[0].attn.gate.proj.weight.std().item() == pytest.approx(0.05, rel=0.1)
-    sparse = build_model(tiny_cfg(**{"attention.gate.kind": "sparse", "attention.gate.width": 12}), device="cpu")
+    sparse = build_model(
+        tiny_cfg(**{"attention.gate.kind": "sparse", "attention.gate.width": 12}), device="cpu"
+    )
     assert sparse.blocks[0].attn.gate.proj.weight.shape == (4, 12)
     assert sparse.blocks[0].attn.gate.proj.weight.abs().sum() == 0

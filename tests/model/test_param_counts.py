@@ -56,7 +56,7 @@ def role_summary(model) -> dict[str, tuple[int, int]]:
 
 
 def test_roles_of_record_549_split_as_derived():
-    """#549: 66 block matrices, the tied embedding, bigram + VE tables, 51 small tensors (derived from shapes)."""
+    """#549: 66 block matrices, the tied embedding, bigram + VE tables, 51 small tensors (derived)."""
     assert role_summary(meta_model("record_549.yaml")) == {
         MATRIX: (66, 11 * 2_359_296),
         EMBED: (1, 524_288),

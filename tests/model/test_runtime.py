@@ -28,9 +28,15 @@ def test_compile_fullgraph_matches_eager_across_loops_switch():
         num_layers=3,
         attention={"xsa_last_n": 3, "gate": {"kind": "sparse"}, "window": {"size": 4, "layers": [0]}},
         rotary={"dims": 8},
-        embeddings={"smear": {"kind": "v2"}, "bigram": {"buckets": 32, "dim": 16}, "value": {"dim": 16, "layers": [2]}},
+        embeddings={
+            "smear": {"kind": "v2"},
+            "bigram": {"buckets": 32, "dim": 16},
+            "value": {"dim": 16, "layers": [2]},
+        },
         residual={
-            "ln_scale": True, "skip_gates": True, "loops": {"start": 1, "end": 1, "count": 1},
+            "ln_scale": True,
+            "skip_gates": True,
+            "loops": {"start": 1, "end": 1, "count": 1},
             "parallel": {"kind": "two_lane", "start_layer": 1},
         },
     )
