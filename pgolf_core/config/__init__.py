@@ -25,7 +25,22 @@ from pgolf_core.config.loader import (
     to_dict,
     to_yaml,
 )
-from pgolf_core.config.model import ModelConfig
+from pgolf_core.config.model import (
+    RENAMED_MODEL_KEYS,
+    AttentionConfig,
+    AttentionGateConfig,
+    BigramConfig,
+    EmbeddingsConfig,
+    LoopsConfig,
+    MLPConfig,
+    ModelConfig,
+    ParallelConfig,
+    ResidualConfig,
+    RotaryConfig,
+    SmearConfig,
+    ValueEmbeddingConfig,
+    WindowConfig,
+)
 from pgolf_core.config.section import Section
 from pgolf_core.config.sections import (
     RUNTIME_CODE_FILES,
@@ -42,28 +57,42 @@ from pgolf_core.config.sections import (
     TrainConfig,
     TTTConfig,
 )
-from pgolf_core.config.strict_yaml import ConfigError, yaml_load
+from pgolf_core.config.strict_yaml import ConfigError, echo, yaml_load
 
 __all__ = [
+    "RENAMED_MODEL_KEYS",
     "RUNTIME_CODE_FILES",
     "SECTIONS",
     "TOKENIZER_FOR_VARIANT",
+    "AttentionConfig",
+    "AttentionGateConfig",
+    "BigramConfig",
     "ConfigError",
     "DataConfig",
+    "EmbeddingsConfig",
     "EvalConfig",
+    "LoopsConfig",
+    "MLPConfig",
     "ModelConfig",
     "NgramConfig",
     "OptimConfig",
+    "ParallelConfig",
     "QuantConfig",
     "QuantGroupConfig",
     "ReportConfig",
+    "ResidualConfig",
+    "RotaryConfig",
     "RunConfig",
     "Section",
+    "SmearConfig",
     "TTTConfig",
     "TrainConfig",
+    "ValueEmbeddingConfig",
+    "WindowConfig",
     "config_from_dict",
     "deep_merge",
     "describe_schema",
+    "echo",
     "load_config",
     "parse_overrides",
     "read_params_tree",
