@@ -8,6 +8,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from pgolf_core.challenge import BYTE_CAP, TRAIN_SECONDS, WORLD_SIZE
 from pgolf_core.config.model import ModelConfig
 from pgolf_core.config.section import Section
 
@@ -88,7 +89,9 @@ class TrainConfig(Section):
     iterations: int = Field(20000, ge=0)
     train_batch_tokens: int = Field(524288, gt=0, description="global tokens per optimizer step")
     train_seq_len: int = Field(1024, gt=0)
-    grad_accum_steps: int = Field(0, ge=0, description="0: 8 // world_size, as the challenge baseline")
+    grad_accum_steps: int = Field(
+        0, ge=0, description=f"0: {WORLD_SIZE} // world_size, as the challenge baseline"
+    )
     warmup_steps: int = Field(20, ge=0, description="compile-warmup steps whose state is restored afterwards")
     warmdown_iters: int = Field(
         1200, ge=0, description="linear LR warmdown length in steps (wallclock-aware under a cap)"
@@ -100,7 +103,7 @@ class TrainConfig(Section):
         0.0, ge=0, le=1, description="floor of the LR multiplier in frac warmdown (#1787: 0.1)"
     )
     max_wallclock_seconds: float = Field(
-        600.0, ge=0, description="training time cap, eval excluded (0: none)"
+        TRAIN_SECONDS, ge=0, description="training time cap, eval excluded (0: none)"
     )
     ema_decay: float = Field(0.0, ge=0, lt=1, description="EMA of weights (0: off; records use 0.997)")
     val_loss_every: int = Field(1000, ge=0, description="periodic validation (0: only at the end)")
@@ -171,6 +174,7 @@ class QuantGroupConfig(Section):
 RUNTIME_CODE_FILES = (
     "pgolf_core/__init__.py",
     "pgolf_core/atomic.py",
+    "pgolf_core/challenge.py",
     "pgolf_core/config/*.py",
     "pgolf_core/dist.py",
     "pgolf_core/evaluate.py",
@@ -251,7 +255,7 @@ class QuantConfig(Section):
         description="globs of the code counted in the artifact (default: every module a run loads to "
         "train and score)",
     )
-    byte_cap: int = Field(16_000_000, gt=0, description="decimal artifact cap: code + compressed model")
+    byte_cap: int = Field(BYTE_CAP, gt=0, description="decimal artifact cap: code + compressed model")
 
 
 class TTTConfig(Section):
