@@ -35,8 +35,7 @@ GPU_CASES = [  # one rank's micro-batch of an 8-GPU run
 def bench_case(params: str, overrides: list[str], batch_tokens: int, seq_len: int, steps: int, device: torch.device):
     cfg = load_config(params, overrides)
     model = build_model(cfg.model, device=device).to(device)
-    if cfg.model.num_loops:
-        model.set_looping(True)
+    model.set_loops(True)  # a no-op without loops
     opt = build_optimizers(model, cfg.optim, tie_embeddings=cfg.model.tie_embeddings, fused=device.type == "cuda")
     fwd = torch.compile(model, dynamic=False) if device.type == "cuda" else model
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()

@@ -226,7 +226,7 @@ class Trainer:
             "step": self.step,
             "train_time": self.train_time,
             "stop_after": self.stop_after,
-            "looping": self.model.looping,
+            "loops_on": self.model.loops_on,
             "qat_on": self.qat_on,
             "model": self.model.state_dict(),
             "optim": self.opt.state_dict(),
@@ -246,7 +246,7 @@ class Trainer:
         if self.ema:
             self.ema.load_state_dict(state["ema"])
         self.loader.load_state_dict(state["loader"])
-        self.model.set_looping(state["looping"])
+        self.model.set_loops(state["loops_on"])
         if state.get("qat_on"):
             set_qat(self.model, True, self.cfg.quant)
             self.qat_on = True
@@ -328,8 +328,9 @@ class Trainer:
     def train_step(self, elapsed: float) -> tuple[float, float]:
         """One optimizer step; returns (train loss, lr multiplier). Raises TrainingDiverged on NaN/inf."""
         cfg = self.cfg
-        if cfg.model.num_loops and not self.model.looping and self.training_fraction(elapsed) >= cfg.model.loop_enable_frac:
-            self.model.set_looping(True)
+        loops = cfg.model.residual.loops
+        if loops.count and not self.model.loops_on and self.training_fraction(elapsed) >= loops.enable_frac:
+            self.model.set_loops(True)
             self.files.log(f"step:{self.step} depth recurrence on (training fraction {self.training_fraction(elapsed):.3f})")
         mult = lr_multiplier(self.step, elapsed, self.schedule)
         self.opt.set_lr_multiplier(mult)
@@ -443,8 +444,7 @@ class Trainer:
             files.log(f"stopping_early: wallclock cap at step {self.step}/{tc.iterations}, train_time {self.train_time:.1f}s")
 
     def _final_stage(self, name: str) -> dict:
-        if self.cfg.model.num_loops:
-            self.model.set_looping(True)  # evaluation always runs with the loops on (records.md B8)
+        self.model.set_loops(True)  # evaluation always runs with the loops on (a no-op without loops)
         res = self.validate()
         self.files.log(f"stage {name}: val_loss:{res.loss:.6f} val_bpb:{res.bpb:.6f} "
                        f"({res.tokens:,} tokens, {res.bytes:,} bytes, {res.seconds:.1f}s)")

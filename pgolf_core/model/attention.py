@@ -10,7 +10,7 @@ K head dim, C kv dim (G * K), W sparse-gate input width.
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,7 @@ from pgolf_core.model.roles import MATRIX, SCALAR
 from pgolf_core.model.rotary import Rotary, apply_rotary
 
 # --------------------------------------------------------------------------------------------------
-# Backend selection (records.md G): 549+ call FA3 directly on Hopper and no record falls back; we try
+# Backend selection: #549 and later call FA3 directly on Hopper and no record falls back; we try
 # FA3, then FA2, then torch SDPA, once, when the model is built.
 # --------------------------------------------------------------------------------------------------
 
@@ -42,7 +42,7 @@ def _import_flash(kind: str) -> tuple[Callable | None, str]:
     for name in _FLASH_MODULES[kind]:
         try:
             module = importlib.import_module(name)
-        except Exception as e:  # ImportError, or a wheel built for another torch/CUDA
+        except Exception as e:  # noqa: BLE001 - ImportError, or a wheel built for another torch/CUDA
             errors.append(f"import {name}: {type(e).__name__}: {e}")
             continue
         fn = getattr(module, "flash_attn_func", None)
@@ -134,9 +134,10 @@ def causal_attention(q_BTHK: Tensor, k_BTGK: Tensor, v_BTGK: Tensor, backend: st
 def exclusive_self_attention(y_BTHK: Tensor, v_BTGK: Tensor) -> Tensor:
     """XSA: remove from each head's output its component along the token's OWN normalized value vector.
 
-    y_{t,h} <- y_{t,h} - (y_{t,h} . v^_{t,g(h)}) v^_{t,g(h)} (records.md B3, arXiv:2603.09078). The GQA
+    y_{t,h} <- y_{t,h} - (y_{t,h} . v^_{t,g(h)}) v^_{t,g(h)} (arXiv:2603.09078). The GQA
     form views y as (B, T, G, R, K) and broadcasts v^ as (B, T, G, 1, K), so no kv head is repeated
-    (XSA README: overhead ~7 -> ~2 ms/step; last 3 layers about -0.002 bpb).
+    (2026-03-20_11L_EfficientPartialXSA_FA3_SWA120 README: overhead ~7 -> ~2 ms/step; last 3 layers
+    about -0.002 bpb).
     """
     B, T, H, K = y_BTHK.shape
     G = v_BTGK.size(2)
@@ -180,7 +181,7 @@ class CausalSelfAttention(nn.Module):
     """GQA causal attention of one physical layer with the per-layer record flags resolved.
 
     q = W_q x, k = W_k x, v = W_v x (+ value embedding); q, k RMS-normalized per head; RoPE; q times a
-    learnable per-head gain (records.md B2); then optional XSA and output gate; W_o zero-init.
+    learnable per-head gain (the baseline's); then optional XSA and output gate; W_o zero-init.
     """
 
     def __init__(self, cfg: ModelConfig, layer: int, backend: str = "sdpa"):
@@ -193,19 +194,19 @@ class CausalSelfAttention(nn.Module):
         self.v = linear(D, G * self.head_dim, MATRIX)
         self.proj = linear(D, D, MATRIX, zero_init=True)
         # With q and k RMS-normed, the gain is the softmax temperature: init 1.5 (BASE) -> 4.0 (#1394)
-        # -> 5.25 (#1493) -> 5.0 (#1855) along the record lineage (records.md B0).
-        self.q_gain = param(torch.full((H,), cfg.q_gain_init), SCALAR)
-        self.rotary = Rotary(self.head_dim, cfg.rope_dims, cfg.rope_base, cfg.rope_train_seq_len)
+        # -> 5.25 (#1493) -> 5.0 (#1855) along the record lineage.
+        ac, rc = cfg.attention, cfg.rotary
+        self.q_gain = param(torch.full((H,), ac.q_gain_init), SCALAR)
+        self.rotary = Rotary(self.head_dim, rc.dims, rc.base, rc.train_seq_len)
         # XSA on the last xsa_last_n physical layers: last 4 in #549, all 11 from #1019 on.
-        self.xsa = layer >= cfg.num_layers - cfg.xsa_last_n
+        self.xsa = layer >= cfg.num_layers - ac.xsa_last_n
         # Sliding window: no studied record uses one (it is an experiment knob, off by default).
-        in_window = not cfg.window_layers or layer in cfg.window_layers
-        self.window = cfg.window_size if in_window else 0
+        in_window = not ac.window.layers or layer in ac.window.layers
+        self.window = ac.window.size if in_window else 0
         self.gate = None
-        if cfg.attn_gate != "none":
-            self.gate = AttnOutputGate(
-                cfg.attn_gate, D, H, cfg.attn_gate_width, cfg.attn_gate_scale, cfg.attn_gate_init_std
-            )
+        if ac.gate.kind != "none":
+            g = ac.gate
+            self.gate = AttnOutputGate(g.kind, D, H, g.width, g.scale, g.init_std)
 
     def forward(self, x_BTD: Tensor, ve_BTC: Tensor | None = None) -> Tensor:
         """x_BTD: the normalized block input; ve_BTC: this layer's value-embedding term or None."""
@@ -215,7 +216,7 @@ class CausalSelfAttention(nn.Module):
         k_BTGK = rms_norm(self.k(x_BTD).view(B, T, G, K))
         v_BTC = self.v(x_BTD)
         if ve_BTC is not None:
-            v_BTC = v_BTC + ve_BTC.to(v_BTC.dtype)  # added before the head reshape (records.md B7)
+            v_BTC = v_BTC + ve_BTC.to(v_BTC.dtype)  # added before the head reshape (#549)
         v_BTGK = v_BTC.view(B, T, G, K)
         cos_TF, sin_TF = self.rotary.cos_sin(T, x_BTD.device)
         q_BTHK = apply_rotary(q_BTHK, cos_TF, sin_TF)

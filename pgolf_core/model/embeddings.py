@@ -1,6 +1,8 @@
-"""Embedding-side modules (records.md B7): BigramHash, value embeddings, SmearGate v1 and v2.
+"""Embedding-side modules: BigramHash, value embeddings, SmearGate v1 and v2, and ``embed_tokens``,
+which turns token ids into the block input x0 (the order of bigram, smear and norm lives here).
 
 The token embedding itself (tied with the LM head) is a plain ``nn.Embedding`` owned by gpt.py.
+Config: ``model.embeddings.{bigram, value, smear}``.
 
 Shapes: B batch, T time, D model dim, E bigram dim, V_b bigram buckets, C kv dim, N value-embedding
 dim, W smear-gate input width.
@@ -8,16 +10,25 @@ dim, W smear-gate input width.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
 from pgolf_core.config import ModelConfig
 from pgolf_core.data.tokenizer import BOS_ID
-from pgolf_core.model.layers import linear, param, shift_right
+from pgolf_core.model.layers import linear, param, rms_norm, shift_right
 from pgolf_core.model.roles import SCALAR, TABLE, set_role
 
-# Multipliers of the bigram hash (records.md B7, #549/#1019 form).
+# Multipliers of the bigram hash (the #549/#1019 form; the first BigramHash record hashed 31 prev + cur).
 BIGRAM_MUL_CUR, BIGRAM_MUL_PREV = 36313, 27191
+
+# Inits of #549/#1019 (their code; no ablation of these values was logged). The bigram table starts at
+# zero, so its output scale only sets how strongly the first gradients reach the table; the value
+# embedding's projection starts at zero, so its table std and scale do the same for the projection.
+BIGRAM_SCALE_INIT = 0.05
+VALUE_TABLE_INIT_STD = 0.01
+VALUE_SCALE_INIT = 0.1
 
 
 def bigram_buckets(ids_BT: Tensor, buckets: int) -> Tensor:
@@ -31,8 +42,9 @@ def bigram_buckets(ids_BT: Tensor, buckets: int) -> Tensor:
 class BigramHash(nn.Module):
     """A hashed (previous, current) token-pair embedding added to the token embedding before the norm.
 
-    Table V_b x E (zero-init) -> projection E -> D -> times a learnable scalar (init 0.05). Sizes:
-    1536 x 128 in #549, 3072 x 112 in #1019; I5 measured 10240 buckets +0.001 bpb better than 4096.
+    Table V_b x E (zero-init) -> projection E -> D -> times a learnable scalar (BIGRAM_SCALE_INIT). Sizes:
+    1536 x 128 in #549, 3072 x 112 in #1019; the 2026-03-20_10L_Int5MLP_MuonWD04_SWA50 record measured
+    10240 buckets 0.001 bpb better than 4096.
     The projection gets a non-zero init (default Linear, orthogonal under ortho_init): with both the
     table and the projection at zero neither would ever receive a gradient.
     """
@@ -44,7 +56,7 @@ class BigramHash(nn.Module):
         nn.init.zeros_(self.table.weight)
         set_role(self.table.weight, TABLE)
         self.proj = linear(bigram_dim, model_dim, SCALAR)
-        self.scale = param(torch.tensor(0.05), SCALAR)
+        self.scale = param(torch.tensor(BIGRAM_SCALE_INIT), SCALAR)
 
     def forward(self, ids_BT: Tensor) -> Tensor:
         e_BTE = self.table(bigram_buckets(ids_BT, self.buckets))
@@ -54,17 +66,18 @@ class BigramHash(nn.Module):
 class ValueEmbedding(nn.Module):
     """A shared token table whose projection is added to V in a few layers (#549/#1019: layers 9, 10).
 
-    Table vocab x N ~ N(0, 0.01^2) -> projection N -> C (zero-init) -> times a scalar (init 0.1), then
-    times a per-layer scalar (init 1) in each layer of ``layers``. Removed from #1394 on.
+    Table vocab x N ~ N(0, VALUE_TABLE_INIT_STD^2) -> projection N -> C (zero-init) -> times a scalar
+    (VALUE_SCALE_INIT), then times a per-layer scalar (init 1) in each layer of ``layers``. Removed from
+    #1394 on.
     """
 
     def __init__(self, vocab_size: int, ve_dim: int, kv_dim: int, layers: list[int]):
         super().__init__()
         self.table = nn.Embedding(vocab_size, ve_dim)
-        nn.init.normal_(self.table.weight, std=0.01)
+        nn.init.normal_(self.table.weight, std=VALUE_TABLE_INIT_STD)
         set_role(self.table.weight, TABLE)
         self.proj = linear(ve_dim, kv_dim, SCALAR, zero_init=True)
-        self.scale = param(torch.tensor(0.1), SCALAR)
+        self.scale = param(torch.tensor(VALUE_SCALE_INIT), SCALAR)
         self.layer_scales = param(torch.ones(len(layers)), SCALAR)
         self.slot = {layer: i for i, layer in enumerate(layers)}
 
@@ -79,9 +92,10 @@ class ValueEmbedding(nn.Module):
 
 
 class SmearGate(nn.Module):
-    """SmearGate v1 (SG0, #549/#1019): x_t <- (1 - s) x_t + s x_{t-1}, s = sigmoid(g), g (D,) zero-init.
+    """SmearGate v1: x_t <- (1 - s) x_t + s x_{t-1}, s = sigmoid(g), g (D,) zero-init.
 
     Applied after the embedding RMS norm; gives every position a cheap look at the previous token.
+    From 2026-03-20_Int6_MLP3x_SmearGate_BigramHash_MuonWD_SWA, kept by #549/#1019.
     """
 
     def __init__(self, dim: int):
@@ -116,10 +130,51 @@ class SmearGateV2(nn.Module):
         return x_BTD + term_BTD
 
 
-def build_smear(cfg: ModelConfig) -> nn.Module | None:
-    """The smear gate ``cfg.smear_gate`` asks for, or None."""
-    if cfg.smear_gate == "v1":
+def build_bigram(cfg: ModelConfig) -> BigramHash | None:
+    """The BigramHash of ``model.embeddings.bigram``, or None when it is off (0 buckets)."""
+    bc = cfg.embeddings.bigram
+    return BigramHash(bc.buckets, bc.dim, cfg.model_dim) if bc.buckets else None
+
+
+def build_value_embedding(cfg: ModelConfig) -> ValueEmbedding | None:
+    """The value embedding of ``model.embeddings.value``, or None without a width or layers."""
+    vc = cfg.embeddings.value
+    if not (vc.dim and vc.layers):
+        return None
+    return ValueEmbedding(cfg.vocab_size, vc.dim, cfg.num_kv_heads * cfg.head_dim, vc.layers)
+
+
+def build_smear(cfg: ModelConfig) -> SmearGate | SmearGateV2 | None:
+    """The smear gate ``model.embeddings.smear.kind`` asks for, or None."""
+    sc = cfg.embeddings.smear
+    if sc.kind == "v1":
         return SmearGate(cfg.model_dim)
-    if cfg.smear_gate == "v2":
-        return SmearGateV2(cfg.smear_width, cfg.smear_bos_fix)
+    if sc.kind == "v2":
+        return SmearGateV2(sc.width, sc.bos_fix)
     return None
+
+
+def embed_tokens(
+    ids_BT: Tensor, tok_emb: nn.Embedding, bigram: BigramHash | None, smear: SmearGate | SmearGateV2 | None
+) -> Tensor:
+    """x0: token embedding (+ bigram, + smear v2) -> RMS norm (-> smear v1).
+
+    v2 reads the raw embedding (#1667 on), v1 the normalized one (#549), hence the two places.
+    """
+    x_BTD = tok_emb(ids_BT)
+    if bigram is not None:
+        x_BTD = x_BTD + bigram(ids_BT)
+    if isinstance(smear, SmearGateV2):
+        x_BTD = smear(x_BTD, ids_BT)
+    x_BTD = rms_norm(x_BTD)
+    if isinstance(smear, SmearGate):
+        x_BTD = smear(x_BTD)
+    return x_BTD
+
+
+def value_terms(value_embed: ValueEmbedding | None, ids_BT: Tensor) -> Callable[[int], Tensor | None]:
+    """layer -> that layer's value-embedding term (or None); the shared term is computed once here."""
+    if value_embed is None:
+        return lambda layer: None
+    ve_BTC = value_embed(ids_BT)
+    return lambda layer: value_embed.for_layer(ve_BTC, layer)

@@ -1,5 +1,5 @@
 """Small building blocks shared by the model files: role-tagged linears and parameters, RMS norm,
-the orthogonal initialisation of records.md B11.
+the orthogonal initialisation of #549.
 
 Shapes: B batch, T time, D model dim.
 """
@@ -30,7 +30,7 @@ def linear(in_dim: int, out_dim: int, role: str, zero_init: bool = False) -> nn.
     """A bias-free ``nn.Linear`` (fp32 weight, autocast casts it) whose weight carries ``role``.
 
     ``zero_init`` zeroes the weight and exempts it from orthogonal init: output projections start as
-    no-ops so every block is the identity at step 0 (records.md B11).
+    no-ops so every block is the identity at step 0 (the baseline's init).
     """
     layer = nn.Linear(in_dim, out_dim, bias=False)
     set_role(layer.weight, role)
@@ -46,7 +46,7 @@ def param(value: Tensor, role: str) -> nn.Parameter:
 
 
 def rms_norm(x_BTD: Tensor) -> Tensor:
-    """RMS norm over the last dim with no learnable weight (records.md B1)."""
+    """RMS norm over the last dim with no learnable weight (``F.rms_norm``, as the baseline)."""
     return F.rms_norm(x_BTD, (x_BTD.size(-1),))
 
 
@@ -57,7 +57,7 @@ def shift_right(x_BTD: Tensor) -> Tensor:
 
 @torch.no_grad()
 def orthogonal_init_(model: nn.Module, min_dim: int = 64) -> int:
-    """Orthogonal init (gain 1) of every linear weight with both dims >= ``min_dim`` (records.md B11).
+    """Orthogonal init (gain 1) of every linear weight with both dims >= ``min_dim`` (#549 on).
 
     Weights with a prescribed init (zero output projections, gate weights) are skipped, and so are
     embedding tables, which keep their own normal init. Returns the number of matrices initialised.

@@ -1,9 +1,11 @@
-"""The residual stream: the block, U-Net skips, depth recurrence and parallel residuals.
+"""The residual stream: the block, U-Net skips, depth recurrence (the loops) and parallel residuals.
 
-``Block`` is one physical layer (records.md B1, B5, B9 GPT-J). ``layer_plan`` turns the config into the
-virtual layer list (B8) with its encoder/decoder split (B6) and two-lane start (B9); ``run_blocks``
-walks it. The skip and lane parameters live on the model (their FQNs are ``skip_weights``,
-``skip_gates``, ``parallel_resid_lambdas``, ``parallel_post_lambdas``) and come in as bundles.
+``Block`` is one physical layer. ``layer_plan`` turns the config into the layer positions (which physical
+block runs at each position, with the loops on or off), their U-Net encoder/decoder split and the
+two-lane start; ``run_blocks`` walks them. The skip and lane parameters live on the model (their FQNs
+are ``skip_weights``, ``skip_gates``, ``parallel_resid_lambdas``, ``parallel_post_lambdas``); this file
+creates them (``skip_params``, ``lane_params``) and they come back in as bundles.
+Config: ``model.residual.{ln_scale, skip_gates, loops, parallel}``.
 
 Shapes: B batch, T time, D model dim, C kv dim.
 """
@@ -11,13 +13,15 @@ Shapes: B batch, T time, D model dim, C kv dim.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from pgolf_core.config import ModelConfig
+from pgolf_core.config.model import LoopsConfig
 from pgolf_core.model.attention import CausalSelfAttention
 from pgolf_core.model.layers import param, rms_norm
 from pgolf_core.model.mlp import MLP
@@ -28,9 +32,10 @@ class Block(nn.Module):
     """Pre-norm block: x_in = mix0 x + mix1 x0; x = x_in + a Attn(n(x_in)); x = x + m MLP(n(x)).
 
     ``resid_mix`` (2, D) init [1, 0] lets each layer re-read the embedding x0; ``attn_scale`` and
-    ``mlp_scale`` (D) init 1 (records.md B1). With ln_scale the normalized inputs are multiplied by
-    1 / sqrt(layer + 1) (B5, physical index; ROPE README: with partial RoPE 1.1271 -> 1.1248). GPT-J
-    parallel blocks (#1412/#1493, layers >= parallel_start_layer) feed Attn and MLP the same n(x_in).
+    ``mlp_scale`` (D) init 1 (the baseline's block). With ln_scale the normalized inputs are multiplied
+    by 1 / sqrt(layer + 1) (physical index, so looped repeats reuse it; with partial RoPE 1.1271 -> 1.1248
+    bpb in 2026-03-21_11L_XSA4_EMA_PartialRoPE_LateQAT_1.1248). GPT-J parallel blocks (#1412/#1493, layers >=
+    parallel.start_layer) feed Attn and MLP the same n(x_in).
     """
 
     def __init__(self, cfg: ModelConfig, layer: int, attn_backend: str = "sdpa"):
@@ -38,12 +43,13 @@ class Block(nn.Module):
         D = cfg.model_dim
         self.layer = layer
         self.attn = CausalSelfAttention(cfg, layer, attn_backend)
-        self.mlp = MLP(D, cfg.mlp_mult, cfg.activation, cfg.leaky_slope)
+        self.mlp = MLP(D, cfg.mlp.mult, cfg.mlp.activation, cfg.mlp.leaky_slope)
         self.resid_mix = param(torch.stack((torch.ones(D), torch.zeros(D))), SCALAR)
         self.attn_scale = param(torch.ones(D), SCALAR)
         self.mlp_scale = param(torch.ones(D), SCALAR)
-        self.norm_scale = 1.0 / math.sqrt(layer + 1) if cfg.ln_scale else 1.0
-        self.gptj = cfg.parallel_residual == "gptj" and layer >= cfg.parallel_start_layer
+        self.norm_scale = 1.0 / math.sqrt(layer + 1) if cfg.residual.ln_scale else 1.0
+        parallel = cfg.residual.parallel
+        self.gptj = parallel.kind == "gptj" and layer >= parallel.start_layer
 
     def _norm(self, x_BTD: Tensor) -> Tensor:
         h_BTD = rms_norm(x_BTD)
@@ -75,7 +81,7 @@ class Block(nn.Module):
         resid_2: Tensor,
         post_22: Tensor,
     ) -> tuple[Tensor, Tensor]:
-        """Two-lane step (records.md B9; #1204, #1530 -> #1855): attention reads mix(lane0, x0), the MLP
+        """Two-lane step (#1204, #1530 -> #1855): attention reads mix(lane0, x0), the MLP
         reads lane1; lane_j <- r_j lane_j + P[attn, j] attn_out + P[mlp, j] mlp_out.
 
         #1204 README: the biggest single gain there (about -0.0037 nats); the learned routing is
@@ -90,31 +96,30 @@ class Block(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------
-# Layer plan: depth recurrence + U-Net split + two-lane start
+# Layer plan: the loops + U-Net split + two-lane start
 # --------------------------------------------------------------------------------------------------
 
 
-def virtual_layers(
-    num_layers: int, loop_start: int, loop_end: int, num_loops: int, looping: bool
-) -> tuple[int, ...]:
-    """[0..s-1] + [s..e] * (num_loops + 1) + [e+1..L-1] while looping, else [0..L-1] (records.md B8).
+def loop_layers(num_layers: int, loops: LoopsConfig, on: bool) -> tuple[int, ...]:
+    """The physical block at each layer position: [0..s-1] + [s..e] * (count + 1) + [e+1..L-1] with the
+    loops on, else [0..L-1].
 
-    1204 README: repeating layers 4, 5 is worth ~0.003-0.004 nats for zero extra parameters.
+    #1204 README: repeating layers 4, 5 is worth ~0.003-0.004 nats for zero extra parameters.
     """
-    if not (looping and num_loops):
+    if not (on and loops.count):
         return tuple(range(num_layers))
-    segment = list(range(loop_start, loop_end + 1))
-    tail = range(loop_end + 1, num_layers)
-    return tuple(range(loop_start)) + tuple(segment * (num_loops + 1)) + tuple(tail)
+    segment = list(range(loops.start, loops.end + 1))
+    tail = range(loops.end + 1, num_layers)
+    return tuple(range(loops.start)) + tuple(segment * (loops.count + 1)) + tuple(tail)
 
 
 @dataclass(frozen=True)
 class LayerPlan:
     """How one forward walks the physical blocks.
 
-    layers: physical index of each virtual position; the first ``num_encoder`` are the U-Net encoder.
+    layers: physical index at each position; the first ``num_encoder`` positions are the U-Net encoder.
     num_skips: skips applied (decoder position i < num_skips pops one encoder output).
-    lane_start: virtual position where the two lanes begin (len(layers) when they never do).
+    lane_start: position where the two lanes begin (len(layers) when they never do).
     """
 
     layers: tuple[int, ...]
@@ -131,16 +136,26 @@ class LayerPlan:
         return self.layers[self.num_encoder :]
 
 
-def layer_plan(cfg: ModelConfig, looping: bool) -> LayerPlan:
-    """The plan for ``cfg`` with depth recurrence on or off."""
-    layers = virtual_layers(cfg.num_layers, cfg.loop_start, cfg.loop_end, cfg.num_loops, looping)
+def layer_plan(cfg: ModelConfig, loops_on: bool) -> LayerPlan:
+    """The plan for ``cfg`` with the loops on or off."""
+    layers = loop_layers(cfg.num_layers, cfg.residual.loops, loops_on)
     num_encoder = len(layers) // 2
     num_skips = min(num_encoder, len(layers) - num_encoder)
     lane_start = len(layers)
-    if cfg.parallel_residual == "two_lane":
-        starts = [p for p in range(num_encoder, len(layers)) if layers[p] >= cfg.parallel_start_layer]
+    parallel = cfg.residual.parallel
+    if parallel.kind == "two_lane":
+        starts = [p for p in range(num_encoder, len(layers)) if layers[p] >= parallel.start_layer]
         lane_start = starts[0] if starts else len(layers)
     return LayerPlan(layers, num_encoder, num_skips, lane_start)
+
+
+# --------------------------------------------------------------------------------------------------
+# Skip and lane parameters
+# --------------------------------------------------------------------------------------------------
+
+# The two-lane resid lambdas start a little above 1, as in #1204 and #1855 (their code's init; no
+# ablation logged): each lane carries slightly more than its own stream into the next layer at step 0.
+LANE_RESID_INIT = 1.1
 
 
 class SkipParams(NamedTuple):
@@ -151,10 +166,29 @@ class SkipParams(NamedTuple):
 
 
 class LaneParams(NamedTuple):
-    """Two-lane lambdas of every physical layer: resid (L, 2) init 1.1, post (L, 2, 2) init 1."""
+    """Two-lane lambdas of every physical layer: resid (L, 2) init LANE_RESID_INIT, post (L, 2, 2) init 1;
+    both None without two lanes."""
 
-    resid: Tensor
-    post: Tensor
+    resid: Tensor | None
+    post: Tensor | None
+
+
+def skip_params(cfg: ModelConfig, num_skips: int) -> SkipParams:
+    """New skip parameters for ``num_skips`` skips (sized with the loops on, the longest plan)."""
+    if not num_skips:
+        return SkipParams(None, None)
+    D = cfg.model_dim
+    weights = param(torch.ones(num_skips, D), SCALAR)
+    gates = param(torch.zeros(num_skips, D), SCALAR) if cfg.residual.skip_gates else None
+    return SkipParams(weights, gates)
+
+
+def lane_params(cfg: ModelConfig) -> LaneParams:
+    """New two-lane lambdas for ALL physical layers (as in #1855, whose logged count includes them)."""
+    if cfg.residual.parallel.kind != "two_lane":
+        return LaneParams(None, None)
+    L = cfg.num_layers
+    return LaneParams(param(torch.full((L, 2), LANE_RESID_INIT), SCALAR), param(torch.ones(L, 2, 2), SCALAR))
 
 
 def merge_skip(x_BTD: Tensor, skip_BTD: Tensor, skips: SkipParams, i: int) -> Tensor:
@@ -170,7 +204,7 @@ def run_blocks(
     plan: LayerPlan,
     x0_BTD: Tensor,
     skips: SkipParams,
-    lanes: LaneParams | None,
+    lanes: LaneParams,
     ve_for: Callable[[int], Tensor | None],
 ) -> Tensor:
     """Walk ``plan``: encoder outputs are stacked, decoder position i pops one (i < num_skips).

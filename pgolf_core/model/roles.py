@@ -1,7 +1,7 @@
 """Parameter roles: every trainable parameter declares, at construction, what kind of tensor it is.
 
 Optimizer routing (pgolf_core/optim/groups.py) and, later, quantization act on these roles, never on
-substrings of parameter names (style.md G6/G7): renaming a parameter cannot silently move it to
+substrings of parameter names: renaming a parameter cannot silently move it to
 another optimizer or another quantizer.
 """
 

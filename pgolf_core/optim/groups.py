@@ -1,4 +1,5 @@
-"""Optimizer routing by parameter role (style.md G6, records.md C1).
+"""Optimizer routing by parameter role (the split every record uses: Muon for block matrices, Adam(W)
+for the rest).
 
 Every trainable parameter declares a role at construction (``pgolf_core.model.roles``); routing reads
 the role, never the name, and checks that each trainable parameter lands in exactly one group:
@@ -51,7 +52,7 @@ class OptimizerSet:
             opt.zero_grad(set_to_none=set_to_none)
 
     def set_lr_multiplier(self, mult: float) -> None:
-        """lr = base_lr * mult in every group (one schedule for all optimizers, records C7)."""
+        """lr = base_lr * mult in every group (one schedule for all optimizers, as the records)."""
         for _, group in self.groups():
             group["lr"] = group["base_lr"] * mult
 
@@ -139,13 +140,13 @@ def build_optimizers(
     optimizers: dict[str, torch.optim.Optimizer] = {}
     param_names: dict[str, list[str]] = {}
     if by_role[MATRIX]:
-        group = dict(
-            name=MATRIX,
-            params=[p for _, p in by_role[MATRIX]],
-            lr=cfg.matrix_lr,
-            base_lr=cfg.matrix_lr,
-            weight_decay=cfg.muon_weight_decay,
-        )
+        group = {
+            "name": MATRIX,
+            "params": [p for _, p in by_role[MATRIX]],
+            "lr": cfg.matrix_lr,
+            "base_lr": cfg.matrix_lr,
+            "weight_decay": cfg.muon_weight_decay,
+        }
         optimizers["muon"] = Muon(
             [group],
             lr=cfg.matrix_lr,
@@ -160,7 +161,13 @@ def build_optimizers(
     for role, (lr, wd) in _adam_settings(cfg, tie_embeddings).items():
         if by_role[role]:
             adam_groups.append(
-                dict(name=role, params=[p for _, p in by_role[role]], lr=lr, base_lr=lr, weight_decay=wd)
+                {
+                    "name": role,
+                    "params": [p for _, p in by_role[role]],
+                    "lr": lr,
+                    "base_lr": lr,
+                    "weight_decay": wd,
+                }
             )
             param_names[role] = [n for n, _ in by_role[role]]
     if adam_groups:

@@ -100,8 +100,7 @@ class Session:
     def model_with(self, state: dict) -> torch.nn.Module:
         model = build_model(self.cfg.model, device=self.device).to(self.device)
         model.load_state_dict(state)
-        if self.cfg.model.num_loops:
-            model.set_looping(True)  # the records evaluate (and run TTT) with the loops on (#1394, #1493)
+        model.set_loops(True)  # the records evaluate (and run TTT) with the loops on (#1394, #1493)
         return model.eval()
 
     @property

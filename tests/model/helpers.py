@@ -7,15 +7,28 @@ import zlib
 
 import torch
 
-from pgolf_core.config import ModelConfig
+from pgolf_core.config import ModelConfig, deep_merge
 from pgolf_core.model import GPT, build_model
 
 # 4 layers, d 64, 4 heads (head dim 16), 2 KV heads, vocab 64: every code path, milliseconds per forward.
-TINY = dict(vocab_size=64, num_layers=4, model_dim=64, num_heads=4, num_kv_heads=2)
+TINY = {"vocab_size": 64, "num_layers": 4, "model_dim": 64, "num_heads": 4, "num_kv_heads": 2}
+
+
+def nest(overrides: dict) -> dict:
+    """``{"mlp.mult": 3.0, "residual": {"ln_scale": True}}`` -> one nested dict (dotted keys as in YAML)."""
+    out: dict = {}
+    for key, value in overrides.items():
+        *path, last = key.split(".")
+        part = {last: value}
+        for p in reversed(path):
+            part = {p: part}
+        out = deep_merge(out, part)
+    return out
 
 
 def tiny_cfg(**overrides) -> ModelConfig:
-    return ModelConfig(**{**TINY, **overrides})
+    """TINY with ``overrides``: core fields by name, sub-sections as dicts or dotted keys via ``**{...}``."""
+    return ModelConfig.model_validate(deep_merge(TINY, nest(overrides)))
 
 
 @torch.no_grad()
@@ -37,11 +50,11 @@ def perturb(model: torch.nn.Module, scale: float = 0.1) -> torch.nn.Module:
     return model
 
 
-def tiny_model(looping: bool = False, **overrides) -> GPT:
-    """A perturbed tiny model on CPU (SDPA)."""
+def tiny_model(loops_on: bool = False, **overrides) -> GPT:
+    """A perturbed tiny model on CPU (SDPA); ``overrides`` as for ``tiny_cfg``."""
     torch.manual_seed(0)
     model = perturb(build_model(tiny_cfg(**overrides), device="cpu"))
-    model.set_looping(looping)
+    model.set_loops(loops_on)
     return model
 
 

@@ -76,7 +76,7 @@ def reference_flash(q, k, v, *, causal, window_size=(-1, -1)):
 
 @pytest.mark.parametrize("window", [0, 3])
 def test_backend_flash_call_uses_keywords_window_and_unwraps_tuple(fake_hopper, window):
-    """"auto" picks an FA3 module, called with keywords and window (W-1, 0); a tuple result is unwrapped."""
+    """ "auto" picks an FA3 module, called with keywords and window (W-1, 0); a tuple result is unwrapped."""
     fake_module = types.SimpleNamespace(flash_attn_func=reference_flash)
     fake_hopper.setitem(sys.modules, "flash_attn_interface", fake_module)
     assert select_attention_backend("auto", torch.device("cuda")) == "fa3"
@@ -96,8 +96,15 @@ def test_backend_flash_model_on_cpu_runs_sdpa_path():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_backend_gpu_autocast_forward_matches_sdpa():
     """On CUDA under bf16 autocast the selected backend agrees with SDPA on the record-1855 shape."""
-    cfg = tiny_cfg(model_dim=512, num_heads=8, num_kv_heads=4, xsa_last_n=4, rope_dims=16, smear_gate="v2",
-                   attn_gate="sparse", parallel_residual="two_lane", parallel_start_layer=2, window_size=8)
+    cfg = tiny_cfg(
+        model_dim=512,
+        num_heads=8,
+        num_kv_heads=4,
+        rotary={"dims": 16},
+        attention={"xsa_last_n": 4, "gate": {"kind": "sparse"}, "window": {"size": 8}},
+        embeddings={"smear": {"kind": "v2"}},
+        residual={"parallel": {"kind": "two_lane", "start_layer": 2}},
+    )
     torch.manual_seed(0)
     model = build_model(cfg).cuda()
     sdpa = build_model(cfg, device="cpu").cuda()

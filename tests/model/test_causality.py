@@ -7,25 +7,25 @@ import torch
 
 from tests.model.helpers import tiny_model, tokens
 
-LOOP = dict(loop_start=1, loop_end=2, num_loops=2)
+LOOP = {"residual.loops.start": 1, "residual.loops.end": 2, "residual.loops.count": 2}
 
 VARIANTS = {
     "baseline": {},
-    "partial_rope_ntk": dict(rope_dims=8, rope_train_seq_len=8),
-    "xsa": dict(xsa_last_n=4),
-    "window": dict(window_size=3),
-    "attn_gate_dense": dict(attn_gate="dense"),
-    "attn_gate_sparse": dict(attn_gate="sparse", attn_gate_width=4),
-    "smear_v1": dict(smear_gate="v1"),
-    "smear_v2": dict(smear_gate="v2"),
-    "smear_v2_no_bos_fix": dict(smear_gate="v2", smear_bos_fix=False),
-    "bigram": dict(bigram_vocab=32, bigram_dim=16),
-    "value_embed": dict(ve_dim=16, ve_layers=[0, 3]),
-    "skip_gates": dict(skip_gates=True),
-    "recurrence": LOOP,
-    "gptj": dict(parallel_residual="gptj", parallel_start_layer=1),
-    "two_lane": dict(parallel_residual="two_lane", parallel_start_layer=2),
-    "two_lane_recurrence": dict(parallel_residual="two_lane", parallel_start_layer=1, **LOOP),
+    "partial_rope_ntk": {"rotary.dims": 8, "rotary.train_seq_len": 8},
+    "xsa": {"attention.xsa_last_n": 4},
+    "window": {"attention.window.size": 3},
+    "attn_gate_dense": {"attention.gate.kind": "dense"},
+    "attn_gate_sparse": {"attention.gate.kind": "sparse", "attention.gate.width": 4},
+    "smear_v1": {"embeddings.smear.kind": "v1"},
+    "smear_v2": {"embeddings.smear.kind": "v2"},
+    "smear_v2_no_bos_fix": {"embeddings.smear.kind": "v2", "embeddings.smear.bos_fix": False},
+    "bigram": {"embeddings.bigram.buckets": 32, "embeddings.bigram.dim": 16},
+    "value_embed": {"embeddings.value.dim": 16, "embeddings.value.layers": [0, 3]},
+    "skip_gates": {"residual.skip_gates": True},
+    "loops": LOOP,
+    "gptj": {"residual.parallel.kind": "gptj", "residual.parallel.start_layer": 1},
+    "two_lane": {"residual.parallel.kind": "two_lane", "residual.parallel.start_layer": 2},
+    "two_lane_loops": {"residual.parallel.kind": "two_lane", "residual.parallel.start_layer": 1, **LOOP},
 }
 
 
@@ -33,7 +33,7 @@ VARIANTS = {
 @pytest.mark.parametrize("t", [0, 6])
 def test_causality_future_tokens_do_not_change_past_logits(overrides, t):
     """Changing tokens after position t leaves logits at 0..t unchanged (and does change later ones)."""
-    model = tiny_model(looping=True, **overrides)
+    model = tiny_model(loops_on=True, **overrides)
     ids = tokens(seq_len=16)
     ids[:, 3] = 1  # a BOS in the prefix
     other = ids.clone()

@@ -1,4 +1,5 @@
-"""Embedding-side modules follow their formulas (records.md B7), including the SmearGate BOS fix."""
+"""Embedding-side modules follow their formulas (#549/#1019 bigram and value embedding, SmearGate v1 and
+v2), including the #1851 SmearGate BOS fix."""
 
 from __future__ import annotations
 
@@ -67,7 +68,7 @@ def test_smear_v2_bos_fix_stops_leak_into_bos(bos_fix):
 @pytest.mark.parametrize("bos_fix", [True, False])
 def test_smear_v2_bos_fix_in_model_embedding(bos_fix):
     """In the model, x0 at a BOS position depends on the previous token only without the fix."""
-    model = tiny_model(smear_gate="v2", smear_bos_fix=bos_fix)
+    model = tiny_model(embeddings={"smear": {"kind": "v2", "bos_fix": bos_fix}})
     ids = tokens(seq_len=10)
     ids[:, 6] = BOS_ID
     other = ids.clone()
@@ -80,8 +81,8 @@ def test_smear_v2_bos_fix_in_model_embedding(bos_fix):
 
 
 def test_value_embedding_is_added_only_in_its_layers():
-    """The VE term reaches V only in ve_layers, scaled by the shared scalar and each layer's scalar."""
-    model = tiny_model(ve_dim=16, ve_layers=[1, 3])
+    """The VE term reaches V only in embeddings.value.layers, scaled by the shared and the layer's scalar."""
+    model = tiny_model(embeddings={"value": {"dim": 16, "layers": [1, 3]}})
     ve = model.value_embed
     base = ve(tokens())
     assert ve.for_layer(base, 0) is None and ve.for_layer(base, 2) is None

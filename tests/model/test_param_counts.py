@@ -1,4 +1,4 @@
-"""Parameter counts and roles of the record configs equal the counts logged by the records (records.md B0)."""
+"""Parameter counts and roles of the record configs equal the counts logged by the records' train logs."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def role_summary(model) -> dict[str, tuple[int, int]]:
 
 
 def test_roles_of_record_549_split_as_derived():
-    """#549: 66 block matrices, the tied embedding, bigram + VE tables, 51 small tensors (B0 breakdown)."""
+    """#549: 66 block matrices, the tied embedding, bigram + VE tables, 51 small tensors (derived)."""
     assert role_summary(meta_model("record_549.yaml")) == {
         MATRIX: (66, 11 * 2_359_296),
         EMBED: (1, 524_288),
@@ -68,7 +68,7 @@ def test_roles_of_record_549_split_as_derived():
 
 
 def test_roles_of_record_1855_split_as_derived():
-    """#1855: 66 block matrices, the tied embedding and 31,943 small parameters in 61 tensors (B0)."""
+    """#1855: 66 block matrices, the tied embedding and 31,943 small parameters in 61 tensors (derived)."""
     assert role_summary(meta_model("record_1855.yaml")) == {
         MATRIX: (66, 11 * 2_883_584),
         EMBED: (1, 4_194_304),

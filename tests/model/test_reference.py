@@ -65,8 +65,8 @@ def baseline_reference_logits(model, cfg, ids: torch.Tensor) -> torch.Tensor:
         q = rms((h @ p("attn.q.weight").T).view(B, T, H, K))
         k = rms((h @ p("attn.k.weight").T).view(B, T, G, K))
         v = (h @ p("attn.v.weight").T).view(B, T, G, K)
-        q = rope_reference(q, K, cfg.rope_base) * p("attn.q_gain")[:, None]
-        k = rope_reference(k, K, cfg.rope_base)
+        q = rope_reference(q, K, cfg.rotary.base) * p("attn.q_gain")[:, None]
+        k = rope_reference(k, K, cfg.rotary.base)
         y = softmax_attention(q, k, v).reshape(B, T, D)
         x = x + p("attn_scale") * (y @ p("attn.proj.weight").T)
         u = torch.relu(rms(x) @ p("mlp.up.weight").T) ** 2

@@ -46,7 +46,10 @@ FULL = QuantConfig(
 def rich():
     """A tiny model with every tensor family (gates, bigram table, value embedding) and its Hessians."""
     torch.set_num_threads(1)
-    model = tiny_model(attn_gate="dense", bigram_vocab=700, bigram_dim=96, ve_dim=32, ve_layers=[2, 3])
+    model = tiny_model(
+        attention={"gate": {"kind": "dense"}},
+        embeddings={"bigram": {"buckets": 700, "dim": 96}, "value": {"dim": 32, "layers": [2, 3]}},
+    )
     g = torch.Generator().manual_seed(0)
     hess = collect_hessians(model, [(torch.randint(0, 64, (2, 32), generator=g), None) for _ in range(2)])
     return model, hess

@@ -100,6 +100,6 @@ def test_collect_hessians_equals_explicit_inputs_and_final_norm():
 
 def test_collect_hessians_counts_every_pass_of_a_looped_block():
     """Depth recurrence: a block run twice per forward accumulates twice the rows (records.md D6)."""
-    model = tiny_model(looping=True, num_loops=1, loop_start=1, loop_end=2)
+    model = tiny_model(loops_on=True, residual={"loops": {"start": 1, "end": 2, "count": 1}})
     hess = collect_hessians(model, [(torch.randint(0, 64, (1, 16)), None)])
     assert hess.rows["blocks.1.mlp.up.weight"] == 32 and hess.rows["blocks.0.mlp.up.weight"] == 16

@@ -22,7 +22,7 @@ INT4 = QuantConfig(
 
 def test_lqer_corrects_the_top_k_tensors_by_error_norm():
     """The K tensors with the largest ||W - W^||_F get factors, and their error shrinks."""
-    model = tiny_model(mlp_mult=4.0)
+    model = tiny_model(mlp={"mult": 4.0})
     state = model.state_dict()
     plain, _ = quantize_state(model, INT4)
     norms = {
@@ -44,7 +44,7 @@ def test_lqer_corrects_the_top_k_tensors_by_error_norm():
 
 def test_lqer_packing_ranges_shapes_and_bytes():
     """A: codes in {-2..1}, one fp32 scale max|A|/1.5; B: codes in [-8, 7], one fp16 scale per 64 elements."""
-    model = tiny_model(mlp_mult=4.0)
+    model = tiny_model(mlp={"mult": 4.0})
     qts, _ = quantize_state(
         model, INT4.model_copy(update={"lqer_top_k": 1, "lqer_rank": 4, "lqer_group": 64})
     )

@@ -1,0 +1,386 @@
+"""The run's sections besides the model (data, optim, train, eval, quant, ttt, ngram, report) and the
+``RunConfig`` tree that holds them all."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from pgolf_core.challenge import BYTE_CAP, TRAIN_SECONDS, WORLD_SIZE
+from pgolf_core.config.model import ModelConfig
+from pgolf_core.config.section import Section
+
+TOKENIZER_FOR_VARIANT = {"sp1024": "fineweb_1024_bpe.model", "sp8192": "fineweb_8192_bpe.model"}
+
+
+class DataConfig(Section):
+    """Where the shards and the tokenizer live. Relative paths resolve against the working directory."""
+
+    source: Literal["official", "smoke", "local"] = Field(
+        "official",
+        description="official: the published FineWeb export (pgolf data fetch); smoke: the embedded "
+        "smoke corpus (pgolf data smoke); local: any shards you exported (root and tokenizer required)",
+    )
+    variant: Literal["sp1024", "sp8192"] = Field("sp1024", description="official export variant")
+    root: str | None = Field(None, description="folder with the shards; None derives it from source/variant")
+    tokenizer: str | None = Field(
+        None, description="SentencePiece .model; None derives it from source/variant"
+    )
+    train_pattern: str = Field("fineweb_train_*.bin", description="glob of train shards inside root")
+    val_pattern: str = Field("fineweb_val_*.bin", description="glob of validation shards inside root")
+    train_shards: int = Field(80, ge=0, description="official: train shards to fetch (0: none)")
+    val_max_tokens: int = Field(0, ge=0, description="cap on validation tokens (0: the whole split)")
+
+    @model_validator(mode="after")
+    def _local_needs_paths(self) -> DataConfig:
+        if self.source == "local" and (self.root is None or self.tokenizer is None):
+            raise ValueError("data.source 'local' needs both data.root and data.tokenizer")
+        return self
+
+    def root_path(self) -> Path:
+        if self.root is not None:
+            return Path(self.root)
+        if self.source == "smoke":
+            return Path("data/smoke")
+        return Path("data/datasets") / f"fineweb10B_{self.variant}"
+
+    def tokenizer_path(self) -> Path:
+        if self.tokenizer is not None:
+            return Path(self.tokenizer)
+        if self.source == "smoke":
+            return self.root_path() / "tokenizer.model"
+        return Path("data/tokenizers") / TOKENIZER_FOR_VARIANT[self.variant]
+
+
+class OptimConfig(Section):
+    """Muon for block matrices, Adam(W) for embeddings / head / small tensors (baseline values)."""
+
+    matrix_lr: float = Field(0.04, ge=0)
+    tied_embed_lr: float = Field(0.05, ge=0)
+    embed_lr: float = Field(0.6, ge=0, description="token embedding LR when embeddings are untied")
+    head_lr: float = Field(0.008, ge=0, description="untied LM head LR")
+    scalar_lr: float = Field(0.04, ge=0, description="small / control tensors and auxiliary projections")
+    table_lr: float = Field(
+        0.0, ge=0, description="bigram / value-embedding tables (0: the token embedding LR)"
+    )
+    muon_momentum: float = Field(0.95, ge=0, lt=1)
+    muon_momentum_warmup_start: float = Field(0.85, ge=0, lt=1)
+    muon_momentum_warmup_steps: int = Field(500, ge=0)
+    muon_backend_steps: int = Field(5, gt=0, description="Newton-Schulz iterations")
+    muon_coefficients: Literal["quintic", "polar_express"] = Field(
+        "quintic", description="polar_express: #1787+"
+    )
+    muon_row_norm: bool = Field(False, description="MuonEq-R: normalize rows before Newton-Schulz (#1285)")
+    muon_weight_decay: float = Field(0.0, ge=0, description="decoupled: p *= 1 - lr * wd")
+    embed_weight_decay: float = Field(0.0, ge=0)
+    adam_weight_decay: float = Field(0.0, ge=0, description="scalar / head / table groups")
+    beta1: float = Field(0.9, ge=0, lt=1)
+    beta2: float = Field(0.95, ge=0, lt=1)
+    adam_eps: float = Field(1e-8, gt=0)
+    grad_clip_norm: float = Field(0.0, ge=0, description="global-norm clip of the averaged gradient (0: off)")
+
+
+class TrainConfig(Section):
+    """The training loop. Baseline: 524,288 tokens/step of 1024-token sequences, 600 s cap."""
+
+    seed: int = 1337
+    iterations: int = Field(20000, ge=0)
+    train_batch_tokens: int = Field(524288, gt=0, description="global tokens per optimizer step")
+    train_seq_len: int = Field(1024, gt=0)
+    grad_accum_steps: int = Field(
+        0, ge=0, description=f"0: {WORLD_SIZE} // world_size, as the challenge baseline"
+    )
+    warmup_steps: int = Field(20, ge=0, description="compile-warmup steps whose state is restored afterwards")
+    warmdown_iters: int = Field(
+        1200, ge=0, description="linear LR warmdown length in steps (wallclock-aware under a cap)"
+    )
+    warmdown_frac: float = Field(
+        0.0, ge=0, le=1, description="> 0: warmdown over this fraction of training (#1394+)"
+    )
+    min_lr: float = Field(
+        0.0, ge=0, le=1, description="floor of the LR multiplier in frac warmdown (#1787: 0.1)"
+    )
+    max_wallclock_seconds: float = Field(
+        TRAIN_SECONDS, ge=0, description="training time cap, eval excluded (0: none)"
+    )
+    ema_decay: float = Field(0.0, ge=0, lt=1, description="EMA of weights (0: off; records use 0.997)")
+    val_loss_every: int = Field(1000, ge=0, description="periodic validation (0: only at the end)")
+    train_log_every: int = Field(200, ge=0)
+    checkpoint_every: int = Field(
+        0, ge=0, description="steps between resumable checkpoints (0: only the final one)"
+    )
+    resume: bool = Field(True, description="continue from runs/<run_id>/checkpoints/last.pt when present")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    compile: bool = Field(True, description="torch.compile the model on CUDA (never on CPU)")
+    autocast: bool = Field(True, description="bf16 autocast on CUDA (CPU runs in fp32)")
+    progress: bool = Field(True, description="tqdm bar on rank 0")
+    run_dir: str = Field("runs", description="runs/<run_id>/ holds config, metrics, logs, checkpoints")
+    run_id: str | None = Field(None, description="None: a timestamped id")
+
+    @model_validator(mode="after")
+    def _batch(self) -> TrainConfig:
+        if self.train_batch_tokens % self.train_seq_len:
+            raise ValueError(
+                f"train.train_batch_tokens ({self.train_batch_tokens}) must be a multiple of "
+                f"train.train_seq_len ({self.train_seq_len})"
+            )
+        return self
+
+
+class EvalConfig(Section):
+    """Validation scoring. stride 0 = non-overlapping windows; stride s > 0 = sliding window (each token
+    scored with up to seq_len - s tokens of context; the records use 64)."""
+
+    seq_len: int = Field(0, ge=0, description="0: train.train_seq_len")
+    batch_tokens: int = Field(524288, gt=0, description="tokens per evaluation batch, all ranks together")
+    stride: int = Field(0, ge=0, description="sliding-window stride (0: off; the records use 64)")
+    sliding_batch_seqs: int = Field(32, gt=0, description="windows per forward in sliding evaluation")
+    temperature: float = Field(1.0, gt=0)
+    probe_tokens: int = Field(
+        4096,
+        ge=0,
+        description="compliance checks T1-T5 run each stage's scorer on this many validation tokens "
+        "(0: skip)",
+    )
+    split_check_tokens: int = Field(
+        20_000_000,
+        ge=0,
+        description="T9 looks for copied validation documents in this many training tokens (0: skip; "
+        "`pgolf data split` scans all)",
+    )
+
+
+class QuantGroupConfig(Section):
+    """How one tensor group (attn, mlp, embed, gate) is quantized."""
+
+    bits: int = Field(8, ge=2, le=8, description="signed per-row integers in [-(2^(b-1)-1), 2^(b-1)-1]")
+    clip: Literal["percentile", "search", "sdclip"] = Field(
+        "percentile",
+        description="percentile of |w| per row; search: min-MSE quantile (#374 GPTQ-lite); "
+        "sdclip: k*std(row) (#1394)",
+    )
+    percentile: float = Field(99.99984, gt=0, le=100, description="clip percentile (the baseline's)")
+    sdclip_k: float = Field(
+        12.85, gt=0, description="sdclip: clip = k * std(row) (#1394: 12.85 int6, 20 int8)"
+    )
+    gptq: bool = Field(False, description="Hessian-aware GPTQ rounding (#1019 on)")
+
+
+# What a run imports to train, quantize and score: the challenge counts the submission's code, and the
+# conservative reading (some records count only train_gpt.py, a contested practice) is every such file;
+# tooling that never runs in a submission (CLI, notebook driver, reports, data preparation) is left out.
+RUNTIME_CODE_FILES = (
+    "pgolf_core/__init__.py",
+    "pgolf_core/atomic.py",
+    "pgolf_core/challenge.py",
+    "pgolf_core/config/*.py",
+    "pgolf_core/dist.py",
+    "pgolf_core/evaluate.py",
+    "pgolf_core/train.py",
+    "pgolf_core/scoring.py",
+    "pgolf_core/stages.py",
+    "pgolf_core/pipeline/*.py",
+    "pgolf_core/compliance.py",
+    "pgolf_core/ngram.py",
+    "pgolf_core/data/__init__.py",
+    "pgolf_core/data/shards.py",
+    "pgolf_core/data/loader.py",
+    "pgolf_core/data/tokenizer.py",
+    "pgolf_core/data/tokenizer_bytes.py",
+    "pgolf_core/data/overlap.py",
+    "pgolf_core/model/*.py",
+    "pgolf_core/optim/*.py",
+    "pgolf_core/quant/*.py",
+    "pgolf_core/ttt/*.py",
+)
+
+
+class QuantConfig(Section):
+    """Post-training quantization and the artifact (baseline: the challenge's per-row int8 + zlib-9)."""
+
+    scheme: Literal["baseline_int8", "groups"] = Field(
+        "baseline_int8",
+        description="baseline_int8: the challenge's exact export; groups: per-group settings below",
+    )
+    attn: QuantGroupConfig = QuantGroupConfig()
+    mlp: QuantGroupConfig = QuantGroupConfig()
+    embed: QuantGroupConfig = QuantGroupConfig()
+    gate: QuantGroupConfig = QuantGroupConfig()
+    keep_float_max_numel: int = Field(
+        65536, ge=0, description="float tensors this small stay fp16 (control tensors fp32)"
+    )
+    quant_gates: bool = Field(
+        False,
+        description="groups: attention-gate weights skip the fp16 passthrough, per-row intN with the "
+        "gate settings (#1736 QuantGate, ~40 KB)",
+    )
+    search_quantiles: list[float] = Field(
+        default_factory=lambda: [0.999, 0.9995, 0.9999, 0.99999, 1.0], description="clip search candidates"
+    )
+    gptq_block_size: int = Field(128, gt=0)
+    gptq_damp: float = Field(
+        0.01, ge=0, description="damping: fraction of mean(diag H) added to the diagonal"
+    )
+    gptq_act_order: bool = Field(True, description="quantize columns in order of decreasing diag(H)")
+    calib_source: Literal["train", "self"] = Field(
+        "train", description="Hessians from training batches or self-generated text; never validation"
+    )
+    calib_batches: int = Field(64, gt=0, description="train: calibration batches")
+    calib_seqs: int = Field(64, gt=0, description="self: generated sequences")
+    calib_temperature: float = Field(0.8, gt=0, description="self: sampling temperature (#1019)")
+    calib_reserve_seconds: float = Field(
+        12.0, ge=0, description="taken off the training cap so calibration fits in it"
+    )
+    lqer_top_k: int = Field(
+        0, ge=0, description="LQER: low-rank error correction of the K worst tensors (0: off; #1851: 3)"
+    )
+    lqer_rank: int = Field(4, gt=0)
+    lqer_group: int = Field(64, gt=0, description="INT4 group size of the B factor")
+    qat: bool = Field(
+        False, description="fake-quantize weights in training (STE), matching the export scheme"
+    )
+    qat_start_lr_mult: float = Field(
+        0.15, ge=0, le=1, description="QAT switches on once the LR multiplier drops below this"
+    )
+    compressor: Literal["auto", "zlib", "lzma", "brotli"] = Field(
+        "zlib", description="auto: try all, keep the smallest"
+    )
+    byte_shuffle: Literal["auto", "off", "on"] = Field(
+        "off", description="byte-shuffle / per-group streams before compressing"
+    )
+    code_files: list[str] = Field(
+        default_factory=lambda: list(RUNTIME_CODE_FILES),
+        description="globs of the code counted in the artifact (default: every module a run loads to "
+        "train and score)",
+    )
+    byte_cap: int = Field(BYTE_CAP, gt=0, description="decimal artifact cap: code + compressed model")
+
+
+class TTTConfig(Section):
+    """Legal score-first test-time training: each token is scored before any update that could use it
+    (the rule of PR #461, adopted by #549); off by default."""
+
+    enabled: bool = False
+    mode: Literal["chunk", "lora", "phased"] = Field(
+        "chunk", description="chunk: #461/#549; lora: per-document LoRA (#1530); phased: #1626"
+    )
+    chunk_tokens: int = Field(32768, gt=0, description="chunk: score a chunk, then train on it")
+    epochs: int = Field(3, ge=0)
+    lr: float = Field(0.002, ge=0)
+    lr_schedule: Literal["cosine", "constant"] = Field("cosine", description="across chunks")
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0, description="chunk/prequant: optimizer weight decay")
+    grad_clip: float = Field(1.0, ge=0)
+    batch_seqs: int = Field(32, gt=0)
+    adapt: Literal["all", "lora"] = Field(
+        "all", description="chunk: all parameters (minus frozen blocks) or LoRA adapters at lora_lr"
+    )
+    freeze_first_blocks: int = Field(0, ge=0, description="chunk/phased: blocks kept frozen (549 ran with 0)")
+    lora_rank: int = Field(8, gt=0)
+    lora_alpha: float = Field(0.0, ge=0, description="LoRA scale alpha/r (0: no scale, as #1530-#1769)")
+    lora_targets: list[Literal["q", "k", "v", "o", "mlp", "head"]] = Field(
+        default_factory=lambda: ["q", "v", "head"]
+    )
+    lora_lr: float = Field(0.01, ge=0)
+    lora_beta1: float = Field(
+        0.9,
+        ge=0,
+        lt=1,
+        description="Adam(W) betas of the LoRA step (2026-03-17_LoRA_TTT: 0.9, 0.95; #1530: 0, 0.999)",
+    )
+    lora_beta2: float = Field(0.95, ge=0, lt=1)
+    lora_weight_decay: float = Field(0.0, ge=0, description="#1530/#1855: 0.5")
+    lora_chunk_tokens: int = Field(256, gt=0, description="lora: score a chunk of a document, then one step")
+    lora_window: int = Field(1024, gt=0, description="lora: context window within the document")
+    lora_batch_docs: int = Field(64, gt=0)
+    phased_prefix_docs: int = Field(
+        2000, gt=0, description="phased: documents scored before the global passes end"
+    )
+    phased_phases: int = Field(3, gt=0)
+    phased_lr: float = Field(0.001, ge=0)
+    prequant_ablation: bool = Field(
+        False,
+        description="NON-COMPLIANT ablation: fine-tune on validation tokens before scoring (PR #1423 family)",
+    )
+    prequant_epochs: int = Field(6, ge=0)
+    prequant_lr: float = Field(0.0005, ge=0)
+
+    @model_validator(mode="after")
+    def _lora_window(self) -> TTTConfig:
+        if self.lora_window < self.lora_chunk_tokens:
+            raise ValueError(
+                f"ttt.lora_window ({self.lora_window}) must be at least "
+                f"ttt.lora_chunk_tokens ({self.lora_chunk_tokens})"
+            )
+        return self
+
+
+class NgramConfig(Section):
+    """An n-gram cache mixed with the model, in its legal form: a normalized full-vocabulary distribution
+    from the scored context only, tables updated after scoring (unlike PR #909's); off by default."""
+
+    enabled: bool = False
+    max_order: int = Field(4, ge=2, description="orders 2..max_order")
+    table_rows: int = Field(
+        16384, gt=0, description="hashed context rows per order, each a full next-token count row"
+    )
+    min_count: int = Field(2, ge=1, description="a context is used once its row holds this many counts")
+    smoothing: float = Field(
+        0.01,
+        gt=0,
+        description="additive smoothing per token; each row backs off to the order below with mass "
+        "smoothing*V "
+        "(smoke val, unigram model, entropy mixer: 3.970 nats at 0.01 vs 5.026 at 0.5)",
+    )
+    alpha_rule: Literal["fixed", "entropy", "hedge"] = "entropy"
+    alpha: float = Field(0.1, ge=0, le=1, description="fixed: mixing weight of the cache")
+    alpha_min: float = Field(0.05, ge=0, le=1)
+    alpha_max: float = Field(0.6, ge=0, le=1)
+    entropy_center: float = Field(
+        3.0, description="entropy: alpha rises with the model's entropy around this (nats)"
+    )
+    entropy_slope: float = Field(2.0)
+    hedge_beta: float = Field(2.0, gt=0)
+    segment_tokens: int = Field(
+        64, gt=0, description="tables and mixer weights update after each scored segment"
+    )
+
+
+class ReportConfig(Section):
+    """Rendering of reports."""
+
+    title: str = ""
+    dpi: int = Field(120, gt=0)
+
+
+SECTIONS = ("data", "model", "optim", "train", "quant", "eval", "ttt", "ngram", "report")
+
+
+class RunConfig(Section):
+    """The whole tree. Built only through ``load_config`` / ``config_from_dict``."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    train: TrainConfig = TrainConfig()
+    quant: QuantConfig = QuantConfig()
+    eval: EvalConfig = EvalConfig()
+    ttt: TTTConfig = TTTConfig()
+    ngram: NgramConfig = NgramConfig()
+    report: ReportConfig = ReportConfig()
+
+    @model_validator(mode="after")
+    def _cross(self) -> RunConfig:
+        seq = self.eval.seq_len or self.train.train_seq_len
+        if self.eval.stride > seq:
+            raise ValueError(
+                f"eval.stride ({self.eval.stride}) must not exceed the eval sequence length ({seq})"
+            )
+        return self
+
+    @property
+    def eval_seq_len(self) -> int:
+        return self.eval.seq_len or self.train.train_seq_len
