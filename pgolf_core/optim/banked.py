@@ -26,7 +26,6 @@ needs ``clip_grad_norm_`` here, because after the reduce-scatter no rank holds e
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -46,7 +45,7 @@ _all_gather = getattr(dist, "all_gather_single", None) or getattr(dist, "all_gat
 
 @dataclass
 class _Member:
-    """One parameter in a bank: its slots [start, start + count) (count > 1 for a 3-D parameter)."""
+    """One parameter in a bank: matrices [start, start + count) (count > 1 for a 3-D parameter)."""
 
     param: nn.Parameter
     start: int
@@ -55,12 +54,14 @@ class _Member:
 
 @dataclass
 class _Bank:
-    """Equal-sized matrices of one param group, in slot order (sorted by shape, then group order)."""
+    """Equal-sized matrices of one param group, in order (sorted by shape, then group order), and how
+    they are laid out over the ranks (``_assign``)."""
 
     numel: int
     members: list[_Member]
-    shapes: list[tuple[int, int]]  # per slot
-    momentum: Tensor | None = None  # (local slots, numel): this rank's shard only
+    shapes: list[tuple[int, int]]  # per matrix
+    counts: list[int] = field(default_factory=list)  # matrices owned by each rank (a contiguous run)
+    momentum: Tensor | None = None  # (owned matrices, numel): this rank's shard only
     started: list[bool] = field(default_factory=list)  # per member: has it ever had a gradient
     grad_shard: Tensor | None = None  # set by reduce_grads, consumed by step
     has_grad: list[bool] | None = None
@@ -69,11 +70,23 @@ class _Bank:
     def size(self) -> int:
         return len(self.shapes)
 
-    def shard(self, rank: int, world: int) -> tuple[int, int, int]:
-        """(slots per rank, first owned slot, number of owned real slots)."""
-        per = -(-self.size // world)
-        lo = rank * per
-        return per, lo, max(0, min(lo + per, self.size) - lo)
+    @property
+    def per(self) -> int:
+        """Slots per rank in the padded bank: the largest count."""
+        return max(self.counts)
+
+    def owned(self, rank: int) -> tuple[int, int]:
+        """(first matrix, number of matrices) of ``rank``."""
+        return sum(self.counts[:rank]), self.counts[rank]
+
+    def slots(self, m: _Member) -> slice | Tensor:
+        """Rows of ``m``'s matrices in the padded (world * per) bank: rank r's chunk starts at r * per
+        with its owned matrices, then zero padding."""
+        rows = [r * self.per + j for r, c in enumerate(self.counts) for j in range(c)]
+        idx = rows[m.start : m.start + m.count]
+        if idx == list(range(idx[0], idx[0] + m.count)):
+            return slice(idx[0], idx[0] + m.count)
+        return torch.tensor(idx, device=m.param.device)
 
 
 def _build_banks(params: list[nn.Parameter]) -> list[_Bank]:
@@ -91,6 +104,25 @@ def _build_banks(params: list[nn.Parameter]) -> list[_Bank]:
             shapes += [tuple(p.shape[-2:])] * count
         banks.append(_Bank(numel, members, shapes, started=[False] * len(members)))
     return banks
+
+
+def _assign(banks: list[_Bank], world: int) -> None:
+    """Give each rank floor(K / n) or ceil(K / n) matrices of every bank (ceil: the padded size), the
+    extra ones to the ranks with the least Newton-Schulz work so far, heaviest banks first. Padding at
+    the end of every bank would leave the last ranks idle in all of them (the baseline's three banks of
+    18 on 8 ranks: ranks 6 and 7 with nothing, the busiest 16% above the round-robin Muon).
+    Deterministic, so every rank computes the same layout."""
+    load = [0] * world
+    order = sorted(range(len(banks)), key=lambda i: (-sum(ns_flops(*s, 1) for s in banks[i].shapes), i))
+    for i in order:
+        bank = banks[i]
+        base, extra = divmod(bank.size, world)
+        lucky = set(sorted(range(world), key=lambda r: (load[r], r))[:extra])
+        bank.counts = [base + (r in lucky) for r in range(world)]
+        start = 0
+        for r, c in enumerate(bank.counts):
+            load[r] += sum(ns_flops(*s, 1) for s in bank.shapes[start : start + c])
+            start += c
 
 
 def _runs(shapes: list[tuple[int, int]]) -> list[tuple[int, int, tuple[int, int]]]:
@@ -127,6 +159,7 @@ class BankedMuon(Muon):
     def __init__(self, params, lr: float, **kwargs):
         super().__init__(params, lr, **kwargs)
         self._banks: list[list[_Bank]] | None = None
+        self._layout_world = 0
 
     @classmethod
     def from_muon(cls, opt: Muon) -> BankedMuon:
@@ -137,9 +170,14 @@ class BankedMuon(Muon):
             banked.load_state_dict(opt.state_dict())
         return banked
 
-    def _group_banks(self) -> list[list[_Bank]]:
+    def _group_banks(self, world: int) -> list[list[_Bank]]:
         if self._banks is None:
             self._banks = [_build_banks(list(g["params"])) for g in self.param_groups]
+        if self._layout_world != world:  # one layout over all groups: their NS work is balanced together
+            if any(b.momentum is not None for banks in self._banks for b in banks):
+                raise RuntimeError("BankedMuon: the world size changed after the first step")
+            _assign([b for banks in self._banks for b in banks], world)
+            self._layout_world = world
         return self._banks
 
     # ----- communication -----
@@ -147,31 +185,24 @@ class BankedMuon(Muon):
         """Reduce-scatter every bank's gradients (averaged) into this rank's shard; ``step`` calls it
         when the caller has not (the caller does when it clips first)."""
         rank, world = _world()
-        for banks in self._group_banks():
+        for banks in self._group_banks(world):
             for bank in banks:
                 if bank.grad_shard is not None:
                     continue
                 has = [m.param.grad is not None for m in bank.members]
                 if not any(has):
                     continue
-                per, _, real = bank.shard(rank, world)
                 ref = next(m.param.grad for m, h in zip(bank.members, has) if h)
+                send = torch.zeros(world * bank.per, bank.numel, dtype=ref.dtype, device=ref.device)
+                for m, h in zip(bank.members, has):
+                    if h:
+                        send[bank.slots(m)] = m.param.grad.reshape(m.count, bank.numel)
                 if world == 1:
-                    stacked = [
-                        m.param.grad.reshape(m.count, bank.numel)
-                        if h
-                        else torch.zeros(m.count, bank.numel, dtype=ref.dtype, device=ref.device)
-                        for m, h in zip(bank.members, has)
-                    ]
-                    shard = torch.cat(stacked)
+                    shard = send
                 else:
-                    send = torch.zeros(per * world, bank.numel, dtype=ref.dtype, device=ref.device)
-                    for m, h in zip(bank.members, has):
-                        if h:
-                            send[m.start : m.start + m.count] = m.param.grad.reshape(m.count, bank.numel)
-                    recv = torch.empty(per, bank.numel, dtype=ref.dtype, device=ref.device)
+                    recv = torch.empty(bank.per, bank.numel, dtype=ref.dtype, device=ref.device)
                     _reduce_scatter(recv, send, op=dist.ReduceOp.SUM)  # gloo has no AVG
-                    shard = recv[:real].div_(world)
+                    shard = recv[: bank.counts[rank]].div_(world)
                 bank.grad_shard, bank.has_grad = shard, has
 
     def clip_grad_norm_(self, max_norm: float, other_params=()) -> Tensor:
@@ -181,8 +212,10 @@ class BankedMuon(Muon):
         Returns the total norm."""
         self.reduce_grads()
         _, world = _world()
-        shards = [b.grad_shard for banks in self._banks for b in banks if b.grad_shard is not None]
-        dev = shards[0].device if shards else torch.device("cpu")
+        shards = [
+            b.grad_shard for banks in self._group_banks(world) for b in banks if b.grad_shard is not None
+        ]
+        dev = self.param_groups[0]["params"][0].device
         sq = torch.zeros((), dtype=torch.float32, device=dev)
         for s in shards:
             sq += s.float().pow(2).sum()
@@ -198,10 +231,10 @@ class BankedMuon(Muon):
         return total
 
     # ----- the step -----
-    def _shard_update(self, bank: _Bank, group: dict, lo: int, per: int, world: int) -> Tensor:
-        """Momentum + direction for the owned slots, as (per, numel) in the communication dtype."""
+    def _shard_update(self, bank: _Bank, group: dict, rank: int) -> Tensor:
+        """Momentum + direction for the owned matrices, as (per, numel) in the communication dtype."""
         g, mu = bank.grad_shard, group["momentum"]
-        real = g.shape[0]
+        lo, real = bank.owned(rank)
         if bank.momentum is None:
             bank.momentum = torch.zeros_like(g)
         slot_has = [h for m, h in zip(bank.members, bank.has_grad) for _ in range(m.count)][lo : lo + real]
@@ -213,7 +246,7 @@ class BankedMuon(Muon):
         buf = bank.momentum
         u = g.add(buf, alpha=mu) if group["nesterov"] else buf
         cdtype = compute_dtype(g.device)
-        out = torch.zeros(per if world > 1 else real, bank.numel, dtype=cdtype, device=g.device)
+        out = torch.zeros(bank.per, bank.numel, dtype=cdtype, device=g.device)
         for a, b, (rows, cols) in _runs(bank.shapes[lo : lo + real]):
             x = u[a:b].view(b - a, rows, cols)
             if group["row_norm"]:
@@ -236,11 +269,10 @@ class BankedMuon(Muon):
             for bank in banks:
                 if bank.grad_shard is None:
                     continue
-                self._adopt_loaded(bank, rank, world)
-                per, lo, _ = bank.shard(rank, world)
-                out = self._shard_update(bank, group, lo, per, world)
+                self._adopt_loaded(bank, rank)
+                out = self._shard_update(bank, group, rank)
                 if world > 1:
-                    updates = torch.empty(per * world, bank.numel, dtype=out.dtype, device=out.device)
+                    updates = torch.empty(world * bank.per, bank.numel, dtype=out.dtype, device=out.device)
                     _all_gather(updates, out)
                 else:
                     updates = out
@@ -251,16 +283,16 @@ class BankedMuon(Muon):
                     p = m.param
                     if wd:
                         p.mul_(1 - lr * wd)
-                    p.add_(updates[m.start : m.start + m.count].view(p.shape).to(p.dtype), alpha=-lr)
+                    p.add_(updates[bank.slots(m)].view(p.shape).to(p.dtype), alpha=-lr)
                 bank.grad_shard = bank.has_grad = None
         return loss
 
     # ----- state: Muon's per-parameter format -----
-    def _adopt_loaded(self, bank: _Bank, rank: int, world: int) -> None:
+    def _adopt_loaded(self, bank: _Bank, rank: int) -> None:
         """Move momentum that ``load_state_dict`` put into ``self.state`` into this rank's shard."""
         if not any("momentum_buffer" in self.state.get(m.param, {}) for m in bank.members):
             return
-        _, lo, real = bank.shard(rank, world)
+        lo, real = bank.owned(rank)
         ref = bank.grad_shard
         rows = []
         for i, m in enumerate(bank.members):
@@ -276,20 +308,23 @@ class BankedMuon(Muon):
     def _full_momentum(self) -> dict[nn.Parameter, Tensor]:
         rank, world = _world()
         full = {}
-        for banks in self._group_banks():
+        for banks in self._group_banks(world):
             for bank in banks:
                 if bank.momentum is None:
                     continue
-                buf = bank.momentum
+                buf = torch.zeros(
+                    bank.per, bank.numel, dtype=bank.momentum.dtype, device=bank.momentum.device
+                )
+                buf[: bank.counts[rank]] = bank.momentum
                 if world > 1:
-                    per, _, real = bank.shard(rank, world)
-                    send = torch.zeros(per, bank.numel, dtype=buf.dtype, device=buf.device)
-                    send[:real] = buf
-                    buf = torch.empty(per * world, bank.numel, dtype=buf.dtype, device=buf.device)
+                    send, buf = (
+                        buf,
+                        torch.empty(world * bank.per, bank.numel, dtype=buf.dtype, device=buf.device),
+                    )
                     _all_gather(buf, send)
                 for m, started in zip(bank.members, bank.started):
                     if started:
-                        full[m.param] = buf[m.start : m.start + m.count].reshape(m.param.shape).clone()
+                        full[m.param] = buf[bank.slots(m)].reshape(m.param.shape).clone()
         return full
 
     def state_dict(self):
@@ -345,10 +380,17 @@ def ns_flops(rows: int, cols: int, steps: int) -> int:
     return steps * (4 * m * m * k + 2 * m**3)
 
 
-def bank_layout(shapes: list[tuple[int, ...]], world: int) -> list[tuple[int, int, int]]:
-    """(element count, matrices, padded matrices) per virtual bank of one param group, as ``BankedMuon``
-    builds them (for bench/muon_comm.py; works on meta-device shapes)."""
-    counts: dict[int, int] = {}
-    for s in shapes:
-        counts[s[-2] * s[-1]] = counts.get(s[-2] * s[-1], 0) + (s[0] if len(s) == 3 else 1)
-    return [(numel, k, math.ceil(k / world) * world) for numel, k in counts.items()]
+def shard_plan(groups: list[list[nn.Parameter]], world: int, steps: int) -> list[dict]:
+    """Per virtual bank of the param groups ``groups``, as ``BankedMuon`` lays them out on ``world``
+    ranks: element count, matrices, padded matrices, and each rank's Newton-Schulz FLOPs
+    (bench/muon_comm.py; works on meta-device parameters)."""
+    banks = [b for g in groups for b in _build_banks(list(g))]
+    _assign(banks, world)
+    plan = []
+    for bank in banks:
+        flops = []
+        for rank in range(world):
+            lo, real = bank.owned(rank)
+            flops.append(sum(ns_flops(r, c, steps) for r, c in bank.shapes[lo : lo + real]))
+        plan.append({"numel": bank.numel, "matrices": bank.size, "padded": bank.per * world, "flops": flops})
+    return plan

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pgolf_core.optim.banked import BankedMuon, _build_banks, bank_layout, ns_flops
+from pgolf_core.optim.banked import BankedMuon, _assign, _build_banks, ns_flops, shard_plan
 from pgolf_core.optim.muon import Muon
 from tests.gloo import run_ranks
 from tests.optim import _banked_worker as W
@@ -93,20 +93,26 @@ def test_from_muon_keeps_groups_and_state():
     assert_state(banked.state_dict()["state"], muon.state_dict()["state"], bitwise=True)
 
 
-def test_banks_share_element_counts_and_pad():
+def test_banks_share_element_counts_and_balance_padding():
     params = [torch.nn.Parameter(torch.zeros(s)) for s in W.SHAPES[0]]
     banks = _build_banks(params)
     assert [(b.numel, b.size) for b in banks] == [(512, 5), (576, 1), (64, 3)]
     assert banks[0].shapes == [(16, 32)] * 3 + [(32, 16)] * 2  # sorted: one NS run per shape
-    assert [b.shard(r, 4) for r in range(4) for b in banks[:1]] == [
-        (2, 0, 2),
-        (2, 2, 2),
-        (2, 4, 1),
-        (2, 6, 0),
+    # NS work per matrix (1 step): 16x32 and 32x16 4*16^2*32 + 2*16^3; 24x24 6*24^3; 8x8 6*8^3.
+    f, f24, f8 = 4 * 256 * 32 + 2 * 4096, 6 * 24**3, 6 * 8**3
+    assert ns_flops(32, 16, 1) == ns_flops(16, 32, 1) == f and ns_flops(24, 24, 3) == 3 * f24
+    # Heaviest bank first; each bank's extra matrices go to the least-loaded ranks so far (ties: lower
+    # rank), so the padding does not pile up on the last ranks.
+    assert shard_plan([params], 4, 1) == [
+        {"numel": 512, "matrices": 5, "padded": 8, "flops": [2 * f, f, f, f]},
+        {"numel": 576, "matrices": 1, "padded": 4, "flops": [0, f24, 0, 0]},
+        {"numel": 64, "matrices": 3, "padded": 4, "flops": [f8, 0, f8, f8]},
     ]
-    assert bank_layout([p.shape for p in params], 4) == [(512, 5, 8), (576, 1, 4), (64, 3, 4)]
-    # 3 NS steps on 16x32: 3 * (4 * 16^2 * 32 + 2 * 16^3)
-    assert ns_flops(32, 16, 3) == ns_flops(16, 32, 3) == 3 * (4 * 256 * 32 + 2 * 4096)
+    _assign(banks, 4)
+    assert [b.counts for b in banks] == [[2, 1, 1, 1], [0, 1, 0, 0], [1, 0, 1, 1]]
+    bank3d = banks[2]  # the 3x8x8 parameter's slices sit on ranks 0, 2, 3: rows 0, 2, 3 of the padded bank
+    assert bank3d.slots(bank3d.members[0]).tolist() == [0, 2, 3]
+    assert [banks[0].slots(m) for m in banks[0].members] == [slice(j, j + 1) for j in (0, 1, 2, 4, 6)]
 
 
 # ----- 2 and 4 processes -----
@@ -146,12 +152,12 @@ def test_ranks_clip_equals_clipped_muon(ranks, kind):
     assert not torch.allclose(ref_params[0], reference(world, kind)[0][0])
 
 
+@pytest.mark.parametrize("ranks", [2], indirect=True)
 def test_ddp_excluding_muon_params_matches_ddp_plus_muon(ranks):
     """A tiny GPT under DDP: Muon's matrices excluded from DDP and averaged by BankedMuon give Muon's
     result; parameter names and counts, and the model's state-dict keys, are unchanged."""
     world, results = ranks
-    if world != 2:
-        pytest.skip("the DDP case runs on the 2-process group")
+    assert world == 2  # the worker runs the DDP case on the 2-process group only
     r0, r1 = results
     assert r0["ddp_banked"]["muon_type"] == "BankedMuon" and r0["ddp_muon"]["muon_type"] == "Muon"
     for key in ("names", "state_keys"):
