@@ -131,6 +131,7 @@ def tiny_run(rank: int, world: int, banked: bool) -> dict:
     out = {"names": [(n, p.numel()) for n, p in model.named_parameters()]}
     out["state_keys"] = list(model.state_dict())
     out["muon_names"] = opt.param_names["matrix"]
+    out["init"] = {n: p.detach().clone() for n, p in model.named_parameters()}
     if banked:
         assert use_banked_muon(opt, SimpleNamespace(muon_banked=True))
         exclude_from_ddp(model, opt.optimizers["muon"].param_groups[0]["params"])
