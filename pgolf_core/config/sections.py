@@ -73,6 +73,11 @@ class OptimConfig(Section):
         "quintic", description="polar_express: #1787+"
     )
     muon_row_norm: bool = Field(False, description="MuonEq-R: normalize rows before Newton-Schulz (#1285)")
+    muon_banked: bool = Field(
+        False,
+        description="banked parallel Muon (#399): reduce-scatter of Muon's gradients, Newton-Schulz on each "
+        "rank's shard, all-gather of the updates; same result as Muon; Muon's matrices leave DDP",
+    )
     muon_weight_decay: float = Field(0.0, ge=0, description="decoupled: p *= 1 - lr * wd")
     embed_weight_decay: float = Field(0.0, ge=0)
     adam_weight_decay: float = Field(0.0, ge=0, description="scalar / head / table groups")
