@@ -92,7 +92,7 @@ class _Client:
         sub, name = os.path.split(full)
         try:
             cached = Path(self.download(repo_id=self.repo_id, filename=name, subfolder=sub or None, repo_type="dataset"))
-        except Exception as e:  # noqa: BLE001 - every hub failure becomes one clear message
+        except Exception as e:
             raise _explain(e, self.repo_id, full) from e
         src = cached.resolve(strict=True)
         with open(src, "rb") as f:

@@ -113,8 +113,14 @@ def write_shard(path: str | os.PathLike, tokens: np.ndarray | Sequence[int], voc
 
 
 def list_shards(pattern: str | os.PathLike) -> list[Path]:
-    """Sorted shard paths matching a glob; a clear error when none match."""
-    files = sorted(Path(p) for p in _glob.glob(str(pattern)))
+    """Sorted token shard paths matching a glob; a clear error when none match.
+
+    ``fineweb_val_*.bin`` also matches the byte sidecars ``fineweb_val_bytes_*.bin`` of CaseOps data,
+    which hold byte counts, not tokens: ``*_bytes_*`` files are left out unless the pattern's own file
+    part asks for them.
+    """
+    wants_bytes = "_bytes_" in Path(pattern).name
+    files = sorted(Path(p) for p in _glob.glob(str(pattern)) if wants_bytes or "_bytes_" not in Path(p).name)
     if not files:
         raise FileNotFoundError(f"no shards match {pattern!s}")
     return files
