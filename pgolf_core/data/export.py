@@ -1,4 +1,4 @@
-"""Documents -> challenge shards (records.md A3), with a manifest of what was written.
+"""Documents -> challenge shards, as the challenge's data export writes them, with a manifest.
 
 Each document is encoded as ``[BOS] + tokens`` (no EOS). The first ``val_docs`` documents go to
 ``fineweb_val_*.bin``, the rest to ``fineweb_train_*.bin``; the validation buffer is flushed before the

@@ -1,6 +1,6 @@
 """Token streams over shard globs, the distributed training loader, and the validation stream.
 
-Same semantics as the challenge baseline's loader (records.md A7): one sequential stream over the
+Same semantics as the challenge baseline's loader (``train_gpt.py``): one sequential stream over the
 sorted shards that wraps around forever; each call takes ``world_size * (local_tokens + 1)`` contiguous
 tokens and rank r keeps span r, so ranks see disjoint data and together cover the stream exactly.
 x and y are the span shifted by one, reshaped to (local_tokens / seq_len, seq_len).

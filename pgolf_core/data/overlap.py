@@ -1,4 +1,4 @@
-"""Document overlap between validation and training shards, by hashed token shingles (compliance.md T9).
+"""Document overlap between validation and training shards, by hashed token shingles (check T9).
 
 A shingle is a window of ``k`` consecutive tokens inside one document (no window holds a BOS, so none
 crosses a document boundary). Its hash is the polynomial sum_j t[i+j] * B^j modulo 2^64, computed for

@@ -1,4 +1,4 @@
-"""The challenge's token shard format (records.md A1), read and written exactly.
+"""The challenge's token shard format (its ``train_gpt.py`` and data export), read and written exactly.
 
 A shard is a 1024-byte header of 256 little-endian int32 -- [0] magic 20240520, [1] version 1,
 [2] token count, the rest zero -- followed by that many little-endian uint16 token ids. Readers check

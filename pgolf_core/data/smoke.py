@@ -12,7 +12,7 @@ Documents, in a fixed order before a seeded shuffle:
 Near-duplicates are dropped (longest first, a document goes when 30% of its 16-word shingles are
 already in kept documents): pydoc topics nest (``if`` is a section of ``compound``) and generated
 modules share docstrings (the ``encodings.mac_*`` codecs, ``lib2to3``'s copy of ``tokenize``), and
-without this some validation documents were mostly present in training text (compliance.md T9).
+without this some validation documents were mostly present in training text (the T9 split check).
 
 The corpus depends only on the CPython version; the manifest records its sha256 and the Python version.
 """
