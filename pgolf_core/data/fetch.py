@@ -32,6 +32,7 @@ from tqdm import tqdm
 
 from pgolf_core.atomic import atomic_write, atomic_write_json
 from pgolf_core.challenge import VAL_DOCS
+from pgolf_core.data.overlap import LEAKY_TRAIN_SHARDS
 from pgolf_core.data.shards import ShardError, read_header, read_shard
 from pgolf_core.data.sidecar import sidecar_path
 from pgolf_core.data.tokenizer import BOS_ID, TokenizerError, file_sha256, load_tokenizer
@@ -64,7 +65,6 @@ class Variant:
 CASEOPS_TOKENIZER_FILE = "fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model"
 CASEOPS_EXPECTED = Expected(train_shards=80, val_docs=VAL_DOCS, val_tokens=47_853_344)
 CASEOPS_WINDOWED_TARGETS = 47_851_520  # the targets in whole 2048-token windows, as older loaders score
-LEAKY_TRAIN_SHARDS = 1499  # #2127: a local CaseOps export that started training at validation doc 10,000
 
 OFFICIAL_VARIANTS = {
     "sp1024": Variant("willdepueoai/parameter-golf", "fineweb10B_sp1024"),
