@@ -246,7 +246,9 @@ def known_leak(
         signs.append(f"{train_shards:,} training shards, the leaky exports' count")
     docs = val_docs if val_docs is not None else (report.val_docs if report is not None else None)
     if docs == LEAKY_VAL_DOCS and canonical_val_docs > LEAKY_VAL_DOCS:
-        signs.append(f"a {docs:,}-document validation split where the canonical one has {canonical_val_docs:,}")
+        signs.append(
+            f"a {docs:,}-document validation split where the canonical one has {canonical_val_docs:,}"
+        )
     leaked = report.leaked if report is not None else []
     if leaked and leaked[0] >= LEAKY_VAL_DOCS and report.val_docs > LEAKY_VAL_DOCS:
         testable_tail = (report.val_docs - LEAKY_VAL_DOCS) * report.val_docs_checked / max(report.val_docs, 1)
