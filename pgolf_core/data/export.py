@@ -58,7 +58,7 @@ def unicode_problem(text: str) -> str | None:
         text.encode("utf-8")
     except UnicodeEncodeError:
         i = _surrogate(text)
-        return f"a lone surrogate U+{ord(text[i]):04X} at character {i} (expected valid Unicode text)"
+        return f"a lone surrogate U+{ord(text[i]):04X} at character {i + 1} (expected valid Unicode text)"
     return None
 
 

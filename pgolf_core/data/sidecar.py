@@ -37,6 +37,7 @@ import numpy as np
 import sentencepiece as spm
 
 from pgolf_core.data import caseops
+from pgolf_core.data.shards import ShardError
 from pgolf_core.data.tokenizer import caseops_marker_ids
 from pgolf_core.data.tokenizer_bytes import ByteLUTs, build_byte_luts, stream_bytes
 
@@ -45,7 +46,7 @@ _VAL_SHARD = re.compile(r"^fineweb_val_(\d+)\.bin$")
 LITERAL_MARKER_BYTES = len(caseops.TITLE.encode("utf-8"))  # 3, the same for all four
 
 
-class SidecarError(ValueError):
+class SidecarError(ShardError):
     """A byte sidecar is missing or does not line up with its token shard."""
 
 
