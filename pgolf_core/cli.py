@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--shard-tokens", type=int, default=10**8, help="tokens per shard (default: %(default)s)")
     e.add_argument("--force", action="store_true", help="replace an existing output folder")
     e.add_argument("--quiet", action="store_true")
-    e.add_argument("--caseops", action="store_true", help="CaseOps-transform the text; write the val byte sidecar")
+    e.add_argument("--caseops", action="store_true", help="CaseOps-transformed shards + val byte sidecar")
     e.set_defaults(fn=_cmd_data_export)
 
     f = dsub.add_parser("fetch", help="download the official FineWeb shards and tokenizer (needs network)")
