@@ -167,6 +167,13 @@ def unigram_bpb(train_counts: np.ndarray, val_target_counts: np.ndarray, val_byt
     return nll / (math.log(2.0) * val_bytes) if val_bytes else float("nan")
 
 
+def _batch_sidecars(streams: list[np.ndarray], tables) -> list[np.ndarray]:
+    """The sidecar of each document, computed over the batch at once: every document starts with BOS
+    (a boundary with 0 bytes that no escape crosses), so the concatenation gives the same entries."""
+    counts = sidecar_bytes(np.concatenate(streams), tables)
+    return np.split(counts, np.cumsum([t.size for t in streams])[:-1])
+
+
 def export_documents(
     docs: Iterable[str],
     tokenizer_path: str | os.PathLike,
@@ -213,20 +220,19 @@ def export_documents(
                 raise ExportError(f"document {seen + i} holds {problem}")
             raws.append(text.encode("utf-8"))
         inputs = [case_transform.encode(t) for t in batch] if caseops else batch
-        for raw, ids in zip(raws, sp.encode(inputs), strict=True):
+        streams = [np.asarray([BOS_ID, *ids], dtype=np.int64) for ids in sp.encode(inputs)]
+        side = _batch_sidecars(streams, tables) if tables is not None else [None] * len(streams)
+        for raw, tokens, nbytes in zip(raws, streams, side, strict=True):
             corpus_hash.update(len(raw).to_bytes(8, "little") + raw)
             split = "val" if seen < val_docs else "train"
             if split == "train" and seen == val_docs:
                 writers["val"].flush()  # val never shares a shard with train
-            tokens = np.asarray([BOS_ID, *ids], dtype=np.int64)
             stats = splits[split]
             stats.documents += 1
             stats.tokens += tokens.size
-            if tables is not None:
-                nbytes = sidecar_bytes(tokens, tables)
+            if nbytes is not None:
                 stats.bytes += int(nbytes.sum(dtype=np.int64))
             else:
-                nbytes = None
                 stats.bytes += int(token_bytes(tokens[:-1], tokens[1:], luts).sum())
             counts = train_counts if split == "train" else val_counts
             counts += np.bincount(tokens, minlength=vocab)

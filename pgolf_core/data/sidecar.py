@@ -97,6 +97,8 @@ def literal_markers(tokens: np.ndarray, tables: SidecarTables) -> np.ndarray:
     t = np.asarray(tokens)
     n = t.size
     is_esc = t == tables.esc_id
+    if not is_esc.any():  # nearly always: only text holding U+E001-U+E004 itself has escapes
+        return np.zeros(n, dtype=bool)
     idx = np.arange(n)
     last_other = np.maximum.accumulate(np.where(is_esc, -1, idx)) if n else idx
     in_run = idx - last_other - 1  # position inside the current run of ESC tokens
