@@ -109,7 +109,7 @@ def caseops_section(tmp: Path, docs: tuple[str, ...], repeat: int) -> None:
     print(f"CaseOps decode (strict):             {mb / t_dec:,.1f} MB/s of text")
     rate = n_tok / t_side / 1e6
     print(f"byte sidecar, 512-document batches:  {mb / t_side:,.1f} MB/s of text ({rate:,.1f} M tokens/s)")
-    print(f"transform + sidecar (the export's CaseOps work): {mb / (t_enc + t_side):,.1f} MB/s of text, 1 core")
+    print(f"transform + sidecar (export's CaseOps work): {mb / (t_enc + t_side):,.1f} MB/s of text, 1 core")
     print(f"  (for scale, SentencePiece encoding of the transformed text: {mb / repeat / t_sp:,.1f} MB/s)")
 
 
