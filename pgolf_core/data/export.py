@@ -205,7 +205,8 @@ def export_documents(
     tables = build_sidecar_tables(sp, vocab) if caseops else None
     splits = {"val": SplitStats(), "train": SplitStats()}
     writers = {
-        s: _ShardWriter(out_dir, s, shard_tokens, vocab, splits[s], sidecar=caseops and s == "val") for s in splits
+        s: _ShardWriter(out_dir, s, shard_tokens, vocab, splits[s], sidecar=caseops and s == "val")
+        for s in splits
     }
     train_counts = np.zeros(vocab, dtype=np.int64)
     val_counts = np.zeros(vocab, dtype=np.int64)

@@ -1,7 +1,7 @@
 """SentencePiece tokenizers: train one with the challenge's settings, or load an existing ``.model``.
 
-The challenge's recipe (its data export script in openai/parameter-golf): BPE, character_coverage 0.999, byte_fallback, split_digits,
-nmt_nfkc normalization, no dummy prefix, pad 0 / bos 1 / eos 2 / unk 3, hard_vocab_limit off. Note the
+The challenge's recipe (its data export script in openai/parameter-golf): BPE, character_coverage 0.999,
+byte_fallback, split_digits, nmt_nfkc normalization, no dummy prefix, pad 0 / bos 1 / eos 2 / unk 3, hard_vocab_limit off. Note the
 published ``fineweb_1024_bpe.model`` was trained *without* byte fallback (it has no ``<0x..>`` pieces),
 so characters outside its vocabulary become ``<unk>``, which the challenge counts as 0 bytes.
 

@@ -117,7 +117,8 @@ _ALPHABETS = [
     "ABCDEFGHIJKLMNOPQRSTUVWXYZ",
     "0123456789",
     " \t\n\r .,;:'\"!?-_()[]{}<>/\\@#$%^&*+=~`|",
-    "\u00e9\u00c9\u00df\u03a3\u03c3\u0416\u4e2d\u6587\u00fc\u0131\u0130\uff21\ufb01",  # incl. fullwidth A, fi ligature
+    # incl. a fullwidth A and the fi ligature, which NFKC turns into ASCII letters
+    "\u00e9\u00c9\u00df\u03a3\u03c3\u0416\u4e2d\u6587\u00fc\u0131\u0130\uff21\ufb01",
     "\u0301\u0308\u0327",  # combining marks
     "".join(caseops.MARKERS),
     "\U0001f600\U0001d400\U00010348",  # astral: emoji, math bold A, gothic

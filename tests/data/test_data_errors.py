@@ -134,7 +134,8 @@ def test_data_info_checks_ids_and_counts_against_the_manifest(smoke_dir, copy_of
     write_shard(shard, tokens[:-10] % 1024)  # ids fine, 10 tokens fewer than the manifest says
     with pytest.raises(
         ShardError,
-        match=rf"fineweb_train_000002.bin: {tokens.size - 10:,} tokens, but .*manifest.json says {tokens.size:,}",
+        match=rf"fineweb_train_000002.bin: {tokens.size - 10:,} tokens, but .*manifest.json says "
+        rf"{tokens.size:,}",
     ):
         verify_dataset(ds)
     write_shard(shard, tokens % 1024)
