@@ -1,9 +1,10 @@
 """SentencePiece tokenizers: train one with the challenge's settings, or load an existing ``.model``.
 
 The challenge's recipe (its data export script in openai/parameter-golf): BPE, character_coverage 0.999,
-byte_fallback, split_digits, nmt_nfkc normalization, no dummy prefix, pad 0 / bos 1 / eos 2 / unk 3, hard_vocab_limit off. Note the
-published ``fineweb_1024_bpe.model`` was trained *without* byte fallback (it has no ``<0x..>`` pieces),
-so characters outside its vocabulary become ``<unk>``, which the challenge counts as 0 bytes.
+byte_fallback, split_digits, nmt_nfkc normalization, no dummy prefix, pad 0 / bos 1 / eos 2 / unk 3,
+hard_vocab_limit off. Note the published ``fineweb_1024_bpe.model`` was trained *without* byte fallback
+(it has no ``<0x..>`` pieces), so characters outside its vocabulary become ``<unk>``, which the
+challenge counts as 0 bytes.
 
 A CaseOps tokenizer (PR #1729) is trained the same way on CaseOps-transformed text, with the four
 case markers as user-defined symbols at ids 4-7 (so each is always one token of its own) and the byte
