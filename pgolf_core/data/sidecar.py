@@ -16,8 +16,9 @@ in the same shard format holding one uint16 per token:
 The counts are those of the text SentencePiece keeps (runs of whitespace collapsed, NFKC applied,
 leading and trailing whitespace dropped), exactly as the byte tables count a plain tokenizer's text:
 the CaseOps and the plain denominator of the same documents are equal, which is the point of the
-transform (it changes tokens, not bytes). The export of #1729 instead measures each piece's raw
-surface in the input, which differs only where SentencePiece normalized whitespace or characters.
+transform (it changes tokens, not bytes). An export that measured each piece's raw span of the input
+instead would also count the whitespace SentencePiece collapsed; the two differ only there and where
+NFKC changed a character's length.
 
 Evaluation: bpb = total NLL / (ln 2 * B), B = the sidecar entries of the scored targets
 (``target_byte_counts``) summed in float64, over the stream ``loader.load_validation_bytes`` returns
