@@ -1,4 +1,4 @@
-"""Data-path benchmark: smoke build time, shard I/O, loader throughput, byte counting, the T9 split scan.
+"""Data-path benchmark: smoke build, shard I/O, loader, byte counting, the T9 split scan, CaseOps.
 
     .venv/bin/python bench/data_throughput.py [--tokens 20000000]
 
@@ -15,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from pgolf_core.data import caseops
 from pgolf_core.data.loader import DistributedTokenLoader
 from pgolf_core.data.overlap import val_train_overlap
 from pgolf_core.data.shards import read_shard, write_shard
+from pgolf_core.data.sidecar import build_sidecar_tables, sidecar_bytes
 from pgolf_core.data.smoke import build_smoke_dataset, smoke_documents
-from pgolf_core.data.tokenizer import load_tokenizer
+from pgolf_core.data.tokenizer import BOS_ID, load_tokenizer
 from pgolf_core.data.tokenizer_bytes import build_byte_luts, token_bytes
 
 
@@ -35,6 +37,7 @@ def timed(fn, repeat: int = 3) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=20_000_000, help="synthetic shard size for I/O and loader")
+    ap.add_argument("--caseops-repeat", type=int, default=4, help="smoke corpus copies for CaseOps figures")
     args = ap.parse_args()
     print(f"machine: {platform.processor() or platform.machine()}, {platform.python_version()}, numpy {np.__version__}")
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,6 +83,34 @@ def main() -> None:
         t_split = timed(lambda: box.append(val_train_overlap(val, [leaky_path])), repeat=1)
         print(f"T9 split scan (k 64, stride 16):     {args.tokens / t_split / 1e6:,.1f} M training tokens/s "
               f"({len(box[0].leaked)} of 20 planted documents found)")
+        caseops_section(tmp, docs, args.caseops_repeat)
+
+
+def caseops_section(tmp: Path, docs: tuple[str, ...], repeat: int) -> None:
+    """The export's CaseOps work per core: the transform of every document and the byte sidecar of its
+    tokens (SentencePiece's own encoding is measured apart: it is the same work as a plain export's)."""
+    text_docs = list(docs) * repeat
+    mb = sum(len(d.encode("utf-8")) for d in text_docs) / 1e6
+    t_enc = timed(lambda: [caseops.encode(d) for d in text_docs], repeat=3)
+    encoded = [caseops.encode(d) for d in text_docs]
+    t_dec = timed(lambda: [caseops.decode(e) for e in encoded], repeat=3)
+    build_smoke_dataset(tmp / "smoke_caseops", progress=False, caseops=True)
+    sp = load_tokenizer(tmp / "smoke_caseops" / "tokenizer.model")
+    tables = build_sidecar_tables(sp)
+    t0 = time.perf_counter()
+    ids = sp.encode(encoded[: len(docs)])
+    t_sp = time.perf_counter() - t0
+    streams = [np.asarray([BOS_ID, *x], dtype=np.int64) for x in ids] * repeat
+    batches = [np.concatenate(streams[i : i + 512]) for i in range(0, len(streams), 512)]  # as in the export
+    t_side = timed(lambda: [sidecar_bytes(b, tables) for b in batches], repeat=3)
+    n_tok = sum(t.size for t in streams)
+    print(f"CaseOps text: the smoke corpus x {repeat} = {mb:,.1f} MB, {n_tok / 1e6:,.1f} M tokens")
+    print(f"CaseOps encode (transform):          {mb / t_enc:,.1f} MB/s of text")
+    print(f"CaseOps decode (strict):             {mb / t_dec:,.1f} MB/s of text")
+    rate = n_tok / t_side / 1e6
+    print(f"byte sidecar, 512-document batches:  {mb / t_side:,.1f} MB/s of text ({rate:,.1f} M tokens/s)")
+    print(f"transform + sidecar (export's CaseOps work): {mb / (t_enc + t_side):,.1f} MB/s of text, 1 core")
+    print(f"  (for scale, SentencePiece encoding of the transformed text: {mb / repeat / t_sp:,.1f} MB/s)")
 
 
 if __name__ == "__main__":

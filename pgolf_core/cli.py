@@ -26,16 +26,16 @@ from pgolf_core import __version__
 
 def _cmd_data_smoke(args: argparse.Namespace) -> int:
     from pgolf_core.data.export import describe_manifest, read_manifest
-    from pgolf_core.data.smoke import build_smoke_dataset
+    from pgolf_core.data.smoke import SMOKE_CASEOPS_DIR, SMOKE_DIR, build_smoke_dataset
 
-    out = Path(args.out)
+    out = Path(args.out or (SMOKE_CASEOPS_DIR if args.caseops else SMOKE_DIR))
     if out.exists() and not args.force:
         print(f"{out} already built (pass --force to rebuild)")
         manifest = read_manifest(out)
     else:
         manifest = build_smoke_dataset(
             out, vocab_size=args.vocab_size, val_docs=args.val_docs, shard_tokens=args.shard_tokens,
-            overwrite=args.force, progress=not args.quiet,
+            overwrite=args.force, progress=not args.quiet, caseops=args.caseops,
         )
         print(f"built in {manifest['build_seconds']:.1f} s")
     print("smoke corpus: CPython's pydoc topics + standard-library docstrings (a smoke test corpus, NOT FineWeb)")
@@ -54,10 +54,13 @@ def _cmd_data_export(args: argparse.Namespace) -> int:
         if tokenizer is None:
             # Train on the training documents only: validation text never shapes the vocabulary.
             docs = list(iter_jsonl_texts(args.docs, args.text_field))
-            tokenizer = train_tokenizer(docs[args.val_docs :], args.vocab_size, work / "tokenizer")
+            tokenizer = train_tokenizer(
+                docs[args.val_docs :], args.vocab_size, work / "tokenizer", caseops=args.caseops
+            )
         manifest = export_documents(
             iter_jsonl_texts(args.docs, args.text_field), tokenizer, work, val_docs=args.val_docs,
             shard_tokens=args.shard_tokens, corpus_name=Path(args.docs).stem, progress=not args.quiet,
+            caseops=args.caseops,
         )
     print(describe_manifest(manifest, args.out))
     return 0
@@ -80,19 +83,13 @@ def _cmd_data_fetch(args: argparse.Namespace) -> int:
 
 def _cmd_data_info(args: argparse.Namespace) -> int:
     from pgolf_core.data.export import MANIFEST_NAME, describe_manifest, read_manifest
-    from pgolf_core.data.shards import read_header
+    from pgolf_core.data.verify import verify_dataset
 
     root = Path(args.dir)
-    shards = sorted(root.glob("fineweb_*_*.bin"))
-    if not shards:
+    if not any(root.glob("fineweb_*_*.bin")):
         raise SystemExit(f"pgolf data info: no fineweb_*_*.bin shards in {root}")
-    totals: dict[str, list[int]] = {}
-    for path in shards:
-        split = "val" if "_val_" in path.name else "train"
-        n = read_header(path).num_tokens  # raises with the file's name if anything is off
-        totals.setdefault(split, []).append(n)
-    for split, counts in totals.items():
-        print(f"{split}: {len(counts)} shard(s), {sum(counts):,} tokens, headers and sizes OK")
+    for line in verify_dataset(root).lines():  # headers, ids vs the vocabulary, counts vs the manifest
+        print(line)
     if (root / MANIFEST_NAME).is_file():
         print(describe_manifest(read_manifest(root), root))
     return 0
@@ -248,7 +245,13 @@ def _cmd_config_keys(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from pgolf_core.data.fetch import OFFICIAL_VARIANTS, REMOTE_ROOT
-    from pgolf_core.data.smoke import SMOKE_DIR, SMOKE_SHARD_TOKENS, SMOKE_VAL_DOCS, SMOKE_VOCAB
+    from pgolf_core.data.smoke import (
+        SMOKE_CASEOPS_DIR,
+        SMOKE_DIR,
+        SMOKE_SHARD_TOKENS,
+        SMOKE_VAL_DOCS,
+        SMOKE_VOCAB,
+    )
 
     p = argparse.ArgumentParser(prog="pgolf", description="Parameter Golf research suite.")
     p.add_argument("--version", action="version", version=f"pgolf {__version__}")
@@ -258,12 +261,13 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = data.add_subparsers(dest="cmd", required=True, metavar="{smoke,export,fetch,info,split}")
 
     s = dsub.add_parser("smoke", help="build the embedded smoke corpus (offline, deterministic)")
-    s.add_argument("--out", default=str(SMOKE_DIR), help="output folder (default: %(default)s)")
+    s.add_argument("--out", help=f"output folder (default: {SMOKE_DIR}, with --caseops {SMOKE_CASEOPS_DIR})")
     s.add_argument("--vocab-size", type=int, default=SMOKE_VOCAB, help="tokenizer vocab (default: %(default)s)")
     s.add_argument("--val-docs", type=int, default=SMOKE_VAL_DOCS, help="documents in validation (default: %(default)s)")
     s.add_argument("--shard-tokens", type=int, default=SMOKE_SHARD_TOKENS, help="tokens per shard (default: %(default)s)")
     s.add_argument("--force", action="store_true", help="rebuild even if the folder exists")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.add_argument("--caseops", action="store_true", help="CaseOps tokenizer and shards, val byte sidecar")
     s.set_defaults(fn=_cmd_data_smoke)
 
     e = dsub.add_parser("export", help="JSONL documents -> challenge shards + manifest")
@@ -276,6 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--shard-tokens", type=int, default=10**8, help="tokens per shard (default: %(default)s)")
     e.add_argument("--force", action="store_true", help="replace an existing output folder")
     e.add_argument("--quiet", action="store_true")
+    e.add_argument("--caseops", action="store_true", help="CaseOps-transformed shards + val byte sidecar")
     e.set_defaults(fn=_cmd_data_export)
 
     f = dsub.add_parser("fetch", help="download the official FineWeb shards and tokenizer (needs network)")

@@ -1,6 +1,6 @@
 """Token streams over shard globs, the distributed training loader, and the validation stream.
 
-Same semantics as the challenge baseline's loader (records.md A7): one sequential stream over the
+Same semantics as the challenge baseline's loader (``train_gpt.py``): one sequential stream over the
 sorted shards that wraps around forever; each call takes ``world_size * (local_tokens + 1)`` contiguous
 tokens and rank r keeps span r, so ranks see disjoint data and together cover the stream exactly.
 x and y are the span shifted by one, reshaped to (local_tokens / seq_len, seq_len).
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pgolf_core.data.shards import read_header, read_shard
+from pgolf_core.data.shards import ShardError, read_header, read_shard
 
 
 class TokenStream:
@@ -29,7 +29,10 @@ class TokenStream:
         if not self.files:
             raise FileNotFoundError("TokenStream needs at least one shard")
         if sum(read_header(f).num_tokens for f in self.files) == 0:
-            raise ValueError(f"every shard is empty: {[str(f) for f in self.files]}")
+            names = ", ".join(str(f) for f in self.files)
+            raise ShardError(
+                f"every shard is empty (0 tokens in {len(self.files)} file(s): {names}); re-export the data"
+            )
         self.vocab_size = vocab_size
         self.file_idx, self.pos, self.epoch = 0, 0, 0
         self._tokens = read_shard(self.files[0], vocab_size)
@@ -112,6 +115,23 @@ class DistributedTokenLoader:
         self.stream.load_state_dict(state)
 
 
+def _validation_length(
+    n_tokens: int, seq_len: int, max_tokens: int, files: Sequence[str | os.PathLike]
+) -> int:
+    """Tokens kept of a validation stream of ``n_tokens``: ``k * seq_len + 1``, k >= 1."""
+    usable = ((n_tokens - 1) // seq_len) * seq_len
+    if max_tokens:
+        usable = min(usable, (max_tokens // seq_len) * seq_len)
+    if usable <= 0:
+        names = ", ".join(str(f) for f in files)
+        empty = " (empty)" if n_tokens == 0 else ""
+        raise ShardError(
+            f"validation split ({n_tokens} tokens in {len(files)} shard(s){empty}: {names}) is too short "
+            f"for one {seq_len}-token window" + (f" within val_max_tokens={max_tokens}" if max_tokens else "")
+        )
+    return usable + 1
+
+
 def load_validation_tokens(
     files: Sequence[str | os.PathLike], seq_len: int, max_tokens: int = 0, vocab_size: int | None = None
 ) -> np.ndarray:
@@ -123,12 +143,33 @@ def load_validation_tokens(
     if not files:
         raise FileNotFoundError("no validation shards given")
     tokens = np.concatenate([np.asarray(read_shard(f, vocab_size)) for f in files])
-    usable = ((tokens.size - 1) // seq_len) * seq_len
-    if max_tokens:
-        usable = min(usable, (max_tokens // seq_len) * seq_len)
-    if usable <= 0:
-        raise ValueError(
-            f"validation split ({tokens.size} tokens in {len(files)} shard(s)) is too short for one "
-            f"{seq_len}-token window" + (f" within val_max_tokens={max_tokens}" if max_tokens else "")
-        )
-    return tokens[: usable + 1]
+    return tokens[: _validation_length(tokens.size, seq_len, max_tokens, files)]
+
+
+def load_validation_bytes(
+    files: Sequence[str | os.PathLike], seq_len: int, max_tokens: int = 0
+) -> np.ndarray:
+    """The byte sidecar of CaseOps validation data, aligned with ``load_validation_tokens(files, ...)``:
+    entry i is the number of original UTF-8 bytes token i stands for (uint16, same length).
+
+    ``files`` are the validation token shards; each one's ``fineweb_val_bytes_*.bin`` must exist beside
+    it with the same token count. Score with ``sidecar.target_byte_counts``.
+    """
+    from pgolf_core.data.sidecar import SidecarError, sidecar_path
+
+    if not files:
+        raise FileNotFoundError("no validation shards given")
+    parts = []
+    for f in files:
+        side = sidecar_path(f)
+        if not side.is_file():
+            raise SidecarError(
+                f"{side}: byte sidecar of {Path(f).name} not found; CaseOps bpb needs it (export with "
+                "--caseops or fetch --variant sp8192_caseops)"
+            )
+        n_tok, n_side = read_header(f).num_tokens, read_header(side).num_tokens
+        if n_side != n_tok:
+            raise SidecarError(f"{side}: {n_side:,} byte entries, but {Path(f).name} has {n_tok:,} tokens")
+        parts.append(np.asarray(read_shard(side)))
+    counts = np.concatenate(parts)
+    return counts[: _validation_length(counts.size, seq_len, max_tokens, files)]

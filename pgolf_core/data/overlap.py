@@ -1,4 +1,4 @@
-"""Document overlap between validation and training shards, by hashed token shingles (compliance.md T9).
+"""Document overlap between validation and training shards, by hashed token shingles (check T9).
 
 A shingle is a window of ``k`` consecutive tokens inside one document (no window holds a BOS, so none
 crosses a document boundary). Its hash is the polynomial sum_j t[i+j] * B^j modulo 2^64, computed for
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pgolf_core.challenge import VAL_DOCS
 from pgolf_core.data.shards import read_shard
 
 _BASE = 0x9E3779B97F4A7C15  # odd: invertible modulo 2^64
@@ -164,7 +165,10 @@ def val_train_overlap(
     scanned = hits = 0
     for path in train_files:
         shard = read_shard(path)
-        runs: dict[int, list[tuple[int, int]]] = {}  # alignment p - q -> validation runs found on it
+        # Alignment p - q -> the last validation run found on it. Hits come in increasing p, so along one
+        # alignment in increasing q, and runs are maximal: a hit is either inside the last run or past it.
+        # (Keeping every run and testing them all was quadratic on a copied split: one alignment, 40k runs.)
+        last_run: dict[int, tuple[int, int]] = {}
         for start, piece in _chunks(shard, k):
             if scanned >= budget:
                 break
@@ -178,14 +182,14 @@ def val_train_overlap(
                 p = start + int(pos[i])
                 for q in v_pos[lo[i]:hi[i]]:
                     q = int(q)
-                    on_diagonal = runs.setdefault(p - q, [])
-                    if any(a <= q and q + k <= b for a, b in on_diagonal):
+                    last = last_run.get(p - q)
+                    if last is not None and last[0] <= q and q + k <= last[1]:
                         continue  # a later window of a run already found
                     if not np.array_equal(val[q:q + k], shard[p:p + k]):
                         continue  # a hash collision
                     d = doc[q]
                     a, b = _extend(val, q, (int(starts[d]), int(ends[d])), shard, p)
-                    on_diagonal.append((a, b))
+                    last_run[p - q] = (a, b)
                     covered[a:b] = True
             scanned += max(len(piece) - k + 1, 0)
             if progress is not None:
@@ -208,3 +212,49 @@ def val_train_overlap(
         doc_fraction=fraction,
         doc_tokens={d: int(lengths[d]) for d in fraction},
     )
+
+
+# The known CaseOps leak (#2127): the CaseOps prep script's ``--val-docs`` defaulted to 10,000, so local
+# exports put documents 10,000-49,999 of the canonical 50,000-document validation set into training (in
+# 10^7-token shards: 1,499 of them instead of the canonical export's 80), while runs scored the canonical
+# validation set; 15 of 34 audited CaseOps PRs trained on 80% of it.
+LEAKY_VAL_DOCS = 10_000
+LEAKY_TRAIN_SHARDS = 1499
+_LEAK = (
+    "the known CaseOps leak (#2127): an export with the prep script's old --val-docs 10000 default puts "
+    f"validation documents {LEAKY_VAL_DOCS:,}-{VAL_DOCS - 1:,} into training"
+)
+
+
+def known_leak(
+    report: OverlapReport | None = None,
+    *,
+    train_shards: int | None = None,
+    val_docs: int | None = None,
+    canonical_val_docs: int = VAL_DOCS,
+) -> str | None:
+    """Why this split looks like the #2127 leak, or None. Any one fingerprint suffices:
+
+    - ``train_shards`` == 1,499 (the leaky exports' shard count);
+    - a validation split of 10,000 documents (``val_docs``, or the report's) where the canonical one
+      has ``canonical_val_docs``: its training shards begin at document 10,000;
+    - the scan (``report``) found leaked documents, all at index >= 10,000, and at least half of the
+      testable documents from 10,000 on (a copy of the tail of the canonical split, not boilerplate).
+    """
+    signs = []
+    if train_shards == LEAKY_TRAIN_SHARDS:
+        signs.append(f"{train_shards:,} training shards, the leaky exports' count")
+    docs = val_docs if val_docs is not None else (report.val_docs if report is not None else None)
+    if docs == LEAKY_VAL_DOCS and canonical_val_docs > LEAKY_VAL_DOCS:
+        signs.append(
+            f"a {docs:,}-document validation split where the canonical one has {canonical_val_docs:,}"
+        )
+    leaked = report.leaked if report is not None else []
+    if leaked and leaked[0] >= LEAKY_VAL_DOCS and report.val_docs > LEAKY_VAL_DOCS:
+        testable_tail = (report.val_docs - LEAKY_VAL_DOCS) * report.val_docs_checked / max(report.val_docs, 1)
+        if len(leaked) >= 0.5 * testable_tail:
+            signs.append(
+                f"{len(leaked):,} validation documents found in training, all from document {leaked[0]:,} on "
+                f"and none before {LEAKY_VAL_DOCS:,}"
+            )
+    return f"{_LEAK} ({'; '.join(signs)})" if signs else None

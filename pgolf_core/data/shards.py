@@ -1,4 +1,4 @@
-"""The challenge's token shard format (records.md A1), read and written exactly.
+"""The challenge's token shard format (its ``train_gpt.py`` and data export), read and written exactly.
 
 A shard is a 1024-byte header of 256 little-endian int32 -- [0] magic 20240520, [1] version 1,
 [2] token count, the rest zero -- followed by that many little-endian uint16 token ids. Readers check
@@ -113,8 +113,14 @@ def write_shard(path: str | os.PathLike, tokens: np.ndarray | Sequence[int], voc
 
 
 def list_shards(pattern: str | os.PathLike) -> list[Path]:
-    """Sorted shard paths matching a glob; a clear error when none match."""
-    files = sorted(Path(p) for p in _glob.glob(str(pattern)))
+    """Sorted token shard paths matching a glob; a clear error when none match.
+
+    ``fineweb_val_*.bin`` also matches the byte sidecars ``fineweb_val_bytes_*.bin`` of CaseOps data,
+    which hold byte counts, not tokens: ``*_bytes_*`` files are left out unless the pattern's own file
+    part asks for them.
+    """
+    wants_bytes = "_bytes_" in Path(pattern).name
+    files = sorted(Path(p) for p in _glob.glob(str(pattern)) if wants_bytes or "_bytes_" not in Path(p).name)
     if not files:
         raise FileNotFoundError(f"no shards match {pattern!s}")
     return files

@@ -12,7 +12,7 @@ Documents, in a fixed order before a seeded shuffle:
 Near-duplicates are dropped (longest first, a document goes when 30% of its 16-word shingles are
 already in kept documents): pydoc topics nest (``if`` is a section of ``compound``) and generated
 modules share docstrings (the ``encodings.mac_*`` codecs, ``lib2to3``'s copy of ``tokenize``), and
-without this some validation documents were mostly present in training text (compliance.md T9).
+without this some validation documents were mostly present in training text (the T9 split check).
 
 The corpus depends only on the CPython version; the manifest records its sha256 and the Python version.
 """
@@ -26,16 +26,17 @@ import sys
 import sysconfig
 import time
 from pathlib import Path
-
-import numpy as np
 from pydoc_data import topics as _pydoc_topics
 
+import numpy as np
+
 from pgolf_core.atomic import atomic_write_json
-from pgolf_core.data.overlap import shingle_hashes
 from pgolf_core.data.export import MANIFEST_NAME, export_documents, staged_dir
+from pgolf_core.data.overlap import shingle_hashes
 from pgolf_core.data.tokenizer import train_tokenizer
 
 SMOKE_DIR = Path("data/smoke")
+SMOKE_CASEOPS_DIR = Path("data/smoke_caseops")
 SMOKE_VOCAB = 1024
 SMOKE_VAL_DOCS = 64
 SMOKE_SHARD_TOKENS = 1 << 17  # small shards so multi-shard loading is exercised
@@ -117,14 +118,19 @@ def build_smoke_dataset(
     shard_tokens: int = SMOKE_SHARD_TOKENS,
     overwrite: bool = False,
     progress: bool = True,
+    caseops: bool = False,
 ) -> dict:
-    """Build tokenizer (trained on the training documents only) and shards; returns the manifest."""
+    """Build tokenizer (trained on the training documents only) and shards; returns the manifest.
+
+    ``caseops``: a CaseOps tokenizer and transformed shards with the validation byte sidecar (the
+    conventional folder is ``SMOKE_CASEOPS_DIR``)."""
     t0 = time.perf_counter()
     docs = smoke_documents()
     with staged_dir(out_dir, overwrite=overwrite) as work:
-        model = train_tokenizer(docs[val_docs:], vocab_size, work / "tokenizer")
+        model = train_tokenizer(docs[val_docs:], vocab_size, work / "tokenizer", caseops=caseops)
         manifest = export_documents(
-            docs, model, work, val_docs=val_docs, shard_tokens=shard_tokens, corpus_name="smoke", progress=progress
+            docs, model, work, val_docs=val_docs, shard_tokens=shard_tokens, corpus_name="smoke",
+            progress=progress, caseops=caseops,
         )
         manifest["corpus"]["python"] = sys.version.split()[0]
         manifest["build_seconds"] = round(time.perf_counter() - t0, 2)

@@ -1,4 +1,4 @@
-"""Exact bytes per token and bits per byte, as the challenge counts them (records.md A5).
+"""Exact bytes per token and bits per byte, as the challenge counts them (``eval_val`` in ``train_gpt.py``).
 
 bpb makes scores comparable across tokenizers: it divides the total NLL (in bits) by the number of
 UTF-8 bytes the scored tokens stand for. The byte count of a target token comes from three tables

@@ -157,3 +157,41 @@ def test_a_longer_copy_found_after_a_shorter_one_extends_the_coverage(tmp_path):
     for stride in (1, 16):
         r = val_train_overlap(val, [f], k=64, stride=stride)
         assert r.doc_fraction == {0: 160 / 400} and r.val_tokens_covered == 160 and r.leaked == []
+
+
+@pytest.fixture(scope="module")
+def leaky_caseops_split(tmp_path_factory):
+    """The #2127 shape at full document count: 50,000 short validation documents, of which 10,000-49,999
+    were also exported into training (behind unrelated documents, across 4 shards)."""
+    rng = np.random.default_rng(11)
+    docs = _docs(rng, [20] * 50_000)
+    val = np.concatenate(docs).astype(np.uint16)
+    tail = np.concatenate(_docs(rng, [500] * 20) + docs[10_000:]).astype(np.uint16)
+    out = tmp_path_factory.mktemp("leaky")
+    parts = np.array_split(tail, 4)
+    files = [write_shard(out / f"fineweb_train_{i:06d}.bin", part) for i, part in enumerate(parts)]
+    return val, files
+
+
+def test_t9_recognises_the_known_caseops_leak(leaky_caseops_split, planted):
+    from pgolf_core.data.overlap import known_leak
+
+    val, files = leaky_caseops_split
+    report = val_train_overlap(val, files, k=8, stride=4, min_doc_tokens=16)
+    assert report.val_docs == 50_000 and report.leaked[0] == 10_000 and len(report.leaked) >= 39_990
+    why = known_leak(report, train_shards=len(files))
+    assert why is not None and "the known CaseOps leak (#2127)" in why and "--val-docs 10000" in why
+    assert "validation documents 10,000-49,999 into training" in why
+    found = f"{len(report.leaked):,} validation documents found in training, all from document 10,000 on"
+    assert found in why
+    # The other fingerprints, without a scan: the leaky exports' shard count, a 10,000-document split.
+    assert "1,499 training shards, the leaky exports' count" in known_leak(train_shards=1499)
+    short = "a 10,000-document validation split where the canonical one has 50,000"
+    assert short in known_leak(val_docs=10_000)
+    assert known_leak(train_shards=80, val_docs=50_000) is None
+    # Not this leak: a clean scan, an ordinary copied document, a few late documents.
+    assert known_leak(val_train_overlap(val, files[:0], k=8)) is None
+    assert known_leak(val_train_overlap(*planted[:2], k=64)) is None
+    ten_late_docs = write_shard(files[0].parent / "fineweb_train_few.bin", val[20_000 * 21 : 20_010 * 21])
+    few = val_train_overlap(val, [ten_late_docs], k=8, stride=4, min_doc_tokens=16)
+    assert few.leaked == list(range(20_000, 20_010)) and known_leak(few) is None
