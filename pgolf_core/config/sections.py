@@ -12,7 +12,11 @@ from pgolf_core.challenge import BYTE_CAP, TRAIN_SECONDS, WORLD_SIZE
 from pgolf_core.config.model import ModelConfig
 from pgolf_core.config.section import Section
 
-TOKENIZER_FOR_VARIANT = {"sp1024": "fineweb_1024_bpe.model", "sp8192": "fineweb_8192_bpe.model"}
+TOKENIZER_FOR_VARIANT = {
+    "sp1024": "fineweb_1024_bpe.model",
+    "sp8192": "fineweb_8192_bpe.model",
+    "sp8192_caseops": "fineweb_8192_bpe_lossless_caps_caseops_v1_reserved.model",
+}
 
 
 class DataConfig(Section):
@@ -23,7 +27,15 @@ class DataConfig(Section):
         description="official: the published FineWeb export (pgolf data fetch); smoke: the embedded "
         "smoke corpus (pgolf data smoke); local: any shards you exported (root and tokenizer required)",
     )
-    variant: Literal["sp1024", "sp8192"] = Field("sp1024", description="official export variant")
+    variant: Literal["sp1024", "sp8192", "sp8192_caseops"] = Field(
+        "sp1024", description="official export variant (sp8192_caseops: the canonical CaseOps export, #1729)"
+    )
+    caseops: bool = Field(
+        False,
+        description="CaseOps data (#1729): case-transformed shards and a CaseOps tokenizer (markers at ids "
+        "4-7); bpb over the ORIGINAL bytes from the validation sidecar fineweb_val_bytes_*.bin, not the "
+        "tokenizer byte tables (CaseOps reclaims ~0.005 nats/token, #1736)",
+    )
     root: str | None = Field(None, description="folder with the shards; None derives it from source/variant")
     tokenizer: str | None = Field(
         None, description="SentencePiece .model; None derives it from source/variant"
@@ -37,13 +49,17 @@ class DataConfig(Section):
     def _local_needs_paths(self) -> DataConfig:
         if self.source == "local" and (self.root is None or self.tokenizer is None):
             raise ValueError("data.source 'local' needs both data.root and data.tokenizer")
+        if self.source == "official" and (self.variant == "sp8192_caseops") != self.caseops:
+            raise ValueError(
+                "data.variant 'sp8192_caseops' and data.caseops go together: set both (CaseOps data) or neither"
+            )
         return self
 
     def root_path(self) -> Path:
         if self.root is not None:
             return Path(self.root)
         if self.source == "smoke":
-            return Path("data/smoke")
+            return Path("data/smoke_caseops" if self.caseops else "data/smoke")
         return Path("data/datasets") / f"fineweb10B_{self.variant}"
 
     def tokenizer_path(self) -> Path:
