@@ -123,7 +123,7 @@ class FullStreamModel:
 
 
 class WindowedTorchModel:
-    """A pgolf GPT's log-probabilities from the evaluation's own windows (``pgolf_core.evaluate``).
+    """A pgolf GPT's log-probabilities from the evaluation's own windows (``pgolf_core.eval``).
 
     ``stride == seq_len`` (the default) is standard evaluation (records E1); a smaller stride is the
     sliding window (E2), so the cache mixes with exactly the distributions q_sw scores. Position j is
@@ -141,7 +141,8 @@ class WindowedTorchModel:
     def logprobs(self, tokens: np.ndarray, lo: int, hi: int) -> np.ndarray:
         import torch
 
-        from pgolf_core.evaluate import autocast_context, device_tokens, window_batch, window_plan
+        from pgolf_core.eval import device_tokens, window_batch, window_plan
+        from pgolf_core.runtime import autocast_context
 
         plan = window_plan(int(tokens.size), self.seq_len, self.stride)
         w0, w1 = (int(w) for w in plan.window_of([lo, hi - 1]))

@@ -49,7 +49,7 @@ from pgolf_core.data.shards import list_shards, load_tokens, read_header
 from pgolf_core.data.tokenizer import load_tokenizer
 from pgolf_core.data.tokenizer_bytes import LN2, build_byte_luts
 from pgolf_core.dist import DistInfo, dist_info_from_env
-from pgolf_core.evaluate import (
+from pgolf_core.eval import (
     EvalResult,
     SlidingScorer,
     StandardScorer,

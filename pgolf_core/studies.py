@@ -14,7 +14,7 @@ import numpy as np
 from pgolf_core.compliance import check_artifact_size
 from pgolf_core.config import QuantConfig, RunConfig
 from pgolf_core.data.tokenizer_bytes import LN2
-from pgolf_core.evaluate import EvalResult, stream_byte_counts
+from pgolf_core.eval import EvalResult, stream_byte_counts
 from pgolf_core.notebook import NotebookRun
 from pgolf_core.pipeline import (
     Session,

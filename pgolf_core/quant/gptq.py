@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from pgolf_core.dist import DistInfo
 from pgolf_core.model.gpt import GPT
 from pgolf_core.quant.classify import classify, unwrap
+from pgolf_core.runtime import autocast_context, model_device
 
 
 class Hessians(dict):
@@ -55,7 +56,7 @@ def collect_hessians(
     """
     t0 = time.perf_counter()
     model = unwrap(model)  # hooks must sit on the eager modules, not on a compiled / DDP wrapper
-    device = next(model.parameters()).device
+    device = model_device(model)
     targets = _hook_targets(model)
     sums: dict[str, Tensor] = {}
     rows: dict[str, int] = {}
@@ -87,11 +88,11 @@ def collect_hessians(
     was_training = model.training
     model.eval()
     n_batches = 0
-    use_autocast = device.type == "cuda"  # calibrate with the activations the quantized model is evaluated on
     try:
         for x, _y in batches:
             x = x.to(device, non_blocking=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_autocast):
+            # bf16 on CUDA: calibrate with the activations the quantized model is evaluated on
+            with autocast_context(device):
                 if isinstance(model, GPT):
                     h = model.hidden(x)  # the logits are not needed: skip the vocab projection
                     if tied_name is not None:

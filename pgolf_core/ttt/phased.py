@@ -24,7 +24,7 @@ from torch import nn
 from pgolf_core.config import TTTConfig
 from pgolf_core.data.tokenizer_bytes import ByteLUTs
 from pgolf_core.dist import DistInfo
-from pgolf_core.evaluate import Capture, EvalResult, ScoreSums
+from pgolf_core.eval import Capture, EvalResult, ScoreSums
 from pgolf_core.scoring import ScoreEvents
 from pgolf_core.ttt.common import (
     EvalSpec,

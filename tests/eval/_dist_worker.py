@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from pgolf_core.dist import DistInfo
-from pgolf_core.evaluate import evaluate_sliding
+from pgolf_core.eval import evaluate_sliding
 from pgolf_core.ttt import chunked_ttt, doc_lora_ttt
 from pgolf_core.ttt.common import EvalSpec
 from tests.eval.helpers import doc_stream, luts, random_stream, repetitive_stream, tiny_model, ttt_cfg

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 
 from pgolf_core.data.tokenizer_bytes import stream_bytes
 from pgolf_core.dist import DistInfo
-from pgolf_core.evaluate import (
+from pgolf_core.eval import (
+    EvalResult,
     SlidingScorer,
     StandardScorer,
     evaluate_sliding,
@@ -161,6 +162,25 @@ def test_result_as_dict_is_json_and_streams_are_compact():
     assert res.nll.dtype == np.float32 and res.byte_counts.dtype == np.int16 and res.nll.shape == (70,)
     record = res.stage_record("q_sw", artifact_bytes=123)
     assert record.compliant and record.val_bpb == res.bpb and record.tokens == 69
+
+
+def test_result_from_a_stream_is_the_evaluation_that_produced_the_stream():
+    """EvalResult.from_stream over the per-position NLLs and the stream's bytes reproduces the
+    evaluation's own loss and bpb (the sums differ only in summation order), keeps JSON-scalar info,
+    and refuses an empty stream."""
+    model, tokens = tiny_model(), random_stream(90, seed=2)
+    kw = dict(seq_len=16, stride=4, batch_seqs=3, dist=ONE, device=CPU, return_streams=True)
+    res = evaluate_sliding(model, tokens, luts(), **kw)
+    score = res.stream_score()
+    score.info.update(matched_frac=0.25, weights={"a": 1.0}, table=np.zeros(3))
+    again = EvalResult.from_stream(score, int(res.byte_counts.sum()), seconds=1.5)
+    assert (again.tokens, again.bytes, again.seconds) == (89, res.bytes, 1.5)
+    assert again.loss == pytest.approx(res.loss, rel=1e-12) and again.bpb == pytest.approx(res.bpb, rel=1e-12)
+    assert again.bpb == pytest.approx(again.loss * again.tokens / (math.log(2) * again.bytes), rel=1e-15)
+    assert again.info == {"matched_frac": 0.25, "weights": {"a": 1.0}}
+    score.nll[:] = np.nan
+    with pytest.raises(ValueError, match="no scored position"):
+        EvalResult.from_stream(score, 10, seconds=0.0)
 
 
 @pytest.mark.parametrize("cls,kw", [(StandardScorer, {}), (SlidingScorer, {"stride": 5})])

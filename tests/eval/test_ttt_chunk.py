@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pgolf_core.dist import DistInfo
-from pgolf_core.evaluate import evaluate_sliding, window_plan
+from pgolf_core.eval import evaluate_sliding, window_plan
 from pgolf_core.ttt import ChunkTTTScorer, chunked_ttt
 from pgolf_core.ttt.chunked import chunk_bounds
 from pgolf_core.ttt.common import EvalSpec, cosine_lr, select_parameters
