@@ -3,7 +3,8 @@
 Modules: windows (which windows run, which targets each scores; rank shares; window batches),
 result (``EvalResult``: the bpb formula, built from sums or from a scorer's stream; byte streams),
 bpb (NLL functions, float64 sums, standard / sliding / any-plan evaluation, predictive capture),
-scorers (``Scorer`` adapters over a window plan). Device and autocast helpers: ``pgolf_core.runtime``.
+scorers (``Scorer`` adapters over a window plan), logprobs (models as the n-gram cache reads them:
+``ModelLogprobs`` and its adapters). Device and autocast helpers: ``pgolf_core.runtime``.
 
     res = evaluate_sliding(model, val, luts, seq_len=2048, stride=64, batch_seqs=32, dist=dist, device=dev)
     res.bpb, res.stage_record("q_sw", artifact_bytes=total)
@@ -21,6 +22,14 @@ from pgolf_core.eval.bpb import (
     score_windows,
     torch_luts,
 )
+from pgolf_core.eval.logprobs import (
+    FullStreamModel,
+    ModelLogprobs,
+    ModelScorer,
+    UniformModel,
+    UnigramModel,
+    WindowedTorchModel,
+)
 from pgolf_core.eval.result import EvalResult, stream_byte_counts
 from pgolf_core.eval.scorers import SlidingScorer, StandardScorer, WindowScorer, stream_score_from
 from pgolf_core.eval.windows import WindowPlan, device_tokens, rank_slice, window_batch, window_plan
@@ -28,12 +37,18 @@ from pgolf_core.eval.windows import WindowPlan, device_tokens, rank_slice, windo
 __all__ = [
     "Capture",
     "EvalResult",
+    "FullStreamModel",
+    "ModelLogprobs",
+    "ModelScorer",
     "NllFn",
     "ScoreSums",
     "SlidingScorer",
     "StandardScorer",
+    "UniformModel",
+    "UnigramModel",
     "WindowPlan",
     "WindowScorer",
+    "WindowedTorchModel",
     "device_tokens",
     "evaluate_plan",
     "evaluate_sliding",
