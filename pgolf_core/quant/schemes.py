@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pgolf_core.quant.lqer import lqer_correction
+
 # The challenge baseline's clip quantile (records.md D1): 99.99984th percentile of |w| per row.
 BASELINE_CLIP_Q = 0.9999984
 # Smallest and largest positive fp16 values: a stored scale is never 0 (no division by zero) nor inf.
@@ -197,7 +199,8 @@ def baseline_rows(w: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def baseline_tensor(w: Tensor) -> tuple[Tensor, Tensor]:
-    """The baseline's per-tensor int8 for large non-matrix tensors: one fp32 scale clip/127 (1.0 if clip=0)."""
+    """The baseline's per-tensor int8 for large non-matrix tensors: one fp32 scale clip/127 (1.0 if
+    clip = 0)."""
     w = w.float()
     clip = float(row_quantile(w.abs().reshape(1, -1), BASELINE_CLIP_Q)[0]) if w.numel() else 0.0
     scale = torch.tensor(clip / 127.0 if clip > 0 else 1.0, dtype=torch.float32)
@@ -223,8 +226,6 @@ def dequantize(qt: QTensor) -> Tensor:
     if qt.kind == "row":
         w = dequant_rows(a["q"], a["scale"])
         if "lqer_a" in a:
-            from pgolf_core.quant.lqer import lqer_correction
-
-            w = w + lqer_correction(qt)
+            w = w + lqer_correction(a, int(qt.meta["lqer_group"]))
         return w.to(dtype)
     raise ValueError(f"{qt.name}: unknown stored kind {qt.kind!r}")
