@@ -97,6 +97,29 @@ def clip_sd(w: Tensor, k: float) -> Tensor:
     return k * w.std(dim=1).nan_to_num(0.0)  # a 1-column row has no std: clip 0 (scale floor)
 
 
+CLIP_RULES = ("percentile", "search", "sdclip")
+
+
+def rule_clips(
+    w: Tensor, rule: str, *, percentile: float, sdclip_k: float, search_quantiles: tuple[float, ...]
+) -> list[Tensor]:
+    """The per-row clip candidates a clip rule proposes for a float32 matrix: one for "percentile"
+    (that percentile of |w| per row) and "sdclip" (k * std(row)), one per quantile of
+    ``search_quantiles`` for "search" (the caller keeps the candidate with the lowest error).
+
+    The export (``quantize_rows``) and QAT's fake quantization (``qat.fake_quant``) both take their
+    clips from here, so training sees the grid the artifact will use.
+    """
+    if rule == "percentile":
+        return [clip_percentile(w, percentile)]
+    if rule == "sdclip":
+        return [clip_sd(w, sdclip_k)]
+    if rule == "search":
+        w_abs = w.abs()
+        return [row_quantile(w_abs, q) for q in search_quantiles]
+    raise ValueError(f"unknown clip rule {rule!r}; expected one of {', '.join(CLIP_RULES)}")
+
+
 # --------------------------------------------------------------------------------------------------
 # Per-row intN
 # --------------------------------------------------------------------------------------------------
@@ -159,27 +182,21 @@ def quantize_rows(
     w = w.float()
     qmax = qmax_for(bits)
     meta: dict = {"bits": bits, "clip": clip}
-    if clip == "percentile":
-        scale = row_scales(clip_percentile(w, percentile), qmax)
-        meta["percentile"] = percentile
-    elif clip == "sdclip":
-        scale = row_scales(clip_sd(w, sdclip_k), qmax)
-        meta["sdclip_k"] = sdclip_k
-    elif clip == "search":
-        best = None
-        w_abs = w.abs()
-        for qt in search_quantiles:
-            s = row_scales(row_quantile(w_abs, qt), qmax)
-            q = rounder(w, s, qmax)
-            mse = float((w - dequant_rows(q, s)).square().mean())
-            if best is None or mse < best[0]:
-                best = (mse, qt, q, s)
-        _, qt, q, scale = best
-        meta["quantile"] = qt
-        return q, scale, meta
-    else:
-        raise ValueError(f"unknown clip rule {clip!r}; expected percentile, search or sdclip")
-    return rounder(w, scale, qmax), scale, meta
+    clips = rule_clips(w, clip, percentile=percentile, sdclip_k=sdclip_k, search_quantiles=search_quantiles)
+    if clip != "search":
+        scale = row_scales(clips[0], qmax)
+        meta.update({"percentile": percentile} if clip == "percentile" else {"sdclip_k": sdclip_k})
+        return rounder(w, scale, qmax), scale, meta
+    best = None
+    for qt, c in zip(search_quantiles, clips, strict=True):
+        s = row_scales(c, qmax)
+        q = rounder(w, s, qmax)
+        mse = float((w - dequant_rows(q, s)).square().mean())
+        if best is None or mse < best[0]:
+            best = (mse, qt, q, s)
+    _, qt, q, scale = best
+    meta["quantile"] = qt
+    return q, scale, meta
 
 
 # --------------------------------------------------------------------------------------------------
@@ -187,15 +204,24 @@ def quantize_rows(
 # --------------------------------------------------------------------------------------------------
 
 
-def baseline_rows(w: Tensor) -> tuple[Tensor, Tensor]:
-    """The baseline's per-row int8: clip_r = quantile(|w_r|, 0.9999984); scale_r = max(clip_r/127, 1/127)
-    in fp32 for rounding, stored fp16; q = clamp(round(clip(w)/scale), -127, 127)."""
-    w = w.float()
+def baseline_row_codes(w: Tensor) -> tuple[Tensor, Tensor]:
+    """The baseline's per-row int8 of a float32 matrix, before storage: (q, scale) with q the codes as
+    float32 and scale the fp32 scale per row.
+
+    clip_r = quantile(|w_r|, 0.9999984); scale_r = max(clip_r / 127, 1/127); q = clamp(round(clip(w) /
+    scale), -127, 127). The rounding uses the fp32 scale while the artifact stores its fp16 value, as
+    the baseline does. The export (``baseline_rows``) and QAT (``qat.fake_quant``) both call this.
+    """
     clip = row_quantile(w.abs(), BASELINE_CLIP_Q)
     clipped = torch.maximum(torch.minimum(w, clip[:, None]), -clip[:, None])
     scale = (clip / 127.0).clamp_min(1.0 / 127.0)
-    q = torch.clamp(torch.round(clipped / scale[:, None]), -127, 127).to(torch.int8)
-    return q.contiguous(), scale.to(torch.float16).contiguous()
+    return torch.clamp(torch.round(clipped / scale[:, None]), -127, 127), scale
+
+
+def baseline_rows(w: Tensor) -> tuple[Tensor, Tensor]:
+    """The baseline's per-row int8 as stored: q int8 and the fp16 scale per row (``baseline_row_codes``)."""
+    q, scale = baseline_row_codes(w.float())
+    return q.to(torch.int8).contiguous(), scale.to(torch.float16).contiguous()
 
 
 def baseline_tensor(w: Tensor) -> tuple[Tensor, Tensor]:

@@ -7,6 +7,7 @@ import torch
 
 from pgolf_core.config import QuantConfig
 from pgolf_core.quant import classify
+from pgolf_core.quant.qat import fake_quant
 from pgolf_core.quant.quantize import quantize_state
 from pgolf_core.quant.schemes import (
     baseline_rows,
@@ -119,6 +120,16 @@ def test_clip_search_keeps_the_lowest_mse_candidate():
         others[qt] = float((w - dequant_rows(qq, ss)).square().mean())
     assert chosen == min(others.values()) == others[meta["quantile"]]
     assert meta["quantile"] == 0.9995 and chosen == pytest.approx(0.905 * others[1.0], rel=0.01)
+
+
+def test_an_unknown_clip_rule_is_refused_by_the_export_and_by_qat():
+    """Both users of the clip rules reject a rule they do not know, naming it (QAT used to fall back to
+    the search silently)."""
+    w = heavy_rows(4, 32)
+    with pytest.raises(ValueError, match="unknown clip rule 'median'"):
+        quantize_rows(w, 6, "median")
+    with pytest.raises(ValueError, match="unknown clip rule 'median'"):
+        fake_quant(w, ("rows", 6, "median", 99.9, 12.85, ()))
 
 
 def test_dequantize_restores_the_original_dtype():
