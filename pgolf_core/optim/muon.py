@@ -148,15 +148,15 @@ class Muon(torch.optim.Optimizer):
             raise ValueError(
                 f"bad Muon hyperparameters: lr={lr}, momentum={momentum}, weight_decay={weight_decay}"
             )
-        defaults = dict(
-            lr=lr,
-            momentum=momentum,
-            nesterov=nesterov,
-            backend_steps=backend_steps,
-            coefficients=coefficients,
-            row_norm=row_norm,
-            weight_decay=weight_decay,
-        )
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "nesterov": nesterov,
+            "backend_steps": backend_steps,
+            "coefficients": coefficients,
+            "row_norm": row_norm,
+            "weight_decay": weight_decay,
+        }
         super().__init__(params, defaults)
         for group in self.param_groups:
             ns_coefficients(group["coefficients"], group["backend_steps"])  # fail now, not at step 1

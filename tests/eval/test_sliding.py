@@ -169,7 +169,7 @@ def test_result_from_a_stream_is_the_evaluation_that_produced_the_stream():
     evaluation's own loss and bpb (the sums differ only in summation order), keeps JSON-scalar info,
     and refuses an empty stream."""
     model, tokens = tiny_model(), random_stream(90, seed=2)
-    kw = dict(seq_len=16, stride=4, batch_seqs=3, dist=ONE, device=CPU, return_streams=True)
+    kw = {"seq_len": 16, "stride": 4, "batch_seqs": 3, "dist": ONE, "device": CPU, "return_streams": True}
     res = evaluate_sliding(model, tokens, luts(), **kw)
     score = res.stream_score()
     score.info.update(matched_frac=0.25, weights={"a": 1.0}, table=np.zeros(3))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
+from pgolf_core.config import QuantConfig
 from pgolf_core.quant import collect_hessians
 from pgolf_core.quant.gptq import gptq_quantize, output_error
 from pgolf_core.quant.schemes import clip_percentile, dequant_rows, round_to_nearest, row_scales
@@ -103,3 +106,12 @@ def test_collect_hessians_counts_every_pass_of_a_looped_block():
     model = tiny_model(looping=True, num_loops=1, loop_start=1, loop_end=2)
     hess = collect_hessians(model, [(torch.randint(0, 64, (1, 16)), None)])
     assert hess.rows["blocks.1.mlp.up.weight"] == 32 and hess.rows["blocks.0.mlp.up.weight"] == 16
+
+
+def test_gptq_defaults_are_the_config_defaults():
+    """gptq_quantize's keyword defaults are QuantConfig's gptq_* defaults."""
+    params = inspect.signature(gptq_quantize).parameters
+    q = QuantConfig()
+    assert params["block_size"].default == q.gptq_block_size
+    assert params["damp"].default == q.gptq_damp
+    assert params["act_order"].default == q.gptq_act_order

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
-from pgolf_core.config import QuantConfig
+from pgolf_core.config import QuantConfig, QuantGroupConfig
 from pgolf_core.quant import classify
 from pgolf_core.quant.qat import fake_quant
 from pgolf_core.quant.quantize import quantize_state
@@ -139,3 +141,13 @@ def test_dequantize_restores_the_original_dtype():
     qts, _ = quantize_state(state, QuantConfig(keep_float_max_numel=1000), model=model)
     for qt in qts:
         assert dequantize(qt).dtype == torch.bfloat16
+
+
+def test_quantize_rows_defaults_are_the_config_defaults():
+    """quantize_rows' keyword defaults are QuantGroupConfig's / QuantConfig's, so a call that leaves them
+    out quantizes as a default config does (the two cannot drift apart silently)."""
+    params = inspect.signature(quantize_rows).parameters
+    group, quant = QuantGroupConfig(), QuantConfig()
+    assert params["percentile"].default == group.percentile
+    assert params["sdclip_k"].default == group.sdclip_k
+    assert params["search_quantiles"].default == tuple(quant.search_quantiles)
