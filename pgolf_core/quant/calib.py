@@ -1,7 +1,7 @@
 """Calibration batches for GPTQ: training tokens or text the model writes itself, never validation.
 
-records.md D6: #1394+ take 16-64 training batches (3.5-13 s, inside the reserved training time,
-I.7/#1868); #1019 sampled 64 x 2048 tokens from the trained model (temperature 0.8, first token
+#1394+ take 16-64 training batches (3.5-13 s, inside the reserved training time: calibration counts
+toward the 600 s, #1868); #1019 sampled 64 x 2048 tokens from the trained model (temperature 0.8, first token
 uniform, fixed seed; 196.7 s) so no data is touched after training.
 """
 

@@ -1,10 +1,11 @@
-"""Quantization-aware training: fake quantization with a straight-through estimator (records.md D4).
+"""Quantization-aware training: fake quantization with a straight-through estimator (#549/#1019).
 
 Forward uses w + stopgrad(fq(w) - w), where fq is the export's own round-to-nearest scheme for the
 tensor's group (baseline int8, or per-row intN with its clip rule), so training sees exactly the
 rounding grid the artifact will use; the gradient flows to w unchanged. #549/#1019 switched it on late
 (LR multiplier < 0.15). Their switch was a class attribute that torch.compile constant-folded, so
-late QAT silently never ran (records.md D4, I.4). Here the switch is a per-module *tensor buffer*
+late QAT silently never ran (reported in the README of 2026-03-21_11L_XSA4_EMA_PartialRoPE_LateQAT_1.1248;
+#1218 then dropped QAT for "little or no benefit"). Here the switch is a per-module *tensor buffer*
 multiplying the fake-quant delta: the compiled graph always contains the fake-quant path, flipping
 the buffer changes the output with no recompile, and with the buffer at 0 the forward is bitwise the
 plain linear (w + 0 * d == w). Only the linears are covered; the tied embedding is not fake-quantized

@@ -1,13 +1,13 @@
 """A whole state dict -> stored QTensors (and back), per ``QuantConfig``.
 
-baseline_int8 is the challenge's export exactly (records.md D1): small float tensors (<= 65,536
+baseline_int8 is the challenge's export exactly (2026-03-17_NaiveBaseline): small float tensors (<= 65,536
 elements) kept, fp32 for control tensors (SCALAR role) and fp16 otherwise; 2-D tensors per-row int8
 with the 99.99984th-percentile clip; other large tensors per-tensor int8; non-float unchanged.
 
 groups applies each group's QuantGroupConfig (bits, clip rule, GPTQ) to the 2-D tensors of the
 attention, MLP, embedding and (with quant_gates) gate groups. Small float tensors are all stored fp16,
-control tensors included, as every record after the baseline did (records.md D2). Large tensors of
-the "other" group (BigramHash / value-embedding tables) keep the baseline's int8, as #549 did (D3).
+control tensors included, as every record after the baseline did. Large tensors of the "other" group
+(BigramHash / value-embedding tables) keep the baseline's int8, as #549 did.
 """
 
 from __future__ import annotations
@@ -48,7 +48,12 @@ def _baseline_int8(name: str, t: Tensor, cls: TensorClass) -> QTensor:
     """The challenge's int8: per-row for matrices, one scale for other shapes."""
     kind, (q, s) = ("row", baseline_rows(t)) if t.ndim == 2 else ("tensor", baseline_tensor(t))
     return QTensor(
-        name, kind, cls.group, dtype_name(t.dtype), tuple(t.shape), {"q": q, "scale": s},
+        name,
+        kind,
+        cls.group,
+        dtype_name(t.dtype),
+        tuple(t.shape),
+        {"q": q, "scale": s},
         {"bits": 8, "clip": "baseline"},
     )
 

@@ -3,11 +3,12 @@
 Kinds of stored tensor:
     raw     non-float tensors, stored unchanged
     float   small float tensors cast to a storage dtype (fp16, or fp32 for control tensors in the
-            baseline), restored to the original dtype on load (records.md D1/D2)
+            baseline, 2026-03-17_NaiveBaseline; fp16 for all of them from #549 on), restored to the
+            original dtype on load
     row     per-row symmetric integers q in [-qmax, qmax], one per int8 byte (no bit packing: the entropy
-            coder recovers the unused bits, records.md D3), with one fp16 scale per row; optionally
-            an LQER low-rank correction (lqer.py)
-    tensor  1-D (or >2-D) large float tensors: int8 with one fp32 scale (records.md D1)
+            coder recovers the unused bits, as #549's int6 did), with one fp16 scale per row;
+            optionally an LQER low-rank correction (lqer.py)
+    tensor  1-D (or >2-D) large float tensors: int8 with one fp32 scale (the baseline's)
 
 Dequantization (``dequantize``) is a pure function of the stored arrays, and both the in-memory path
 and the loader call it, so a loaded artifact is bit-identical to the in-memory dequantized weights.
@@ -24,7 +25,7 @@ from torch import Tensor
 
 from pgolf_core.quant.lqer import lqer_correction
 
-# The challenge baseline's clip quantile (records.md D1): 99.99984th percentile of |w| per row.
+# The challenge baseline's clip quantile (2026-03-17_NaiveBaseline): 99.99984th percentile of |w| per row.
 BASELINE_CLIP_Q = 0.9999984
 # Smallest and largest positive fp16 values: a stored scale is never 0 (no division by zero) nor inf.
 _FP16_MIN, _FP16_MAX = 2.0**-24, 65504.0
@@ -92,8 +93,8 @@ def clip_percentile(w: Tensor, percentile: float) -> Tensor:
 
 
 def clip_sd(w: Tensor, k: float) -> Tensor:
-    """SDClip (records.md D8, #1394): clip = k * std(row). Size ~ b - log2(k) bits per weight, so k
-    trades bytes for error directly (1394: int6 k=12.85, int8 k=20 for embeddings)."""
+    """SDClip (#1394): clip = k * std(row). Size ~ b - log2(k) bits per weight, so k trades bytes for
+    error directly (#1394: int6 k=12.85, int8 k=20 for embeddings)."""
     return k * w.std(dim=1).nan_to_num(0.0)  # a 1-column row has no std: clip 0 (scale floor)
 
 
@@ -175,8 +176,8 @@ def quantize_rows(
 
     clip: "percentile" (percentile of |w| per row), "sdclip" (k * std(row)), or "search": try each
     quantile of ``search_quantiles`` as the row clip and keep the one whose whole-matrix reconstruction
-    MSE is lowest (records.md D3, "GPTQ-lite" #374/#549: -0.0006 bpb at zero training cost; like the
-    records' code it picks one quantile per matrix). ``rounder`` is round-to-nearest or GPTQ; with GPTQ
+    MSE is lowest ("GPTQ-lite" #374/#549: -0.0006 bpb at zero training cost; like the records' code it
+    picks one quantile per matrix). ``rounder`` is round-to-nearest or GPTQ; with GPTQ
     the search runs GPTQ once per candidate, as #1019 did.
     """
     w = w.float()
@@ -200,7 +201,7 @@ def quantize_rows(
 
 
 # --------------------------------------------------------------------------------------------------
-# The challenge baseline (records.md D1), exactly
+# The challenge baseline (2026-03-17_NaiveBaseline: 1.2172 -> 1.2244 bpb after int8 + zlib), exactly
 # --------------------------------------------------------------------------------------------------
 
 

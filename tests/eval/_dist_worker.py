@@ -25,13 +25,46 @@ def run_all(dist_info: DistInfo) -> dict[str, np.ndarray]:
     """Sliding evaluation, chunked TTT and document LoRA TTT: loss, bytes and the NLL stream of each."""
     cpu = torch.device("cpu")
     out = {}
-    res = evaluate_sliding(tiny_model(), random_stream(211, seed=7), luts(), dist=dist_info, device=cpu, return_streams=True, **SLIDING)
+    res = evaluate_sliding(
+        tiny_model(),
+        random_stream(211, seed=7),
+        luts(),
+        dist=dist_info,
+        device=cpu,
+        return_streams=True,
+        **SLIDING,
+    )
     out["sliding"] = res
-    out["chunk"] = chunked_ttt(tiny_model(), repetitive_stream(400), luts(), CHUNK_TTT, SPEC, dist=dist_info, device=cpu, return_streams=True)
-    out["lora"] = doc_lora_ttt(tiny_model(), doc_stream(DOC_LENGTHS), luts(), LORA_TTT, SPEC, dist=dist_info, device=cpu, return_streams=True)
+    out["chunk"] = chunked_ttt(
+        tiny_model(),
+        repetitive_stream(400),
+        luts(),
+        CHUNK_TTT,
+        SPEC,
+        dist=dist_info,
+        device=cpu,
+        return_streams=True,
+    )
+    out["lora"] = doc_lora_ttt(
+        tiny_model(),
+        doc_stream(DOC_LENGTHS),
+        luts(),
+        LORA_TTT,
+        SPEC,
+        dist=dist_info,
+        device=cpu,
+        return_streams=True,
+    )
     return {
-        f"{k}_{f}": np.asarray(v) for k, r in out.items()
-        for f, v in (("loss", r.loss), ("bpb", r.bpb), ("tokens", r.tokens), ("bytes", r.bytes), ("nll", r.nll))
+        f"{k}_{f}": np.asarray(v)
+        for k, r in out.items()
+        for f, v in (
+            ("loss", r.loss),
+            ("bpb", r.bpb),
+            ("tokens", r.tokens),
+            ("bytes", r.bytes),
+            ("nll", r.nll),
+        )
     }
 
 

@@ -1,5 +1,5 @@
 """The legal n-gram cache: normalized over the full vocabulary, equal to a slow dict-of-Counters
-reference, updated only after scoring (compliance.md 2.8; style.md G11)."""
+reference, updated only after scoring (the legal shape: context-only rows, score before update)."""
 
 from __future__ import annotations
 

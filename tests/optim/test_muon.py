@@ -1,4 +1,4 @@
-"""Muon at world size 1 against a hand-written reference step (records.md C2, C3)."""
+"""Muon at world size 1 against a hand-written reference step (the baseline's Muon + #1285's row norm)."""
 
 from __future__ import annotations
 

@@ -79,7 +79,8 @@ def test_gptq_act_order_unpermutes_and_zeroes_dead_columns():
 
 
 def test_collect_hessians_equals_explicit_inputs_and_final_norm():
-    """Hooked H = X^T X / rows of each linear's input; the tied embedding's H comes from the final-norm output."""
+    """Hooked H = X^T X / rows of each linear's input; the tied embedding's H comes from the final-norm
+    output."""
     model = tiny_model()
     g = torch.Generator().manual_seed(4)
     batches = [(torch.randint(0, 64, (2, 24), generator=g), None) for _ in range(3)]
@@ -102,7 +103,7 @@ def test_collect_hessians_equals_explicit_inputs_and_final_norm():
 
 
 def test_collect_hessians_counts_every_pass_of_a_looped_block():
-    """Depth recurrence: a block run twice per forward accumulates twice the rows (records.md D6)."""
+    """Depth recurrence: a block run twice per forward accumulates twice the rows (as #1855's hooks do)."""
     model = tiny_model(looping=True, num_loops=1, loop_start=1, loop_end=2)
     hess = collect_hessians(model, [(torch.randint(0, 64, (1, 16)), None)])
     assert hess.rows["blocks.1.mlp.up.weight"] == 32 and hess.rows["blocks.0.mlp.up.weight"] == 16

@@ -1,4 +1,4 @@
-"""LQER (records.md D11): a rank-r correction of the worst tensors, INT2 A / INT4-grouped B."""
+"""LQER (#1797, on in #1851/#1855): a rank-r correction of the worst tensors, INT2 A / INT4-grouped B."""
 
 from __future__ import annotations
 

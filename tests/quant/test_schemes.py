@@ -44,7 +44,8 @@ def test_row_quantile_bitwise_equals_torch_quantile():
 
 
 def test_baseline_values_and_scales_equal_the_challenge_reference():
-    """Per-row and per-tensor int8 codes and scales, fp16/fp32 passthrough: equal to the challenge's export."""
+    """Per-row and per-tensor int8 codes and scales, fp16/fp32 passthrough: equal to the challenge's
+    export."""
     w = heavy_rows(96, 700) * 40  # rows whose clip exceeds 1, so clip/127 (not the 1/127 floor) is the scale
     w[3] *= 1e-3  # a row on the 1/127 floor
     q, s = baseline_rows(w)
@@ -100,12 +101,14 @@ def test_intn_percentile_error_at_most_half_a_step_inside_the_clip(bits):
 
 
 def test_sdclip_clip_is_k_std_and_error_bounded():
-    """SDClip: qmax * scale = k * std(row) up to fp16 rounding; int6 k=12.85 on Gaussian rows, rel. RMS error pinned."""
+    """SDClip: qmax * scale = k * std(row) up to fp16 rounding; int6 k=12.85 on Gaussian rows, rel. RMS
+    error pinned."""
     w = torch.randn(256, 512, generator=torch.Generator().manual_seed(3)) * 0.02
     q, s, meta = quantize_rows(w, 6, "sdclip", sdclip_k=12.85)
     torch.testing.assert_close(s.float() * 31, 12.85 * w.std(dim=1), rtol=1e-3, atol=0)
     rel = float((w - dequant_rows(q, s)).norm() / w.norm())
-    # step = 12.85 sigma / 31 = 0.41 sigma -> RMS error 0.41/sqrt(12) = 0.120 sigma (no clipping at 12.85 sigma)
+    # step = 12.85 sigma / 31 = 0.41 sigma -> RMS error 0.41/sqrt(12) = 0.120 sigma
+    # (no clipping at 12.85 sigma)
     assert rel == pytest.approx(0.1196, rel=0.03)
     assert int(q.abs().max()) <= 31 and meta["sdclip_k"] == 12.85
 
