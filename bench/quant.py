@@ -28,7 +28,7 @@ from pgolf_core.data.shards import list_shards
 from pgolf_core.data.tokenizer import load_tokenizer
 from pgolf_core.data.tokenizer_bytes import build_byte_luts
 from pgolf_core.dist import DistInfo
-from pgolf_core.evaluate import evaluate_standard
+from pgolf_core.eval import evaluate_standard
 from pgolf_core.quant import collect_hessians, format_gap_table, quant_gap, train_calibration_batches
 
 KEEP = 4096  # smoke matrices are 128x128 .. 128x1024: quantize them all

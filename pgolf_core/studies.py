@@ -14,14 +14,13 @@ import numpy as np
 
 from pgolf_core.compliance import check_artifact_size
 from pgolf_core.config import QuantConfig, RunConfig
-from pgolf_core.evaluate import EvalResult, stream_byte_counts
+from pgolf_core.eval import EvalResult, stream_byte_counts
 from pgolf_core.notebook import NotebookRun
 from pgolf_core.pipeline import (
     Session,
     coverage_verdict,
     evaluate_guarded,
     quantize_weights,
-    result_from_nll,
     stage_q,
     stage_q_sw,
     stage_record,
@@ -148,7 +147,7 @@ def ngram_records(
         def evaluate(cfg_v=cfg_v) -> EvalResult:
             t0 = time.perf_counter()
             score = NgramScorer(lm, cfg_v.ngram).score_stream(val)
-            return result_from_nll(score.nll, nbytes, time.perf_counter() - t0)
+            return EvalResult.from_stream(score, nbytes, time.perf_counter() - t0)
 
         res, t6 = evaluate_guarded(sv, evaluate)
         speeds[name] = res.tokens / res.seconds

@@ -45,7 +45,7 @@ from pgolf_core.data.shards import list_shards
 from pgolf_core.data.tokenizer import load_tokenizer
 from pgolf_core.data.tokenizer_bytes import build_byte_luts
 from pgolf_core.dist import DistInfo, dist_info_from_env
-from pgolf_core.evaluate import EvalResult, evaluate_standard, nll_with_temperature
+from pgolf_core.eval import EvalResult, evaluate_standard, nll_with_temperature
 from pgolf_core.model import build_model, count_parameters
 from pgolf_core.optim import EMA, build_optimizers, lr_multiplier, muon_momentum_at
 from pgolf_core.quant import calibration_batches, collect_hessians, qat_due, set_qat

@@ -1,7 +1,8 @@
 """Muon: momentum SGD whose update for each weight matrix is replaced by its nearest semi-orthogonal matrix.
 
-``orthogonalize`` is the Newton-Schulz iteration as a pure function (records.md C2, C4); ``Muon`` is a
-plain ``torch.optim.Optimizer`` that works with or without a process group (style.md G6).
+``orthogonalize`` is the Newton-Schulz iteration as a pure function (the baseline's quintic, or
+#1787's Polar Express); ``Muon`` is a plain ``torch.optim.Optimizer`` that works with or without a
+process group (one code path for 1 and 8 ranks, so the CPU tests exercise the distributed update).
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from torch import Tensor
 
 # (a, b, c) of the quintic X <- aX + (bA + cA^2)X, A = X X^T. The baseline's (and modded-nanogpt's) fixed
 # triple: steep slope at 0 (a = 3.4445) so small singular values grow fast; the price is that the
-# iteration does not converge to 1 but oscillates in a band around it (records.md C2).
+# iteration does not converge to 1 but oscillates in a band around it.
 QUINTIC = (3.4445, -4.7750, 2.0315)
 
 # Polar Express (PR #1344 via #1787/#1851/#1855): one minimax-tuned triple per iteration, used in order.
-# #1787 reports Polar-NS + MIN_LR + sparse gate + fused CE together at -0.00214 bpb vs #1736 (records.md C4).
+# #1787 reports Polar-NS + MIN_LR + sparse gate + fused CE together at -0.00214 bpb vs #1736.
 POLAR_EXPRESS = (
     (8.156554524902461, -22.48329292557795, 15.878769915207462),
     (4.042929935166739, -2.808917465908714, 0.5000178451051316),
@@ -51,7 +52,11 @@ def compute_dtype(device: torch.device) -> torch.dtype:
 
 
 def orthogonalize(
-    G: Tensor, steps: int = 5, coefficients: str = "quintic", eps: float = 1e-7, dtype: torch.dtype | None = None
+    G: Tensor,
+    steps: int = 5,
+    coefficients: str = "quintic",
+    eps: float = 1e-7,
+    dtype: torch.dtype | None = None,
 ) -> Tensor:
     """Approximate the polar factor U V^T of G = U S V^T by a Newton-Schulz iteration (bf16 on GPU).
 
@@ -74,7 +79,7 @@ def orthogonalize(
             f"orthogonalize expects a 2-D matrix or a 3-D batch of them, got shape {tuple(G.shape)}"
         )
     schedule = ns_coefficients(coefficients, steps)
-    # bf16 like the records on GPU: tensor-core speed, and the iteration tolerates its 8-bit mantissa (C2).
+    # bf16 like the records on GPU: tensor-core speed, and the iteration tolerates its 8-bit mantissa.
     X = G.to(dtype or compute_dtype(G.device))
     # Scaling by the Frobenius norm puts every singular value in [0, 1], where the polynomials are tuned.
     X = X / (X.norm(dim=(-2, -1), keepdim=True) + eps)
@@ -92,7 +97,8 @@ def orthogonalize(
 
 
 def muon_scale(shape: torch.Size) -> float:
-    """sqrt(max(1, rows/cols)): keeps the per-entry update RMS of tall matrices comparable (records C2)."""
+    """sqrt(max(1, rows/cols)): keeps the per-entry update RMS of tall matrices comparable (the
+    baseline's scale)."""
     return math.sqrt(max(1.0, shape[-2] / shape[-1]))
 
 
@@ -103,7 +109,8 @@ def _world() -> tuple[int, int]:
 
 
 class Muon(torch.optim.Optimizer):
-    """MomentUm Orthogonalized by Newton-Schulz, as in the challenge baseline (records.md C2, C3).
+    """MomentUm Orthogonalized by Newton-Schulz, as in the challenge baseline (+ #549's decoupled WD, #1285's
+    row norm).
 
     Per weight matrix W with gradient g (already averaged across ranks, e.g. by DDP), each step:
 
@@ -129,7 +136,7 @@ class Muon(torch.optim.Optimizer):
     - A parameter whose ``grad`` is None is left untouched, weight decay included (under DDP every
       rank agrees on which grads are None, which the shared buffer relies on).
 
-    Parameters may be 2-D, or 3-D stacks of equally shaped matrices ("banks", records C5) that are
+    Parameters may be 2-D, or 3-D stacks of equally shaped matrices ("banks", #549 from #399) that are
     orthogonalized slice by slice.
     """
 
@@ -148,15 +155,15 @@ class Muon(torch.optim.Optimizer):
             raise ValueError(
                 f"bad Muon hyperparameters: lr={lr}, momentum={momentum}, weight_decay={weight_decay}"
             )
-        defaults = dict(
-            lr=lr,
-            momentum=momentum,
-            nesterov=nesterov,
-            backend_steps=backend_steps,
-            coefficients=coefficients,
-            row_norm=row_norm,
-            weight_decay=weight_decay,
-        )
+        defaults = {
+            "lr": lr,
+            "momentum": momentum,
+            "nesterov": nesterov,
+            "backend_steps": backend_steps,
+            "coefficients": coefficients,
+            "row_norm": row_norm,
+            "weight_decay": weight_decay,
+        }
         super().__init__(params, defaults)
         for group in self.param_groups:
             ns_coefficients(group["coefficients"], group["backend_steps"])  # fail now, not at step 1
@@ -172,7 +179,7 @@ class Muon(torch.optim.Optimizer):
         g, buf = p.grad, self.state[p]["momentum_buffer"]
         u = g.add(buf, alpha=group["momentum"]) if group["nesterov"] else buf
         if group["row_norm"]:
-            # MuonEq-R (#1285, arXiv:2603.28254): equalize row norms before NS; ~0.001 bpb, zero bytes (C3).
+            # MuonEq-R (#1285, arXiv:2603.28254): equalize row norms before NS; ~0.001 bpb, zero bytes.
             u = u / u.norm(dim=-1, keepdim=True).clamp_min(1e-7)
         u = orthogonalize(u, group["backend_steps"], group["coefficients"])
         return (u * muon_scale(p.shape)).to(compute_dtype(p.device))
@@ -201,7 +208,9 @@ class Muon(torch.optim.Optimizer):
                 updates = [self._direction(p, group) if p.grad is not None else None for p in params]
             else:
                 offsets = [0, *itertools.accumulate(p.numel() for p in params)]
-                flat = torch.zeros(offsets[-1], dtype=compute_dtype(params[0].device), device=params[0].device)
+                flat = torch.zeros(
+                    offsets[-1], dtype=compute_dtype(params[0].device), device=params[0].device
+                )
                 for i, p in enumerate(params):
                     if i % world == rank and p.grad is not None:
                         flat[offsets[i] : offsets[i + 1]] = self._direction(p, group).flatten()

@@ -29,7 +29,6 @@ from pgolf_core.pipeline.session import Session
 from pgolf_core.pipeline.stages import (
     STAGE_FNS,
     StageFn,
-    result_from_nll,
     stage_checkpoint,
     stage_name,
     stage_q,
@@ -64,7 +63,6 @@ __all__ = [
     "probe_config",
     "probe_verdicts",
     "quantize_weights",
-    "result_from_nll",
     "run_stages",
     "stage_checkpoint",
     "stage_name",

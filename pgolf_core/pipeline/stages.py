@@ -18,8 +18,7 @@ import torch.distributed as tdist
 
 from pgolf_core.compliance import check_train_time
 from pgolf_core.config import RunConfig
-from pgolf_core.data.tokenizer_bytes import LN2
-from pgolf_core.evaluate import (
+from pgolf_core.eval import (
     EvalResult,
     SlidingScorer,
     StandardScorer,
@@ -63,21 +62,6 @@ def standard_eval(ctx: Session, model) -> EvalResult:
 def standard_scorer(ctx: Session, model) -> Callable[[], Scorer]:
     """The scorer of ``standard_eval``, for the probe checks."""
     return lambda: StandardScorer(model, seq_len=ctx.cfg.eval_seq_len, temperature=ctx.cfg.eval.temperature)
-
-
-def result_from_nll(nll: np.ndarray, nbytes: int, seconds: float, info: dict | None = None) -> EvalResult:
-    """An evaluation from a per-position NLL stream (nan where nothing is scored) and the bytes its
-    targets stand for."""
-    loss_sum = float(np.nansum(nll))
-    n = int(np.count_nonzero(~np.isnan(nll)))
-    return EvalResult(
-        loss=loss_sum / n,
-        bpb=loss_sum / (LN2 * nbytes),
-        tokens=n,
-        bytes=nbytes,
-        seconds=seconds,
-        info=dict(info or {}),
-    )
 
 
 def stage_checkpoint(ctx: Session, weights: StageWeights, name: str) -> StageRecord:
@@ -165,8 +149,7 @@ def stage_q_ngram(ctx: Session, weights: StageWeights, name: str) -> StageRecord
         t0 = time.perf_counter()
         score = make_scorer().score_stream(np.asarray(ctx.val, dtype=np.int64))
         nbytes = int(stream_byte_counts(ctx.val, ctx.luts).sum())
-        info = {k: v for k, v in score.info.items() if isinstance(v, (int, float, str, dict))}
-        return result_from_nll(score.nll, nbytes, time.perf_counter() - t0, info)
+        return EvalResult.from_stream(score, nbytes, time.perf_counter() - t0)
 
     rec = None
     if ctx.dist.is_main:

@@ -18,7 +18,7 @@ from pgolf_core.compliance import (
 )
 from pgolf_core.config import DataConfig, RunConfig
 from pgolf_core.data.shards import list_shards, load_tokens, read_header
-from pgolf_core.evaluate import EvalResult
+from pgolf_core.eval import EvalResult
 from pgolf_core.scoring import Scorer
 from pgolf_core.stages import StageRecord, Verdict
 

@@ -1,7 +1,7 @@
 """Calibration batches for GPTQ: training tokens or text the model writes itself, never validation.
 
-records.md D6: #1394+ take 16-64 training batches (3.5-13 s, inside the reserved training time,
-I.7/#1868); #1019 sampled 64 x 2048 tokens from the trained model (temperature 0.8, first token
+#1394+ take 16-64 training batches (3.5-13 s, inside the reserved training time: calibration counts
+toward the 600 s, #1868); #1019 sampled 64 x 2048 tokens from the trained model (temperature 0.8, first token
 uniform, fixed seed; 196.7 s) so no data is touched after training.
 """
 
@@ -16,6 +16,7 @@ from pgolf_core.config import RunConfig
 from pgolf_core.data.loader import DistributedTokenLoader
 from pgolf_core.data.shards import list_shards
 from pgolf_core.dist import DistInfo
+from pgolf_core.runtime import autocast_context, model_device
 
 
 def train_calibration_batches(
@@ -60,7 +61,7 @@ def self_generated_batches(
     seed per rank. Full-prefix recomputation (no KV cache): simple, and the cost is paid once.
     """
     dist = dist or DistInfo()
-    device = next(model.parameters()).device
+    device = model_device(model)
     mine = range(dist.rank, n_seqs, dist.world_size)
     gen = torch.Generator(device=device).manual_seed(seed * 1000003 + dist.rank)
     was_training = model.training
@@ -72,7 +73,7 @@ def self_generated_batches(
             n = len(idx[b0 : b0 + batch_size])
             seq = torch.randint(0, vocab_size, (n, 1), generator=gen, device=device)
             for _ in range(seq_len):
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                with autocast_context(device):
                     logits = model(seq)[:, -1].float()
                 probs = torch.softmax(logits / temperature, dim=-1)
                 seq = torch.cat([seq, torch.multinomial(probs, 1, generator=gen)], dim=1)

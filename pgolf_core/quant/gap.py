@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from pgolf_core.config import QuantConfig, RunConfig
-from pgolf_core.evaluate import EvalResult
+from pgolf_core.eval import EvalResult
 from pgolf_core.model import build_model
 from pgolf_core.quant.artifact import build_artifact, load_artifact
 from pgolf_core.quant.gptq import Hessians, collect_hessians

@@ -1,16 +1,18 @@
-"""LQER: a low-rank correction of the quantization error of the worst tensors (records.md D11, #1797).
+"""LQER: a low-rank correction of the quantization error, as pure tensor math (#1797).
 
 Used by #1851/#1855 (default on there): after GPTQ, the K tensors with the largest ||W - W^||_F get a
 rank-r correction W ~ W^ + A B, packed asymmetrically so the factors cost almost nothing: A in INT2
-with one scale per matrix, B in INT4 with one fp16 scale per group of 64 elements.
+with one scale per matrix, B in INT4 with one fp16 scale per group of 64 elements. ``lqer_factors``
+packs an error matrix, ``lqer_correction`` unpacks the stored arrays; which tensors get a correction
+is decided on the whole state dict (``pgolf_core.quant.quantize.apply_lqer``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import Tensor
-
-from pgolf_core.quant.schemes import QTensor, dequant_rows
 
 # INT2 A: codes {-2, -1, 0, 1}, scale = max|A| / 1.5; INT4 B: codes [-8, 7], scale = group max / 7.5.
 A_LO, A_HI, A_DIV = -2, 1, 1.5
@@ -47,36 +49,13 @@ def lqer_factors(err: Tensor, rank: int, group: int) -> dict[str, Tensor]:
     }
 
 
-def lqer_correction(qt: QTensor) -> Tensor:
-    """A^ B^ (fp32, the tensor's shape) from the stored LQER arrays of ``qt``."""
-    a = qt.arrays
-    a_hat = a["lqer_a"].float() * a["lqer_a_scale"]
-    qb = a["lqer_b"]
-    group = int(qt.meta["lqer_group"])
+def lqer_correction(arrays: Mapping[str, Tensor], group: int) -> Tensor:
+    """A^ B^ (fp32, rows x cols) from the stored LQER arrays (the keys ``lqer_factors`` returns), whose
+    B factor was packed in groups of ``group`` elements."""
+    a_hat = arrays["lqer_a"].float() * arrays["lqer_a_scale"]
+    qb = arrays["lqer_b"]
     flat = qb.reshape(-1).float()
     pad = (-flat.numel()) % group
-    groups = torch.cat([flat, flat.new_zeros(pad)]).view(-1, group) * a["lqer_b_scale"].float()[:, None]
+    groups = torch.cat([flat, flat.new_zeros(pad)]).view(-1, group) * arrays["lqer_b_scale"].float()[:, None]
     b_hat = groups.reshape(-1)[: flat.numel()].view_as(qb)
     return a_hat @ b_hat
-
-
-def apply_lqer(
-    qts: list[QTensor], originals: dict[str, Tensor], top_k: int, rank: int, group: int
-) -> list[str]:
-    """Add LQER factors to the ``top_k`` per-row-quantized tensors with the largest ||W - W^||_F.
-
-    Candidates are the tensors of the quantization groups (attn, mlp, embed, gate) stored per row; the
-    "other" group keeps the plain baseline int8. Returns the names corrected, worst first.
-    """
-    errs = []
-    for qt in qts:
-        if qt.kind == "row" and qt.group != "other":
-            e = originals[qt.name].float() - dequant_rows(qt.arrays["q"], qt.arrays["scale"])
-            errs.append((float(e.norm()), qt, e))
-    errs.sort(key=lambda t: -t[0])
-    done = []
-    for norm, qt, e in errs[:top_k]:
-        qt.arrays.update(lqer_factors(e, rank, group))
-        qt.meta.update(lqer_rank=int(qt.arrays["lqer_a"].shape[1]), lqer_group=group, lqer_err_before=norm)
-        done.append(qt.name)
-    return done

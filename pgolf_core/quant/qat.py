@@ -1,10 +1,11 @@
-"""Quantization-aware training: fake quantization with a straight-through estimator (records.md D4).
+"""Quantization-aware training: fake quantization with a straight-through estimator (#549/#1019).
 
 Forward uses w + stopgrad(fq(w) - w), where fq is the export's own round-to-nearest scheme for the
 tensor's group (baseline int8, or per-row intN with its clip rule), so training sees exactly the
 rounding grid the artifact will use; the gradient flows to w unchanged. #549/#1019 switched it on late
 (LR multiplier < 0.15). Their switch was a class attribute that torch.compile constant-folded, so
-late QAT silently never ran (records.md D4, I.4). Here the switch is a per-module *tensor buffer*
+late QAT silently never ran (reported in the README of 2026-03-21_11L_XSA4_EMA_PartialRoPE_LateQAT_1.1248;
+#1218 then dropped QAT for "little or no benefit"). Here the switch is a per-module *tensor buffer*
 multiplying the fake-quant delta: the compiled graph always contains the fake-quant path, flipping
 the buffer changes the output with no recompile, and with the buffer at 0 the forward is bitwise the
 plain linear (w + 0 * d == w). Only the linears are covered; the tied embedding is not fake-quantized
@@ -24,14 +25,12 @@ from torch import Tensor, nn
 from pgolf_core.config import QuantConfig
 from pgolf_core.quant.classify import classify, unwrap
 from pgolf_core.quant.schemes import (
-    BASELINE_CLIP_Q,
-    clip_percentile,
-    clip_sd,
+    baseline_row_codes,
     fp16_round,
     qmax_for,
     round_to_nearest,
-    row_quantile,
     row_scales_fp32,
+    rule_clips,
 )
 
 
@@ -42,28 +41,20 @@ def fake_quant(w: Tensor, spec: tuple) -> Tensor:
     """
     w = w.detach().float()
     if spec[0] == "baseline":
-        clip = row_quantile(w.abs(), BASELINE_CLIP_Q)
-        scale = (clip / 127.0).clamp_min(1.0 / 127.0)
-        clipped = torch.maximum(torch.minimum(w, clip[:, None]), -clip[:, None])
-        q = torch.clamp(torch.round(clipped / scale[:, None]), -127, 127)
-        return q * fp16_round(scale)[:, None]
+        q, scale = baseline_row_codes(w)
+        return q * fp16_round(scale)[:, None]  # the stored fp16 scale, rounded without a dtype trip
     _, bits, clip_rule, percentile, k, quantiles = spec
     qmax = qmax_for(bits)
+    clips = rule_clips(w, clip_rule, percentile=percentile, sdclip_k=k, search_quantiles=quantiles)
     # fp32 scales holding fp16 values (row_scales_fp32): exact under Inductor too, see fp16_round
-    if clip_rule == "percentile":
-        scale = row_scales_fp32(clip_percentile(w, percentile), qmax)
-    elif clip_rule == "sdclip":
-        scale = row_scales_fp32(clip_sd(w, k), qmax)
-    else:  # search: every candidate, keep the lowest whole-matrix MSE (tensor ops only: no graph break)
-        w_abs = w.abs()
-        deqs = []
-        for qt in quantiles:
-            s = row_scales_fp32(row_quantile(w_abs, qt), qmax)
-            deqs.append(round_to_nearest(w, s, qmax).float() * s[:, None])
-        stacked = torch.stack(deqs)
-        best = (stacked - w).square().mean(dim=(1, 2)).argmin()
-        return stacked.index_select(0, best.view(1))[0]  # tensor index: no data-dependent graph break
-    return round_to_nearest(w, scale, qmax).float() * scale[:, None]
+    scales = [row_scales_fp32(c, qmax) for c in clips]
+    if clip_rule != "search":
+        return round_to_nearest(w, scales[0], qmax).float() * scales[0][:, None]
+    # search: every candidate, keep the lowest whole-matrix MSE as the export does, in tensor ops only
+    # (the export compares Python floats, which would break the compiled graph)
+    stacked = torch.stack([round_to_nearest(w, s, qmax).float() * s[:, None] for s in scales])
+    best = (stacked - w).square().mean(dim=(1, 2)).argmin()
+    return stacked.index_select(0, best.view(1))[0]  # tensor index: no data-dependent graph break
 
 
 class QATLinear(nn.Linear):

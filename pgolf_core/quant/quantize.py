@@ -1,13 +1,13 @@
 """A whole state dict -> stored QTensors (and back), per ``QuantConfig``.
 
-baseline_int8 is the challenge's export exactly (records.md D1): small float tensors (<= 65,536
+baseline_int8 is the challenge's export exactly (2026-03-17_NaiveBaseline): small float tensors (<= 65,536
 elements) kept, fp32 for control tensors (SCALAR role) and fp16 otherwise; 2-D tensors per-row int8
 with the 99.99984th-percentile clip; other large tensors per-tensor int8; non-float unchanged.
 
 groups applies each group's QuantGroupConfig (bits, clip rule, GPTQ) to the 2-D tensors of the
 attention, MLP, embedding and (with quant_gates) gate groups. Small float tensors are all stored fp16,
-control tensors included, as every record after the baseline did (records.md D2). Large tensors of
-the "other" group (BigramHash / value-embedding tables) keep the baseline's int8, as #549 did (D3).
+control tensors included, as every record after the baseline did. Large tensors of the "other" group
+(BigramHash / value-embedding tables) keep the baseline's int8, as #549 did.
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ from torch import Tensor, nn
 from pgolf_core.config import QuantConfig, QuantGroupConfig
 from pgolf_core.quant.classify import TensorClass, resolve_state
 from pgolf_core.quant.gptq import gptq_quantize
-from pgolf_core.quant.lqer import apply_lqer
+from pgolf_core.quant.lqer import lqer_factors
 from pgolf_core.quant.schemes import (
     QTensor,
     baseline_rows,
     baseline_tensor,
+    dequant_rows,
     dequantize,
     dtype_name,
     quantize_rows,
@@ -47,7 +48,12 @@ def _baseline_int8(name: str, t: Tensor, cls: TensorClass) -> QTensor:
     """The challenge's int8: per-row for matrices, one scale for other shapes."""
     kind, (q, s) = ("row", baseline_rows(t)) if t.ndim == 2 else ("tensor", baseline_tensor(t))
     return QTensor(
-        name, kind, cls.group, dtype_name(t.dtype), tuple(t.shape), {"q": q, "scale": s},
+        name,
+        kind,
+        cls.group,
+        dtype_name(t.dtype),
+        tuple(t.shape),
+        {"q": q, "scale": s},
         {"bits": 8, "clip": "baseline"},
     )
 
@@ -107,6 +113,28 @@ def _quantize_one(
     return _baseline_int8(name, t, cls)
 
 
+def apply_lqer(
+    qts: list[QTensor], originals: Mapping[str, Tensor], top_k: int, rank: int, group: int
+) -> list[str]:
+    """Add LQER factors to the ``top_k`` per-row-quantized tensors with the largest ||W - W^||_F.
+
+    Candidates are the tensors of the quantization groups (attn, mlp, embed, gate) stored per row; the
+    "other" group keeps the plain baseline int8. Returns the names corrected, worst first.
+    """
+    errs = []
+    for qt in qts:
+        if qt.kind == "row" and qt.group != "other":
+            e = originals[qt.name].float() - dequant_rows(qt.arrays["q"], qt.arrays["scale"])
+            errs.append((float(e.norm()), qt, e))
+    errs.sort(key=lambda t: -t[0])
+    done = []
+    for norm, qt, e in errs[:top_k]:
+        qt.arrays.update(lqer_factors(e, rank, group))
+        qt.meta.update(lqer_rank=int(qt.arrays["lqer_a"].shape[1]), lqer_group=group, lqer_err_before=norm)
+        done.append(qt.name)
+    return done
+
+
 def quantize_state(
     model_or_state: nn.Module | Mapping[str, Tensor],
     qcfg: QuantConfig,
@@ -157,7 +185,8 @@ def dequantized_state(
     *,
     model: nn.Module | None = None,
 ) -> dict[str, Tensor]:
-    """The weights after quantize -> dequantize, in memory (what ``load_artifact`` must reproduce bit for bit)."""
+    """The weights after quantize -> dequantize, in memory (what ``load_artifact`` must reproduce bit
+    for bit)."""
     qts, _ = quantize_state(model_or_state, qcfg, model=model, hessians=hessians)
     return dequantize_all(qts)
 

@@ -3,11 +3,12 @@
 Kinds of stored tensor:
     raw     non-float tensors, stored unchanged
     float   small float tensors cast to a storage dtype (fp16, or fp32 for control tensors in the
-            baseline), restored to the original dtype on load (records.md D1/D2)
+            baseline, 2026-03-17_NaiveBaseline; fp16 for all of them from #549 on), restored to the
+            original dtype on load
     row     per-row symmetric integers q in [-qmax, qmax], one per int8 byte (no bit packing: the entropy
-            coder recovers the unused bits, records.md D3), with one fp16 scale per row; optionally
-            an LQER low-rank correction (lqer.py)
-    tensor  1-D (or >2-D) large float tensors: int8 with one fp32 scale (records.md D1)
+            coder recovers the unused bits, as #549's int6 did), with one fp16 scale per row;
+            optionally an LQER low-rank correction (lqer.py)
+    tensor  1-D (or >2-D) large float tensors: int8 with one fp32 scale (the baseline's)
 
 Dequantization (``dequantize``) is a pure function of the stored arrays, and both the in-memory path
 and the loader call it, so a loaded artifact is bit-identical to the in-memory dequantized weights.
@@ -22,7 +23,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-# The challenge baseline's clip quantile (records.md D1): 99.99984th percentile of |w| per row.
+from pgolf_core.quant.lqer import lqer_correction
+
+# The challenge baseline's clip quantile (2026-03-17_NaiveBaseline): 99.99984th percentile of |w| per row.
 BASELINE_CLIP_Q = 0.9999984
 # Smallest and largest positive fp16 values: a stored scale is never 0 (no division by zero) nor inf.
 _FP16_MIN, _FP16_MAX = 2.0**-24, 65504.0
@@ -90,9 +93,32 @@ def clip_percentile(w: Tensor, percentile: float) -> Tensor:
 
 
 def clip_sd(w: Tensor, k: float) -> Tensor:
-    """SDClip (records.md D8, #1394): clip = k * std(row). Size ~ b - log2(k) bits per weight, so k
-    trades bytes for error directly (1394: int6 k=12.85, int8 k=20 for embeddings)."""
+    """SDClip (#1394): clip = k * std(row). Size ~ b - log2(k) bits per weight, so k trades bytes for
+    error directly (#1394: int6 k=12.85, int8 k=20 for embeddings)."""
     return k * w.std(dim=1).nan_to_num(0.0)  # a 1-column row has no std: clip 0 (scale floor)
+
+
+CLIP_RULES = ("percentile", "search", "sdclip")
+
+
+def rule_clips(
+    w: Tensor, rule: str, *, percentile: float, sdclip_k: float, search_quantiles: tuple[float, ...]
+) -> list[Tensor]:
+    """The per-row clip candidates a clip rule proposes for a float32 matrix: one for "percentile"
+    (that percentile of |w| per row) and "sdclip" (k * std(row)), one per quantile of
+    ``search_quantiles`` for "search" (the caller keeps the candidate with the lowest error).
+
+    The export (``quantize_rows``) and QAT's fake quantization (``qat.fake_quant``) both take their
+    clips from here, so training sees the grid the artifact will use.
+    """
+    if rule == "percentile":
+        return [clip_percentile(w, percentile)]
+    if rule == "sdclip":
+        return [clip_sd(w, sdclip_k)]
+    if rule == "search":
+        w_abs = w.abs()
+        return [row_quantile(w_abs, q) for q in search_quantiles]
+    raise ValueError(f"unknown clip rule {rule!r}; expected one of {', '.join(CLIP_RULES)}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -150,54 +176,58 @@ def quantize_rows(
 
     clip: "percentile" (percentile of |w| per row), "sdclip" (k * std(row)), or "search": try each
     quantile of ``search_quantiles`` as the row clip and keep the one whose whole-matrix reconstruction
-    MSE is lowest (records.md D3, "GPTQ-lite" #374/#549: -0.0006 bpb at zero training cost; like the
-    records' code it picks one quantile per matrix). ``rounder`` is round-to-nearest or GPTQ; with GPTQ
+    MSE is lowest ("GPTQ-lite" #374/#549: -0.0006 bpb at zero training cost; like the records' code it
+    picks one quantile per matrix). ``rounder`` is round-to-nearest or GPTQ; with GPTQ
     the search runs GPTQ once per candidate, as #1019 did.
     """
     w = w.float()
     qmax = qmax_for(bits)
     meta: dict = {"bits": bits, "clip": clip}
-    if clip == "percentile":
-        scale = row_scales(clip_percentile(w, percentile), qmax)
-        meta["percentile"] = percentile
-    elif clip == "sdclip":
-        scale = row_scales(clip_sd(w, sdclip_k), qmax)
-        meta["sdclip_k"] = sdclip_k
-    elif clip == "search":
-        best = None
-        w_abs = w.abs()
-        for qt in search_quantiles:
-            s = row_scales(row_quantile(w_abs, qt), qmax)
-            q = rounder(w, s, qmax)
-            mse = float((w - dequant_rows(q, s)).square().mean())
-            if best is None or mse < best[0]:
-                best = (mse, qt, q, s)
-        _, qt, q, scale = best
-        meta["quantile"] = qt
-        return q, scale, meta
-    else:
-        raise ValueError(f"unknown clip rule {clip!r}; expected percentile, search or sdclip")
-    return rounder(w, scale, qmax), scale, meta
+    clips = rule_clips(w, clip, percentile=percentile, sdclip_k=sdclip_k, search_quantiles=search_quantiles)
+    if clip != "search":
+        scale = row_scales(clips[0], qmax)
+        meta.update({"percentile": percentile} if clip == "percentile" else {"sdclip_k": sdclip_k})
+        return rounder(w, scale, qmax), scale, meta
+    best = None
+    for qt, c in zip(search_quantiles, clips, strict=True):
+        s = row_scales(c, qmax)
+        q = rounder(w, s, qmax)
+        mse = float((w - dequant_rows(q, s)).square().mean())
+        if best is None or mse < best[0]:
+            best = (mse, qt, q, s)
+    _, qt, q, scale = best
+    meta["quantile"] = qt
+    return q, scale, meta
 
 
 # --------------------------------------------------------------------------------------------------
-# The challenge baseline (records.md D1), exactly
+# The challenge baseline (2026-03-17_NaiveBaseline: 1.2172 -> 1.2244 bpb after int8 + zlib), exactly
 # --------------------------------------------------------------------------------------------------
 
 
-def baseline_rows(w: Tensor) -> tuple[Tensor, Tensor]:
-    """The baseline's per-row int8: clip_r = quantile(|w_r|, 0.9999984); scale_r = max(clip_r/127, 1/127)
-    in fp32 for rounding, stored fp16; q = clamp(round(clip(w)/scale), -127, 127)."""
-    w = w.float()
+def baseline_row_codes(w: Tensor) -> tuple[Tensor, Tensor]:
+    """The baseline's per-row int8 of a float32 matrix, before storage: (q, scale) with q the codes as
+    float32 and scale the fp32 scale per row.
+
+    clip_r = quantile(|w_r|, 0.9999984); scale_r = max(clip_r / 127, 1/127); q = clamp(round(clip(w) /
+    scale), -127, 127). The rounding uses the fp32 scale while the artifact stores its fp16 value, as
+    the baseline does. The export (``baseline_rows``) and QAT (``qat.fake_quant``) both call this.
+    """
     clip = row_quantile(w.abs(), BASELINE_CLIP_Q)
     clipped = torch.maximum(torch.minimum(w, clip[:, None]), -clip[:, None])
     scale = (clip / 127.0).clamp_min(1.0 / 127.0)
-    q = torch.clamp(torch.round(clipped / scale[:, None]), -127, 127).to(torch.int8)
-    return q.contiguous(), scale.to(torch.float16).contiguous()
+    return torch.clamp(torch.round(clipped / scale[:, None]), -127, 127), scale
+
+
+def baseline_rows(w: Tensor) -> tuple[Tensor, Tensor]:
+    """The baseline's per-row int8 as stored: q int8 and the fp16 scale per row (``baseline_row_codes``)."""
+    q, scale = baseline_row_codes(w.float())
+    return q.to(torch.int8).contiguous(), scale.to(torch.float16).contiguous()
 
 
 def baseline_tensor(w: Tensor) -> tuple[Tensor, Tensor]:
-    """The baseline's per-tensor int8 for large non-matrix tensors: one fp32 scale clip/127 (1.0 if clip=0)."""
+    """The baseline's per-tensor int8 for large non-matrix tensors: one fp32 scale clip/127 (1.0 if
+    clip = 0)."""
     w = w.float()
     clip = float(row_quantile(w.abs().reshape(1, -1), BASELINE_CLIP_Q)[0]) if w.numel() else 0.0
     scale = torch.tensor(clip / 127.0 if clip > 0 else 1.0, dtype=torch.float32)
@@ -223,8 +253,6 @@ def dequantize(qt: QTensor) -> Tensor:
     if qt.kind == "row":
         w = dequant_rows(a["q"], a["scale"])
         if "lqer_a" in a:
-            from pgolf_core.quant.lqer import lqer_correction
-
-            w = w + lqer_correction(qt)
+            w = w + lqer_correction(a, int(qt.meta["lqer_group"]))
         return w.to(dtype)
     raise ValueError(f"{qt.name}: unknown stored kind {qt.kind!r}")

@@ -26,7 +26,7 @@ from dataclasses import replace
 from torch import nn
 
 from pgolf_core.config import RunConfig
-from pgolf_core.evaluate import EvalResult, SlidingScorer, StandardScorer, evaluate_sliding
+from pgolf_core.eval import EvalResult, SlidingScorer, StandardScorer, evaluate_sliding
 from pgolf_core.scoring import Scorer
 from pgolf_core.ttt.chunked import ChunkTTTScorer, chunked_ttt
 from pgolf_core.ttt.common import EvalSpec, TTTInputs

@@ -27,19 +27,18 @@ from torch import nn
 from pgolf_core.config import RunConfig, TTTConfig
 from pgolf_core.data.tokenizer_bytes import ByteLUTs
 from pgolf_core.dist import DistInfo
-from pgolf_core.evaluate import (
+from pgolf_core.eval import (
     Capture,
     EvalResult,
     NllFn,
     ScoreSums,
-    autocast_context,
     device_tokens,
-    model_device,
     rank_slice,
     stream_score_from,
     torch_luts,
     window_batch,
 )
+from pgolf_core.runtime import autocast_context, model_device
 from pgolf_core.scoring import ScoreEvents, Scorer, StreamScore
 
 

@@ -34,13 +34,13 @@ from pgolf_core.config import TTTConfig
 from pgolf_core.data.tokenizer import BOS_ID
 from pgolf_core.data.tokenizer_bytes import ByteLUTs, token_bytes
 from pgolf_core.dist import DistInfo
-from pgolf_core.evaluate import (
+from pgolf_core.eval import (
     Capture,
     EvalResult,
     ScoreSums,
-    autocast_context,
     window_batch,
 )
+from pgolf_core.runtime import autocast_context
 from pgolf_core.scoring import ScoreEvents
 from pgolf_core.ttt.common import EvalSpec, Timer, TTTInputs, TTTScorer, Work, build_optimizer, freeze, start
 from pgolf_core.ttt.lora import LoRASet

@@ -23,7 +23,7 @@ from torch import nn
 
 from pgolf_core.config import TTTConfig
 from pgolf_core.dist import DistInfo
-from pgolf_core.evaluate import EvalResult
+from pgolf_core.eval import EvalResult
 from pgolf_core.scoring import ScoreEvents
 from pgolf_core.ttt.common import (
     EvalSpec,

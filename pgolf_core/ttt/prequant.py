@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 
-from pgolf_core.evaluate import (
+from pgolf_core.eval import (
     EvalResult,
     rank_slice,
     resolve_nll,

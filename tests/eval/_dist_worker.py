@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from pgolf_core.dist import DistInfo
-from pgolf_core.evaluate import evaluate_sliding
+from pgolf_core.eval import evaluate_sliding
 from pgolf_core.ttt import TTTInputs, chunked_ttt, doc_lora_ttt
 from pgolf_core.ttt.common import EvalSpec
 from tests.eval.helpers import doc_stream, luts, random_stream, repetitive_stream, tiny_model, ttt_cfg
@@ -25,7 +25,15 @@ def run_all(dist_info: DistInfo) -> dict[str, np.ndarray]:
     """Sliding evaluation, chunked TTT and document LoRA TTT: loss, bytes and the NLL stream of each."""
     cpu = torch.device("cpu")
     out = {}
-    res = evaluate_sliding(tiny_model(), random_stream(211, seed=7), luts(), dist=dist_info, device=cpu, return_streams=True, **SLIDING)
+    res = evaluate_sliding(
+        tiny_model(),
+        random_stream(211, seed=7),
+        luts(),
+        dist=dist_info,
+        device=cpu,
+        return_streams=True,
+        **SLIDING,
+    )
     out["sliding"] = res
     chunk = TTTInputs(tiny_model(), repetitive_stream(400), luts(), CHUNK_TTT, SPEC, dist_info, cpu,
                       return_streams=True)
@@ -34,8 +42,15 @@ def run_all(dist_info: DistInfo) -> dict[str, np.ndarray]:
                      return_streams=True)
     out["lora"] = doc_lora_ttt(lora)
     return {
-        f"{k}_{f}": np.asarray(v) for k, r in out.items()
-        for f, v in (("loss", r.loss), ("bpb", r.bpb), ("tokens", r.tokens), ("bytes", r.bytes), ("nll", r.nll))
+        f"{k}_{f}": np.asarray(v)
+        for k, r in out.items()
+        for f, v in (
+            ("loss", r.loss),
+            ("bpb", r.bpb),
+            ("tokens", r.tokens),
+            ("bytes", r.bytes),
+            ("nll", r.nll),
+        )
     }
 
 

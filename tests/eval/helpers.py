@@ -27,7 +27,8 @@ def tiny_model(seed: int = 0, noise: float = 0.3, **overrides) -> torch.nn.Modul
 
 
 def luts(vocab: int = VOCAB) -> ByteLUTs:
-    """Byte tables with varied counts: id -> 1 + id % 3 bytes, a leading space on every 4th id, BOS a boundary."""
+    """Byte tables with varied counts: id -> 1 + id % 3 bytes, a leading space on every 4th id, BOS a
+    boundary."""
     base = (1 + np.arange(vocab) % 3).astype(np.int16)
     base[BOS] = 0
     lead = np.arange(vocab) % 4 == 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from pgolf_core.evaluate import SlidingScorer, StandardScorer
+from pgolf_core.eval import SlidingScorer, StandardScorer
 from pgolf_core.ttt import ChunkTTTScorer, DocLoRAScorer, PhasedTTTScorer, PrequantAblationScorer
 from pgolf_core.ttt.common import EvalSpec
 from tests.eval.helpers import doc_stream, tiny_model, ttt_cfg

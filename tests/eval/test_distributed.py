@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from pgolf_core.dist import DistInfo
-from tests.gloo import run_ranks
 from tests.eval import _dist_worker
+from tests.gloo import run_ranks
 
 
 def test_two_gloo_ranks_equal_one_process(tmp_path):

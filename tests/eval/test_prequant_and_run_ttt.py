@@ -10,7 +10,7 @@ import torch
 
 from pgolf_core.config import ConfigError, config_from_dict
 from pgolf_core.dist import DistInfo
-from pgolf_core.evaluate import SlidingScorer, StandardScorer, evaluate_sliding
+from pgolf_core.eval import SlidingScorer, StandardScorer, evaluate_sliding
 from pgolf_core.ttt import (
     NON_COMPLIANT,
     ChunkTTTScorer,

@@ -10,7 +10,7 @@ import torch
 
 from pgolf_core.config import config_from_dict
 from pgolf_core.dist import DistInfo
-from pgolf_core.evaluate import evaluate_sliding, window_plan
+from pgolf_core.eval import evaluate_sliding, window_plan
 from pgolf_core.ttt import ChunkTTTScorer, TTTInputs, chunked_ttt
 from pgolf_core.ttt.chunked import chunk_bounds
 from pgolf_core.ttt.common import EvalSpec, build_optimizer, cosine_lr, select_parameters

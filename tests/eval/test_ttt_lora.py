@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pgolf_core.dist import DistInfo
-from pgolf_core.evaluate import ScoreSums, device_tokens, evaluate_sliding
+from pgolf_core.eval import ScoreSums, device_tokens, evaluate_sliding
 from pgolf_core.ttt import DocLoRAScorer, PhasedTTTScorer, TTTInputs, doc_lora_ttt, find_documents, phased_ttt
 from pgolf_core.ttt.common import EvalSpec, working_copy
 from pgolf_core.ttt.doc_lora import DocLoRARunner, doc_chunk

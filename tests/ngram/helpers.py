@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from pgolf_core.config import NgramConfig
-from pgolf_core.ngram import FullStreamModel
+from pgolf_core.eval import FullStreamModel
 
 
 def phrase_stream(

@@ -1,8 +1,9 @@
 """The legal n-gram cache: normalized over the full vocabulary, equal to a slow dict-of-Counters
-reference, updated only after scoring (compliance.md 2.8; style.md G11)."""
+reference, updated only after scoring (the legal shape: context-only rows, score before update)."""
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections import Counter
 
@@ -245,3 +246,12 @@ def test_cache_beats_the_model_on_repetitive_text(rule):
     assert scorer.score_stream(phrase_stream(20000, V, seed=9)).mean_nll() < math.log(V) - 1.5
     nll = scorer.score_stream(np.random.default_rng(9).integers(0, V, 20000)).nll[1:]
     assert nll.mean() >= math.log(V) - 4 * nll.std() / math.sqrt(nll.size)
+
+
+def test_cache_defaults_are_the_config_defaults():
+    """NgramCache's keyword defaults are NgramConfig's: NgramCache(V) builds what
+    NgramCache.from_config(NgramConfig(), V) builds."""
+    params = inspect.signature(NgramCache).parameters
+    cfg = NgramConfig()
+    for name in ("max_order", "table_rows", "min_count", "smoothing"):
+        assert params[name].default == getattr(cfg, name), name

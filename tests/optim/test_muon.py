@@ -1,12 +1,14 @@
-"""Muon at world size 1 against a hand-written reference step (records.md C2, C3)."""
+"""Muon at world size 1 against a hand-written reference step (the baseline's Muon + #1285's row norm)."""
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import pytest
 import torch
 
+from pgolf_core.config import OptimConfig
 from pgolf_core.optim.muon import Muon, compute_dtype, orthogonalize
 
 
@@ -45,9 +47,9 @@ def _problem(num_steps, shapes=((16, 32), (48, 16), (24, 24)), seed=0):
 
 
 CASES = [
-    dict(nesterov=True, coefficients="quintic", row_norm=False, wd=0.0),
-    dict(nesterov=True, coefficients="polar_express", row_norm=True, wd=0.095),
-    dict(nesterov=False, coefficients="quintic", row_norm=True, wd=0.04),
+    {"nesterov": True, "coefficients": "quintic", "row_norm": False, "wd": 0.0},
+    {"nesterov": True, "coefficients": "polar_express", "row_norm": True, "wd": 0.095},
+    {"nesterov": False, "coefficients": "quintic", "row_norm": True, "wd": 0.04},
 ]
 
 
@@ -55,7 +57,7 @@ CASES = [
 def test_muon_single_step_matches_reference(case):
     """One step = WD then -lr * round(scale * NS(rownorm(g + mu * g))) on fresh momentum, to fp32 roundoff."""
     params, grads = _problem(1)
-    kw = dict(lr=0.02, momentum=0.95, steps=5, coefficients=case["coefficients"])
+    kw = {"lr": 0.02, "momentum": 0.95, "steps": 5, "coefficients": case["coefficients"]}
     expected = reference_muon(
         params, grads, nesterov=case["nesterov"], row_norm=case["row_norm"], wd=case["wd"], **kw
     )
@@ -146,3 +148,17 @@ def test_muon_rejects_vectors_and_bad_coefficients():
         Muon([torch.nn.Parameter(torch.zeros(8))], lr=0.1)
     with pytest.raises(ValueError, match="'cubic'"):
         Muon([torch.nn.Parameter(torch.zeros(8, 8))], lr=0.1, coefficients="cubic")
+
+
+def test_muon_defaults_are_the_config_defaults():
+    """Muon's and orthogonalize's keyword defaults are OptimConfig's muon_* defaults."""
+    optim = OptimConfig()
+    muon = inspect.signature(Muon).parameters
+    assert muon["momentum"].default == optim.muon_momentum
+    assert muon["backend_steps"].default == optim.muon_backend_steps
+    assert muon["coefficients"].default == optim.muon_coefficients
+    assert muon["row_norm"].default == optim.muon_row_norm
+    assert muon["weight_decay"].default == optim.muon_weight_decay
+    ortho = inspect.signature(orthogonalize).parameters
+    assert ortho["steps"].default == optim.muon_backend_steps
+    assert ortho["coefficients"].default == optim.muon_coefficients

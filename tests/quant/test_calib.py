@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import pytest
 import torch
 
-from pgolf_core.config import RunConfig
+from pgolf_core.config import QuantConfig, RunConfig
 from pgolf_core.data.shards import write_shard
 from pgolf_core.dist import DistInfo
 from pgolf_core.quant import calibration_batches, self_generated_batches, train_calibration_batches
@@ -61,3 +63,9 @@ def test_self_generated_batches_are_seeded_samples_of_the_model(tmp_path):
         update={"quant": RunConfig().quant.model_copy(update={"calib_source": "self", "calib_seqs": 2})}
     )
     assert [x.shape for x, _ in calibration_batches(cfg, model)] == [(2, 32)]
+
+
+def test_self_generated_defaults_are_the_config_defaults():
+    """self_generated_batches samples at quant.calib_temperature's default when no temperature is given."""
+    params = inspect.signature(self_generated_batches).parameters
+    assert params["temperature"].default == QuantConfig().calib_temperature

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pgolf_core.config import QuantConfig, QuantGroupConfig, RunConfig
-from pgolf_core.evaluate import EvalResult
+from pgolf_core.eval import EvalResult
 from pgolf_core.quant import build_artifact, format_gap_table, load_artifact, quant_gap
 from tests.model.helpers import TINY, tiny_model
 

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
+from pgolf_core.config import QuantConfig
 from pgolf_core.quant import collect_hessians
 from pgolf_core.quant.gptq import gptq_quantize, output_error
 from pgolf_core.quant.schemes import clip_percentile, dequant_rows, round_to_nearest, row_scales
@@ -76,7 +79,8 @@ def test_gptq_act_order_unpermutes_and_zeroes_dead_columns():
 
 
 def test_collect_hessians_equals_explicit_inputs_and_final_norm():
-    """Hooked H = X^T X / rows of each linear's input; the tied embedding's H comes from the final-norm output."""
+    """Hooked H = X^T X / rows of each linear's input; the tied embedding's H comes from the final-norm
+    output."""
     model = tiny_model()
     g = torch.Generator().manual_seed(4)
     batches = [(torch.randint(0, 64, (2, 24), generator=g), None) for _ in range(3)]
@@ -103,3 +107,12 @@ def test_collect_hessians_counts_every_pass_of_a_looped_block():
     model = tiny_model(loops_on=True, residual={"loops": {"start": 1, "end": 2, "count": 1}})
     hess = collect_hessians(model, [(torch.randint(0, 64, (1, 16)), None)])
     assert hess.rows["blocks.1.mlp.up.weight"] == 32 and hess.rows["blocks.0.mlp.up.weight"] == 16
+
+
+def test_gptq_defaults_are_the_config_defaults():
+    """gptq_quantize's keyword defaults are QuantConfig's gptq_* defaults."""
+    params = inspect.signature(gptq_quantize).parameters
+    q = QuantConfig()
+    assert params["block_size"].default == q.gptq_block_size
+    assert params["damp"].default == q.gptq_damp
+    assert params["act_order"].default == q.gptq_act_order

@@ -1,10 +1,14 @@
-"""LQER (records.md D11): a rank-r correction of the worst tensors, INT2 A / INT4-grouped B."""
+"""LQER (#1797, on in #1851/#1855): a rank-r correction of the worst tensors, INT2 A / INT4-grouped B."""
 
 from __future__ import annotations
+
+import ast
+from pathlib import Path
 
 import pytest
 import torch
 
+import pgolf_core.quant
 from pgolf_core.config import QuantConfig, QuantGroupConfig
 from pgolf_core.quant.lqer import lqer_correction
 from pgolf_core.quant.quantize import quantize_state
@@ -56,4 +60,27 @@ def test_lqer_packing_ranges_shapes_and_bytes():
     assert qt.arrays["lqer_b_scale"].shape == (-(-4 * cols // 64),)
     extra = sum(qt.arrays[k].numel() * qt.arrays[k].element_size() for k in qt.arrays if k.startswith("lqer"))
     assert extra == 4 * (rows + cols) + 4 + 2 * (-(-4 * cols // 64))  # ~4 (rows + cols) int8 entries + scales
-    assert lqer_correction(qt).shape == (rows, cols)
+    assert lqer_correction(qt.arrays, qt.meta["lqer_group"]).shape == (rows, cols)
+
+
+def test_quant_modules_import_one_way():
+    """No import cycle among pgolf_core.quant's modules, and none dodged by an import inside a function:
+    the module-level import graph is acyclic and every pgolf import sits at the top of its module."""
+    root = Path(pgolf_core.quant.__file__).parent
+    graph: dict[str, set[str]] = {}
+    for path in root.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        top = {id(node) for node in tree.body}
+        graph[path.stem] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pgolf_core"):
+                assert id(node) in top, f"{path.name}:{node.lineno} imports {node.module} inside a block"
+                if node.module.startswith("pgolf_core.quant."):
+                    graph[path.stem].add(node.module.rsplit(".", 1)[1])
+    assert graph["lqer"] == set()  # pure tensor math
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        nexts = graph.get(start, ())
+        return any(n == goal or (n not in seen and reaches(n, goal, seen | {n})) for n in nexts)
+
+    assert [m for m in graph if reaches(m, m, set())] == []

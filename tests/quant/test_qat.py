@@ -1,4 +1,5 @@
-"""QAT: the fake quantization is the export's, the straight-through gradient flows, and it toggles compiled."""
+"""QAT: the fake quantization is the export's, the straight-through gradient flows, and it toggles
+compiled."""
 
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ def test_qat_fake_quant_equals_the_export_dequantization(qcfg):
 
 
 def test_qat_off_is_bitwise_plain_and_on_is_the_quantized_forward_with_ste_gradient():
-    """Off: logits bitwise equal to the plain model. On: logits of the fake-quantized weights, gradients unchanged by the rounding."""
+    """Off: logits bitwise equal to the plain model. On: logits of the fake-quantized weights, gradients
+    unchanged by the rounding."""
     model = tiny_model()
     plain = copy.deepcopy(model)
     x = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
@@ -67,7 +69,8 @@ def test_qat_off_is_bitwise_plain_and_on_is_the_quantized_forward_with_ste_gradi
 
 
 def test_qat_switches_on_under_torch_compile_without_recompiling():
-    """Compiled once with QAT off, flipping the switch changes the compiled output (the #549 flag never did)."""
+    """Compiled once with QAT off, flipping the switch changes the compiled output (the #549 flag never
+    did)."""
     torch._dynamo.reset()
     model = tiny_model(num_layers=2)
     x = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(1))
@@ -91,7 +94,8 @@ def test_qat_switches_on_under_torch_compile_without_recompiling():
 
 
 def test_qat_due_follows_the_lr_multiplier():
-    """Late QAT turns on once the LR multiplier drops below qat_start_lr_mult, and only when quant.qat is on."""
+    """Late QAT turns on once the LR multiplier drops below qat_start_lr_mult, and only when quant.qat is
+    on."""
     on = QuantConfig(qat=True, qat_start_lr_mult=0.15)
     assert not qat_due(on, 0.5) and qat_due(on, 0.1) and not qat_due(QuantConfig(), 0.0)
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
-from pgolf_core.config import QuantConfig
+from pgolf_core.config import QuantConfig, QuantGroupConfig
 from pgolf_core.quant import classify
+from pgolf_core.quant.qat import fake_quant
 from pgolf_core.quant.quantize import quantize_state
 from pgolf_core.quant.schemes import (
     baseline_rows,
@@ -41,7 +44,8 @@ def test_row_quantile_bitwise_equals_torch_quantile():
 
 
 def test_baseline_values_and_scales_equal_the_challenge_reference():
-    """Per-row and per-tensor int8 codes and scales, fp16/fp32 passthrough: equal to the challenge's export."""
+    """Per-row and per-tensor int8 codes and scales, fp16/fp32 passthrough: equal to the challenge's
+    export."""
     w = heavy_rows(96, 700) * 40  # rows whose clip exceeds 1, so clip/127 (not the 1/127 floor) is the scale
     w[3] *= 1e-3  # a row on the 1/127 floor
     q, s = baseline_rows(w)
@@ -97,12 +101,14 @@ def test_intn_percentile_error_at_most_half_a_step_inside_the_clip(bits):
 
 
 def test_sdclip_clip_is_k_std_and_error_bounded():
-    """SDClip: qmax * scale = k * std(row) up to fp16 rounding; int6 k=12.85 on Gaussian rows, rel. RMS error pinned."""
+    """SDClip: qmax * scale = k * std(row) up to fp16 rounding; int6 k=12.85 on Gaussian rows, rel. RMS
+    error pinned."""
     w = torch.randn(256, 512, generator=torch.Generator().manual_seed(3)) * 0.02
     q, s, meta = quantize_rows(w, 6, "sdclip", sdclip_k=12.85)
     torch.testing.assert_close(s.float() * 31, 12.85 * w.std(dim=1), rtol=1e-3, atol=0)
     rel = float((w - dequant_rows(q, s)).norm() / w.norm())
-    # step = 12.85 sigma / 31 = 0.41 sigma -> RMS error 0.41/sqrt(12) = 0.120 sigma (no clipping at 12.85 sigma)
+    # step = 12.85 sigma / 31 = 0.41 sigma -> RMS error 0.41/sqrt(12) = 0.120 sigma
+    # (no clipping at 12.85 sigma)
     assert rel == pytest.approx(0.1196, rel=0.03)
     assert int(q.abs().max()) <= 31 and meta["sdclip_k"] == 12.85
 
@@ -121,6 +127,16 @@ def test_clip_search_keeps_the_lowest_mse_candidate():
     assert meta["quantile"] == 0.9995 and chosen == pytest.approx(0.905 * others[1.0], rel=0.01)
 
 
+def test_an_unknown_clip_rule_is_refused_by_the_export_and_by_qat():
+    """Both users of the clip rules reject a rule they do not know, naming it (QAT used to fall back to
+    the search silently)."""
+    w = heavy_rows(4, 32)
+    with pytest.raises(ValueError, match="unknown clip rule 'median'"):
+        quantize_rows(w, 6, "median")
+    with pytest.raises(ValueError, match="unknown clip rule 'median'"):
+        fake_quant(w, ("rows", 6, "median", 99.9, 12.85, ()))
+
+
 def test_dequantize_restores_the_original_dtype():
     """bf16 weights come back bf16; fp16 passthrough is the only loss for small tensors."""
     model = tiny_model()
@@ -128,3 +144,13 @@ def test_dequantize_restores_the_original_dtype():
     qts, _ = quantize_state(state, QuantConfig(keep_float_max_numel=1000), model=model)
     for qt in qts:
         assert dequantize(qt).dtype == torch.bfloat16
+
+
+def test_quantize_rows_defaults_are_the_config_defaults():
+    """quantize_rows' keyword defaults are QuantGroupConfig's / QuantConfig's, so a call that leaves them
+    out quantizes as a default config does (the two cannot drift apart silently)."""
+    params = inspect.signature(quantize_rows).parameters
+    group, quant = QuantGroupConfig(), QuantConfig()
+    assert params["percentile"].default == group.percentile
+    assert params["sdclip_k"].default == group.sdclip_k
+    assert params["search_quantiles"].default == tuple(quant.search_quantiles)

@@ -1,0 +1,65 @@
+"""Evaluation: the window plan, bits-per-byte evaluators and their results, and scorer adapters.
+
+Modules: windows (which windows run, which targets each scores; rank shares; window batches),
+result (``EvalResult``: the bpb formula, built from sums or from a scorer's stream; byte streams),
+bpb (NLL functions, float64 sums, standard / sliding / any-plan evaluation, predictive capture),
+scorers (``Scorer`` adapters over a window plan), logprobs (models as the n-gram cache reads them:
+``ModelLogprobs`` and its adapters). Device and autocast helpers: ``pgolf_core.runtime``.
+
+    res = evaluate_sliding(model, val, luts, seq_len=2048, stride=64, batch_seqs=32, dist=dist, device=dev)
+    res.bpb, res.stage_record("q_sw", artifact_bytes=total)
+"""
+
+from pgolf_core.eval.bpb import (
+    Capture,
+    NllFn,
+    ScoreSums,
+    evaluate_plan,
+    evaluate_sliding,
+    evaluate_standard,
+    nll_with_temperature,
+    resolve_nll,
+    score_windows,
+    torch_luts,
+)
+from pgolf_core.eval.logprobs import (
+    FullStreamModel,
+    ModelLogprobs,
+    ModelScorer,
+    UniformModel,
+    UnigramModel,
+    WindowedTorchModel,
+)
+from pgolf_core.eval.result import EvalResult, stream_byte_counts
+from pgolf_core.eval.scorers import SlidingScorer, StandardScorer, WindowScorer, stream_score_from
+from pgolf_core.eval.windows import WindowPlan, device_tokens, rank_slice, window_batch, window_plan
+
+__all__ = [
+    "Capture",
+    "EvalResult",
+    "FullStreamModel",
+    "ModelLogprobs",
+    "ModelScorer",
+    "NllFn",
+    "ScoreSums",
+    "SlidingScorer",
+    "StandardScorer",
+    "UniformModel",
+    "UnigramModel",
+    "WindowPlan",
+    "WindowScorer",
+    "WindowedTorchModel",
+    "device_tokens",
+    "evaluate_plan",
+    "evaluate_sliding",
+    "evaluate_standard",
+    "nll_with_temperature",
+    "rank_slice",
+    "resolve_nll",
+    "score_windows",
+    "stream_byte_counts",
+    "stream_score_from",
+    "torch_luts",
+    "window_batch",
+    "window_plan",
+]
