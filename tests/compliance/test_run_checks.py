@@ -141,7 +141,8 @@ def test_code_bytes_count_files_and_loaded_modules_are_listed(tmp_path):
     (tmp_path / "b.py").write_bytes(b"\xe2\x82\xac\n")  # 3-byte UTF-8 character + newline
     assert code_bytes([tmp_path / "a.py", tmp_path / "b.py"]) == 6 + 4
     loaded = loaded_local_files(REPO / "pgolf_core")
-    assert REPO / "pgolf_core" / "compliance.py" in loaded and REPO / "pgolf_core" / "stages.py" in loaded
+    assert REPO / "pgolf_core" / "compliance" / "__init__.py" in loaded
+    assert REPO / "pgolf_core" / "stages.py" in loaded
     assert all(p.suffix == ".py" and p.is_relative_to(REPO / "pgolf_core") for p in loaded)
 
 

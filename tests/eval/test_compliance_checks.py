@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import pytest
 
+from pgolf_core import compliance
 from pgolf_core.evaluate import SlidingScorer, StandardScorer
 from pgolf_core.ttt import ChunkTTTScorer, DocLoRAScorer, PhasedTTTScorer, PrequantAblationScorer
 from pgolf_core.ttt.common import EvalSpec
 from tests.eval.helpers import doc_stream, tiny_model, ttt_cfg
-
-compliance = pytest.importorskip("pgolf_core.compliance")
 
 SPEC = EvalSpec(seq_len=16, stride=4, batch_seqs=16)
 LORA = {"lora_chunk_tokens": 8, "lora_window": 16, "lora_batch_docs": 4, "lora_lr": 0.05}
