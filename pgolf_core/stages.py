@@ -1,4 +1,4 @@
-"""Stage records: one measured number with everything needed to trust it (DESIGN.md "One run, as data").
+"""Stage records: one measured number with everything needed to trust it and its verdicts.
 
 Stage names are fixed and shared by the core, the notebooks and the reports:
 
@@ -29,7 +29,7 @@ STAGES = ("pre", "ema", "q", "q_sw", "q_ttt", "q_ngram")
 
 @dataclass(frozen=True)
 class Verdict:
-    """The outcome of one compliance check (compliance.md section 5 numbering: T1, T1b, T2 ... T10)."""
+    """The outcome of one compliance check (T1, T1b, T2 ... T10, as in ``pgolf_core.compliance``)."""
 
     check: str
     passed: bool | None  # None: not applicable here

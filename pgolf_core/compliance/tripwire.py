@@ -16,8 +16,9 @@ import numpy as np
 
 from pgolf_core.stages import Verdict
 
-#: file-name patterns that must not be opened in each phase (R1: no validation data while training or
-#: quantizing, GPTQ calibration included (R15); no training data during evaluation)
+#: file-name patterns that must not be opened in each phase: no validation data while training or
+#: quantizing (the challenge README; GPTQ calibration on validation was ruled out, #593/#576), no
+#: training data during evaluation (the README: only what the artifact pays for)
 FORBIDDEN_FILES = {
     "train": ("fineweb_val_*",),
     "quant": ("fineweb_val_*",),
@@ -118,8 +119,7 @@ def check_data_access(fn: Callable[[], object], *, phase: str) -> Verdict:
         return Verdict(
             "T6",
             False,
-            f"during {phase}, {fname} opened {path}{more}: files matching {pats} are "
-            f"forbidden in this phase (R1, R15)",
+            f"during {phase}, {fname} opened {path}{more}: files matching {pats} are forbidden in this phase",
             float(len(log.trips)),
             0.0,
         )

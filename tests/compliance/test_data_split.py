@@ -58,7 +58,7 @@ def planted(tmp_path, monkeypatch):
 
 
 def test_overlap_finds_the_copied_document_and_measures_the_partial_span_exactly(planted):
-    val, files, val_docs = planted
+    val, files, _val_docs = planted
     for stride in (1, 16):
         r = val_train_overlap(val, files, k=64, stride=stride)
         assert r.val_docs == 6 and r.val_docs_checked == 5  # the 40-token doc is shorter than k
@@ -85,7 +85,7 @@ def test_short_boilerplate_is_reported_not_counted_as_a_leak(tmp_path):
 
 
 def test_check_data_split_verdicts(planted, tmp_path):
-    val, files, val_docs = planted
+    val, files, _val_docs = planted
     leaky = check_data_split(val, files, expected_val_docs=6)
     assert leaky.check == "T9" and leaky.passed is False and leaky.measured == 1.0
     assert "validation documents [3] appear in the training data" in leaky.reason

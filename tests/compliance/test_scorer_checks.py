@@ -1,5 +1,5 @@
 """T1-T5 through the Scorer interface: every legal path passes, every known illegal pattern is caught
-by the check compliance.md section 4 names for it, with the measured value in the verdict."""
+by the check that targets it, with the measured value in the verdict."""
 
 from __future__ import annotations
 
@@ -87,7 +87,7 @@ def test_legal_scorers_pass_every_scorer_check(name):
 
 def test_hashed_target_cache_caught_by_normalization_and_uniform_floor():
     """#909: its 'distribution' sums far above 1 (T2) and it scores uniform noise far below ln V (T3);
-    its timing is causal, so T1, T4 and T5 pass (compliance.md 2.7: T1 alone does not catch it)."""
+    its timing is causal, so T1, T4 and T5 pass (T1 alone does not catch it)."""
     vs = verdicts("hashed_target_909")
     assert vs["T2"].passed is False and vs["T2"].measured > 10 and "not a distribution" in vs["T2"].reason
     assert vs["T3"].passed is False and vs["T3"].measured < LN_V - 2 and "below the floor" in vs["T3"].reason
