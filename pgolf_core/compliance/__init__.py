@@ -22,7 +22,38 @@ check cannot see (T1 passes the #909 cache; T5 sees only the updates a scorer re
 docstring; tests/compliance holds one fixture per known illegal pattern and asserts which check flags it.
 """
 
-from pgolf_core.compliance.events import EventLog, ScoredRun, record_run
+from pgolf_core.compliance.causality import check_cross_call, check_future_perturbation
+from pgolf_core.compliance.coverage import (
+    check_coverage,
+    check_exactly_once,
+    check_score_before_update,
+    coverage_problems,
+)
+from pgolf_core.compliance.distribution import (
+    NORM_TOL,
+    Z_FLOOR,
+    PredictiveProbe,
+    check_normalization,
+    check_target_independence,
+    check_uniform_floor,
+    predictive_probe,
+)
+from pgolf_core.compliance.events import EventLog, ScoredRun, ScorerSource, record_run
+from pgolf_core.compliance.probes import (
+    NOISE_CAP,
+    NOISE_FACTOR,
+    PROBE_POSITIONS,
+    T1_CUTS,
+    NoiseFloor,
+    check_noise,
+    default_cuts,
+    deterministic_algorithms,
+    future_cuts,
+    measure_noise,
+    probe_offsets,
+    probe_positions,
+    probe_windows,
+)
 from pgolf_core.compliance.run_checks import (
     ARTIFACT_CAP_BYTES,
     FINEWEB_VAL_DOCS,
@@ -35,18 +66,7 @@ from pgolf_core.compliance.run_checks import (
     code_bytes,
     loaded_local_files,
 )
-from pgolf_core.compliance.scorer_checks import (
-    NORM_TOL,
-    Z_FLOOR,
-    check_exactly_once,
-    check_future_perturbation,
-    check_normalization,
-    check_score_before_update,
-    check_target_independence,
-    check_uniform_floor,
-    default_cuts,
-    run_scorer_checks,
-)
+from pgolf_core.compliance.scorer_checks import run_scorer_checks
 from pgolf_core.compliance.tripwire import (
     FORBIDDEN_FILES,
     DataTripwire,
@@ -61,30 +81,48 @@ __all__ = [
     "ARTIFACT_CAP_BYTES",
     "FINEWEB_VAL_DOCS",
     "FORBIDDEN_FILES",
+    "NOISE_CAP",
+    "NOISE_FACTOR",
     "NORM_TOL",
+    "PROBE_POSITIONS",
+    "T1_CUTS",
     "TIME_LIMIT_SECONDS",
     "Z_FLOOR",
     "DataTripwire",
     "EventLog",
+    "NoiseFloor",
+    "PredictiveProbe",
     "ScoredRun",
+    "ScorerSource",
     "TripLog",
     "attach_verdicts",
     "check_artifact_size",
     "check_byte_recount",
+    "check_coverage",
+    "check_cross_call",
     "check_data_access",
     "check_data_split",
     "check_eval_time",
     "check_exactly_once",
     "check_future_perturbation",
+    "check_noise",
     "check_normalization",
     "check_score_before_update",
     "check_target_independence",
     "check_train_time",
     "check_uniform_floor",
     "code_bytes",
+    "coverage_problems",
     "data_tripwire",
     "default_cuts",
+    "deterministic_algorithms",
+    "future_cuts",
     "loaded_local_files",
+    "measure_noise",
+    "predictive_probe",
+    "probe_offsets",
+    "probe_positions",
+    "probe_windows",
     "record_run",
     "recount_bytes",
     "run_scorer_checks",

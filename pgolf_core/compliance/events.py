@@ -6,7 +6,9 @@ baseline, T2's consistency, T4's coverage, T5's order) instead of scoring the st
 
 from __future__ import annotations
 
+import copy
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,3 +66,41 @@ def _vocab(scorer: Scorer, vocab_size: int | None) -> int:
     if not (vocab_size or V):
         raise ValueError("the scorer has no vocab_size; pass vocab_size=")
     return int(vocab_size or V)
+
+
+class ScorerSource:
+    """A scorer under test, and where fresh ones come from.
+
+    ``scorer`` is a ``Scorer`` or a zero-argument factory that builds one (how the pipeline makes each
+    stage's scorer). A fresh scorer is needed twice: to measure the noise floor (identical input, no
+    history) and to tell state carried across calls (T1c) from what a new scorer does. With a factory
+    each ``fresh()`` builds one; with an instance, copies are taken before its first use (``None`` if
+    it cannot be copied). Class-level or module-level state is shared by copies and new instances
+    alike, which is what T1c's last comparison looks for.
+    """
+
+    def __init__(self, scorer: Scorer | Callable[[], Scorer], *, copies: int = 2):
+        if not isinstance(scorer, type) and hasattr(scorer, "score_stream"):  # an instance, not a class
+            self.factory: Callable[[], Scorer] | None = None
+            self.scorer: Scorer = scorer
+            self._copies: list[Scorer] = []
+            try:
+                self._copies = [copy.deepcopy(scorer) for _ in range(copies)]
+            except Exception:  # noqa: BLE001 - a scorer holding unpicklable handles: no copies, said so
+                self._copies = []
+            self.fresh_method = "two copies of the unused scorer"
+        elif callable(scorer):
+            self.factory = scorer
+            self.scorer = scorer()
+            # the noise twin is built now, before anything is scored: state a scorer leaves on its
+            # class at scoring time must not reach the twin through its constructor
+            self._copies = [scorer()]
+            self.fresh_method = "two fresh scorers from the factory"
+        else:
+            raise TypeError(f"expected a Scorer or a function that returns one, got {type(scorer).__name__}")
+
+    def fresh(self) -> Scorer | None:
+        """A scorer that has scored nothing: the ones made up front first, then (factory) new ones."""
+        if self._copies:
+            return self._copies.pop(0)
+        return self.factory() if self.factory is not None else None

@@ -204,24 +204,60 @@ def check_data_split(
     return Verdict("T9", not problems, reason, float(len(report.leaked)), 0.0)
 
 
-def check_byte_recount(tokens: np.ndarray, sp, *, table_bytes: int, bos_id: int = 1) -> Verdict:
-    """T10: the byte total used for bpb equals an independent recount from decoded text (bpb must count
-    the original UTF-8 bytes: the Scylla tokenizer PRs #897/#1314 were withdrawn over a byte-count bug)."""
-    recount = recount_bytes(tokens, sp, bos_id=bos_id)
-    docs = int((np.asarray(tokens) == bos_id).sum())
-    if recount == table_bytes:
-        return Verdict(
-            "T10",
-            True,
-            f"decoded {docs} documents: {recount:,} UTF-8 bytes, equal to the table total",
-            float(recount),
-            float(table_bytes),
+def _per_target(x: np.ndarray, n: int, name: str) -> np.ndarray:
+    """Bytes per target 1..n-1 from an array aligned with the tokens (length n, entry 0 is context) or
+    one entry per target (length n - 1)."""
+    x = np.asarray(x).ravel()
+    if x.size == n:
+        return x[1:].astype(np.int64)
+    if x.size == n - 1:
+        return x.astype(np.int64)
+    raise ValueError(f"{name}: {x.size} entries for a stream of {n} tokens; expected {n} or {n - 1}")
+
+
+def check_byte_recount(
+    tokens: np.ndarray,
+    sp=None,
+    *,
+    table_bytes: int | np.ndarray,
+    bos_id: int = 1,
+    reference_bytes: int | np.ndarray | None = None,
+) -> Verdict:
+    """T10: the byte total used for bpb equals an independent count (bpb must count the original UTF-8
+    bytes: the Scylla tokenizer PRs #897/#1314 were withdrawn over a byte-count bug).
+
+    By default the reference is a recount from decoded text (``data.byte_recount.recount_bytes``).
+    Where decoding the tokens does not give the original text (a reversible text transform such as
+    CaseOps scores transformed text), pass ``reference_bytes``: the original text's UTF-8 byte total,
+    or a per-token array (a byte sidecar; aligned with ``tokens`` or one entry per target). Either
+    side may be a per-token array; when both are, the first differing position is named.
+    """
+    tokens = np.asarray(tokens)
+    n = int(tokens.size)
+    table_arr = None if np.ndim(table_bytes) == 0 else _per_target(table_bytes, n, "table_bytes")
+    table = int(table_bytes) if table_arr is None else int(table_arr.sum())
+    docs = int((tokens == bos_id).sum())
+    if reference_bytes is None:
+        if sp is None:
+            raise ValueError("check_byte_recount: give the tokenizer (sp) or reference_bytes")
+        ref, ref_arr = recount_bytes(tokens, sp, bos_id=bos_id), None
+        what = f"decoded {docs} documents: {ref:,} UTF-8 bytes"
+    else:
+        ref_arr = (
+            None if np.ndim(reference_bytes) == 0 else _per_target(reference_bytes, n, "reference_bytes")
         )
+        ref = int(reference_bytes) if ref_arr is None else int(ref_arr.sum())
+        what = f"the original text of {docs} documents (caller's reference): {ref:,} UTF-8 bytes"
+    if ref == table and (ref_arr is None or table_arr is None or np.array_equal(ref_arr, table_arr)):
+        return Verdict("T10", True, f"{what}, equal to the table total", float(ref), float(table))
+    where = ""
+    if ref_arr is not None and table_arr is not None and not np.array_equal(ref_arr, table_arr):
+        j = int(np.flatnonzero(ref_arr != table_arr)[0])
+        where = f"; first difference at position {j + 1}: {int(table_arr[j])} vs {int(ref_arr[j])} bytes"
     return Verdict(
         "T10",
         False,
-        f"decoded {docs} documents: {recount:,} UTF-8 bytes, but bpb used {table_bytes:,} "
-        f"({table_bytes - recount:+,}; {abs(table_bytes - recount) / max(recount, 1):.3%})",
-        float(recount),
-        float(table_bytes),
+        f"{what}, but bpb used {table:,} ({table - ref:+,}; {abs(table - ref) / max(ref, 1):.3%}){where}",
+        float(ref),
+        float(table),
     )

@@ -3,16 +3,19 @@
 Written from the public descriptions of the rulings (own words), not from any submission's code. Each
 reports its events honestly, as the original would if instrumented; what each does wrong:
 
-- ``HashedTargetCache``: the PR #909 family (ruled out on #779 and #982). The realised target is XOR-ed into the "full" key,
-  the denominator comes from a separate context bucket, so the number scored for x_t is not an entry of
-  any normalized distribution. Caught by T2 and T3; T1 passes (its timing is causal).
-- ``PrequantTTT``: fine-tune on the whole validation stream, then score it (#1376 family, closed 2026-04-10). T1, T5.
+- ``HashedTargetCache``: the PR #909 family (ruled out on #779 and #982). The realised target is XOR-ed
+  into the "full" key, the denominator comes from a separate context bucket, so the number scored for
+  x_t is not an entry of any normalized distribution. Caught by T2 and T3; T1 passes (its timing is
+  causal).
+- ``PrequantTTT``: fine-tune on the whole validation stream, then score it (#1376 family, closed
+  2026-04-10). T1, T5 (and T1b, T1c, T3: it trains on whatever it is given).
 - ``OracleGate``: per token keep min(model NLL, mixed NLL) on the true token (#659). T1b (the
-  selected distribution depends on x_t) or T2 (the pointwise max sums above 1).
-- ``TwoPass``: score once to fill the cache, then rescore everything with the full cache (the 2026-03-27 sweep). T4, T1.
+  selected distribution depends on x_t) or T2 (the pointwise max sums above 1); T3 both ways.
+- ``TwoPass``: score once to fill the cache, then rescore everything with the full cache (banned in the
+  2026-03-27 sweep). T4, T1 (and T1b, T1c, T3).
 - ``TailRescore``: the sliding-window schedule that re-scores the last stride positions once per
-  truncated tail window (with stride 64 and length 2048, 64 positions
-  scored 32 times). Harmless numbers with a static model; T4 only.
+  truncated tail window (with stride 64 and length 2048, 64 positions scored 32 times). Harmless
+  numbers with a static model; T4 only.
 """
 
 from __future__ import annotations
