@@ -190,6 +190,50 @@ def test_byte_recount_counts_unknown_tokens_as_zero_bytes():
     assert recount_bytes(stream[1:], sp) == stream_bytes(stream[1:], luts)
 
 
+def test_byte_recount_counts_byte_fallback_pieces_when_a_stream_cuts_a_character():
+    """sp8192 spells '€' and '日本' as byte-fallback pieces (<0xE2> <0x82> <0xAC>). A stream that
+    ends, or starts, inside such a character is legal (a probe window, a rank's shard), and each piece
+    stands for one byte. Decoding the cut sequence gives one U+FFFD (3 bytes) per dangling byte; the
+    recount must not count those."""
+    sp = load_tokenizer(official_tokenizer("fineweb_8192_bpe.model"))
+    luts = build_byte_luts(sp)
+    ids = np.asarray([BOS_ID, *sp.encode("price 5€ and 日本")], dtype=np.int64)
+    cut = next(i for i in range(len(ids)) if sp.id_to_piece(int(ids[i])) == "<0x82>") + 1  # after E2 82
+    head = ids[:cut]
+    assert stream_bytes(head, luts) == len(b"price 5") + 2 == 9
+    assert len(sp.decode(head[1:].tolist()).encode()) == 13  # what a plain decode counts: 2 x U+FFFD
+    assert recount_bytes(head, sp) == 9 and check_byte_recount(head, sp, table_bytes=9).passed
+    for a in range(len(ids) - 1):  # every window of the stream, cut anywhere
+        for b in range(a + 2, len(ids) + 1):
+            window = ids[a:b]
+            assert check_byte_recount(window, sp, table_bytes=stream_bytes(window, luts)).passed, (a, b)
+
+
+def test_byte_recount_against_the_callers_reference_for_transformed_text():
+    """A reversible text transform (CaseOps-style case markers) scores transformed text, so decoding the
+    tokens counts the wrong bytes; the original text's bytes (or a per-token sidecar) are the reference."""
+    sp = load_tokenizer(official_tokenizer("fineweb_8192_bpe.model"))
+    original = "The Cat Sat"
+    transformed = "".join("↑" + c.lower() if c.isupper() else c for c in original)  # 3-byte markers
+    tokens = np.asarray([BOS_ID, *sp.encode(transformed)], dtype=np.int64)
+    table = len(original.encode())  # what a byte sidecar gives: 11
+    decoded = check_byte_recount(tokens, sp, table_bytes=table)
+    assert decoded.passed is False and decoded.measured == len(transformed.encode()) == 20
+    ok = check_byte_recount(tokens, sp, table_bytes=table, reference_bytes=table)
+    assert ok.passed and "caller's reference" in ok.reason and ok.measured == 11
+    # per-token sidecars: aligned with the tokens (entry 0 is context) or one entry per target
+    side = np.random.default_rng(0).integers(1, 4, tokens.size)
+    assert check_byte_recount(tokens, table_bytes=side, reference_bytes=side[1:]).passed
+    wrong = side.copy()
+    wrong[5] += 1
+    bad = check_byte_recount(tokens, table_bytes=wrong, reference_bytes=side)
+    assert bad.passed is False and "first difference at position 5" in bad.reason and "+1" in bad.reason
+    with pytest.raises(ValueError, match="reference_bytes: 3 entries for a stream of"):
+        check_byte_recount(tokens, table_bytes=side, reference_bytes=side[:3])
+    with pytest.raises(ValueError, match="give the tokenizer"):
+        check_byte_recount(tokens, table_bytes=table)
+
+
 def test_attach_verdicts_replaces_by_check_and_survives_a_round_trip(tmp_path):
     """Verdicts ride on the stage record; a failed one makes it non-compliant; n/a does not."""
     rec = StageRecord("q_ngram", val_bpb=1.1, val_loss=2.5, tokens=100, bytes=250, seconds=3.0)
