@@ -3,6 +3,8 @@ scorer checks), and the positions and cuts the checks probe."""
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -15,7 +17,7 @@ def test_windows_spread_over_the_whole_stream_without_overlap():
     assert len(offs) == 4 and offs == sorted(offs)
     for i, o in enumerate(offs):  # window i lies inside quarter i, so together they reach the end
         assert i * n // 4 <= o and o + w + 1 <= (i + 1) * n // 4
-    assert all(b - a >= w + 1 for a, b in zip(offs, offs[1:], strict=False))
+    assert all(b - a >= w + 1 for a, b in itertools.pairwise(offs))
     assert probe_offsets(n, w, n_windows=4, seed=0) == offs != probe_offsets(n, w, n_windows=4, seed=1)
     assert len({tuple(probe_offsets(n, w, seed=s)) for s in range(5)}) == 5
 
