@@ -1,25 +1,30 @@
 """Mechanical compliance checks, each returning a ``stages.Verdict``.
 
-The scorer checks (``scorer_checks``) work through the ``pgolf_core.scoring.Scorer`` interface alone
-(``score_stream``, ``predictive`` and the ``ScoreEvents`` it reports, recorded by ``events``), so any
-evaluation path, including one a user plugs in, can be run through them:
+The scorer checks work through the ``pgolf_core.scoring.Scorer`` interface alone (``score_stream``,
+``predictive`` and the ``ScoreEvents`` it reports, recorded by ``events``), so any evaluation path,
+including one a user plugs in, can be run through them:
 
-    T1   future perturbation   scores at positions <= t do not move when every token after t changes
-    T1b  target independence   p_t(.) is the same whether x_t = a or x_t = b
-    T2   normalization         p_t >= 0, |sum_v p_t(v) - 1| <= 1e-6, and the scored NLL is -ln p_t(x_t)
-    T3   uniform floor         on i.i.d. uniform tokens, mean NLL >= ln V - 4 SE
-    T4   exactly once          the scored positions are exactly {1, ..., N-1}, once each
-    T5   score before update   every position a state update uses was already scored
+    noise  the scorer's own noise floor (identical input, two fresh scorers)          probes.py
+    T1   future perturbation   scores at positions <= t do not move when every        causality.py
+                               token after t changes (seeded cuts over the whole probe)
+    T1c  state across calls    the same stream scores the same after other calls      causality.py
+    T1b  target independence   p_t(.) unchanged when x_t and the future change        distribution.py
+    T2   normalization         p_t >= 0, sum 1, and the scored NLL is -ln p_t(x_t)    distribution.py
+                               (T1b and T2 on the same 32+ positions)
+    T3   uniform floor         i.i.d. uniform tokens: mean NLL >= ln V - 4 SE, twice  distribution.py
+    T4   exactly once          every target position committed once                   coverage.py
+    T5   score before update   every position a state update uses was already scored  coverage.py
 
-    verdicts = run_scorer_checks(scorer, tokens)           # T1, T1b, T2, T3, T4, T5
+    verdicts = run_scorer_checks(make_scorer, tokens)       # scorer_checks.py; a factory or a Scorer
 
-The data tripwire T6 (``tripwire``: ``data_tripwire`` / ``check_data_access``: no validation shard
-opened while training or quantizing, no training shard while evaluating) and the run checks
+``check_coverage`` is T4 for an evaluation's own record of committed positions, ``probe_windows``
+places probes across a whole validation stream. The data tripwire T6 (``tripwire``: no validation
+shard opened while training or quantizing, no training shard while evaluating) and the run checks
 (``run_checks``): T7 (``check_artifact_size``), T8 (``check_train_time``, ``check_eval_time``), T9
 (``check_data_split``: canonical document count, no validation document copied into training shards),
 T10 (``check_byte_recount``). ``stages.attach_verdicts`` puts them on a ``StageRecord``. What each
-check cannot see (T1 passes the #909 cache; T5 sees only the updates a scorer reports) is said in its
-docstring; tests/compliance holds one fixture per known illegal pattern and asserts which check flags it.
+check cannot see is said in its docstring; tests/compliance holds the known illegal patterns and
+adversaries written for the checks' blind spots, and a table of which checks catch each.
 """
 
 from pgolf_core.compliance.causality import check_cross_call, check_future_perturbation

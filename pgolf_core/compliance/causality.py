@@ -114,8 +114,8 @@ def check_cross_call(
     not given). Then the scorer under test, which may have scored anything before, scores ``other``
     (a seeded uniform stream when not given; nothing when ``scored_before`` says what it has already
     scored besides ``tokens``), ``tokens`` again, and ``tokens`` with every token after
-    ``cut`` replaced (cut seeded in the second half when not given); finally a new scorer (factory or
-    copy) scores ``tokens``. Every pass must match the baseline (the perturbed one at positions
+    ``cut`` replaced (cut seeded in the second half when not given); finally, given a factory, a new
+    scorer scores ``tokens``. Every pass must match the baseline (the perturbed one at positions
     1..cut), within ``atol`` or the noise allowance.
 
     Catches a cache or table never reset between calls, memory of an earlier pass over the same stream
@@ -124,7 +124,7 @@ def check_cross_call(
     baseline is given) or a factory; ``source`` passes one already made (``run_scorer_checks``).
     """
     tokens = np.asarray(tokens, dtype=np.int64)
-    source = source or ScorerSource(scorer)
+    source = source or ScorerSource(scorer, twin=False)
     s = source.scorer
     V = _vocab(s, vocab_size)
     n = tokens.size
@@ -146,14 +146,14 @@ def check_cross_call(
         checks.append((f"the same stream scored again after {history}", d, k))
         d, k = max_abs_diff(s.score_stream(alt).nll[1 : cut + 1], baseline[1 : cut + 1])
         checks.append((f"the stream perturbed after position {cut}, scored after the original", d, k + 1))
-        late = source.fresh()
+        late = source.new()
         if late is not None:
             d, k = max_abs_diff(late.score_stream(tokens).nll, baseline)
-            checks.append((f"a new scorer ({source.fresh_method}) built after these calls", d, k))
+            checks.append(("a new scorer from the factory, built after these calls", d, k))
     worst = max(checks, key=lambda c: c[1])
     what, delta, pos = worst
     allowance = "" if tol == atol else f" (noise allowance; atol {atol:g})"
-    done = "; ".join(c[0] for c in checks)
+    done = "; ".join(c[0] for c in checks) + ("" if late is not None else " (no factory: no new scorer)")
     if delta <= tol:
         return Verdict(
             "T1c",

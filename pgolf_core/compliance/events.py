@@ -71,36 +71,40 @@ def _vocab(scorer: Scorer, vocab_size: int | None) -> int:
 class ScorerSource:
     """A scorer under test, and where fresh ones come from.
 
-    ``scorer`` is a ``Scorer`` or a zero-argument factory that builds one (how the pipeline makes each
-    stage's scorer). A fresh scorer is needed twice: to measure the noise floor (identical input, no
-    history) and to tell state carried across calls (T1c) from what a new scorer does. With a factory
-    each ``fresh()`` builds one; with an instance, copies are taken before its first use (``None`` if
-    it cannot be copied). Class-level or module-level state is shared by copies and new instances
-    alike, which is what T1c's last comparison looks for.
+    ``scorer`` is a ``Scorer`` or a zero-argument factory that builds one (preferred: how the pipeline
+    makes each stage's scorer). Fresh scorers serve twice: a twin scores the identical input for the
+    noise floor, and T1c compares with a scorer built after all the other calls (state a new instance
+    inherits from its class or module). The twin is made up front, before anything is scored: by the
+    factory, or as a copy of the unused instance (``None`` if it cannot be copied; the copy is the
+    one extra memory a scorer given as an instance costs). ``new()`` needs a factory.
     """
 
-    def __init__(self, scorer: Scorer | Callable[[], Scorer], *, copies: int = 2):
+    def __init__(self, scorer: Scorer | Callable[[], Scorer], *, twin: bool = True):
+        self._twin: Scorer | None = None
         if not isinstance(scorer, type) and hasattr(scorer, "score_stream"):  # an instance, not a class
             self.factory: Callable[[], Scorer] | None = None
             self.scorer: Scorer = scorer
-            self._copies: list[Scorer] = []
-            try:
-                self._copies = [copy.deepcopy(scorer) for _ in range(copies)]
-            except Exception:  # noqa: BLE001 - a scorer holding unpicklable handles: no copies, said so
-                self._copies = []
-            self.fresh_method = "two copies of the unused scorer"
+            if twin:
+                try:
+                    self._twin = copy.deepcopy(scorer)
+                except Exception:  # noqa: BLE001 - unpicklable handles: no twin, and the reason says so
+                    self._twin = None
+            self.noise_method = "the scorer and a copy made before its first use"
         elif callable(scorer):
             self.factory = scorer
             self.scorer = scorer()
-            # the noise twin is built now, before anything is scored: state a scorer leaves on its
-            # class at scoring time must not reach the twin through its constructor
-            self._copies = [scorer()]
-            self.fresh_method = "two fresh scorers from the factory"
+            # built now, before anything is scored: state a scorer leaves on its class at scoring
+            # time must not reach the twin through its constructor
+            self._twin = scorer() if twin else None
+            self.noise_method = "two fresh scorers from the factory"
         else:
             raise TypeError(f"expected a Scorer or a function that returns one, got {type(scorer).__name__}")
 
-    def fresh(self) -> Scorer | None:
-        """A scorer that has scored nothing: the ones made up front first, then (factory) new ones."""
-        if self._copies:
-            return self._copies.pop(0)
+    def twin(self) -> Scorer | None:
+        """The scorer made up front that has scored nothing (once; None after, or if there is none)."""
+        out, self._twin = self._twin, None
+        return out
+
+    def new(self) -> Scorer | None:
+        """A scorer built now by the factory (None without one)."""
         return self.factory() if self.factory is not None else None

@@ -182,14 +182,15 @@ def measure_noise(source: ScorerSource, tokens: np.ndarray, base_nll: np.ndarray
 
     Both scorings start from nothing, so a difference is the scorer's noise, not memory of an earlier
     call (T1c's concern). Without a factory the second scorer is a copy made before first use: noise
-    kept in a generator the scorer seeded at construction is then copied too and reads as none."""
-    twin = source.fresh()
+    kept in a generator the scorer seeded at construction is then copied too and reads as none.
+    A difference that does not average out (``NoiseFloor.systematic``) is shared state, not noise."""
+    twin = source.twin()
     if twin is None:
         nll = source.scorer.score_stream(np.asarray(tokens, dtype=np.int64)).nll
         method = "the same scorer twice (no factory, and it could not be copied: memory reads as noise)"
     else:
         nll = twin.score_stream(np.asarray(tokens, dtype=np.int64)).nll
-        method = source.fresh_method
+        method = source.noise_method
     nats = max_abs_diff(base_nll, nll)[0]
     d = np.asarray(nll, dtype=np.float64) - np.asarray(base_nll, dtype=np.float64)
     d = d[np.isfinite(d)]

@@ -57,7 +57,7 @@ def run_scorer_checks(
     """noise, T1, T1b, T1c, T2, T3, T4, T5 on any scorer, under deterministic torch algorithms.
 
     ``scorer``: a factory that builds a fresh scorer (preferred: what the pipeline has for each stage)
-    or a ``Scorer`` (then fresh ones are copies taken before its first use). The first pass over
+    or a ``Scorer`` (then the noise twin is a copy taken before its first use). The first pass over
     ``tokens`` is a fresh scorer's and is shared (T1's baseline, T2's consistency, T4, T5, T1c); a
     second fresh scorer gives the noise floor that T1, T1b, T1c and T2 allow. T1b and T2 read the same
     ``n_probe`` (+ both ends) positions; T1 cuts ``n_cuts`` times (seeded, reported); T1c runs last,
