@@ -3,7 +3,7 @@
 A *scorer* turns a token stream x[0..N-1] into one NLL per target position j = 1..N-1 (the NLL of x[j]
 given x[:j] and whatever state the scorer has built from already-scored tokens). Standard and
 sliding-window evaluation, score-first TTT, the n-gram mixture, and any scorer a user writes all
-implement it; ``pgolf_core.compliance`` runs the mechanical tests of compliance.md section 5 (T1 future
+implement it; ``pgolf_core.compliance`` runs the mechanical tests (T1 future
 perturbation, T1b target independence, T2 normalization, T3 uniform floor, T4 exactly-once, T5
 score-before-update) through these two methods alone.
 
@@ -31,10 +31,10 @@ import numpy as np
 class ScoreEvents:
     """Observer of a scoring run. The default does nothing; compliance checks record and assert."""
 
-    def scored(self, positions: np.ndarray) -> None:  # noqa: B027 - optional hook
+    def scored(self, positions: np.ndarray) -> None:
         """NLLs of ``positions`` were committed (they can no longer change)."""
 
-    def updated(self, positions: np.ndarray, kind: str) -> None:  # noqa: B027 - optional hook
+    def updated(self, positions: np.ndarray, kind: str) -> None:
         """State was changed using the tokens at ``positions`` (kind: "ttt_step", "cache", "mixer", ...)."""
 
 

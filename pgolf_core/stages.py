@@ -1,4 +1,4 @@
-"""Stage records: one measured number with everything needed to trust it (DESIGN.md "One run, as data").
+"""Stage records: one measured number with everything needed to trust it and its verdicts.
 
 Stage names are fixed and shared by the core, the notebooks and the reports:
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -28,7 +29,7 @@ STAGES = ("pre", "ema", "q", "q_sw", "q_ttt", "q_ngram")
 
 @dataclass(frozen=True)
 class Verdict:
-    """The outcome of one compliance check (compliance.md section 5 numbering: T1, T1b, T2 ... T10)."""
+    """The outcome of one compliance check (T1, T1b, T2 ... T10, as in ``pgolf_core.compliance``)."""
 
     check: str
     passed: bool | None  # None: not applicable here
@@ -77,3 +78,16 @@ def write_stages(path: str | os.PathLike, records: list[StageRecord], **meta) ->
 def read_stages(path: str | os.PathLike) -> list[StageRecord]:
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     return [StageRecord.from_dict(d) for d in data["stages"]]
+
+
+def attach_verdicts(record: StageRecord, verdicts: Iterable[Verdict]) -> StageRecord:
+    """Add verdicts to a stage record; a new verdict replaces an earlier one of the same check."""
+    new = list(verdicts)
+    names = {v.check for v in new}
+    record.verdicts = [v for v in record.verdicts if v.check not in names] + new
+    return record
+
+
+def summarize(verdicts: Iterable[Verdict]) -> str:
+    """One line per verdict: 'pass  T1  reason'."""
+    return "\n".join(f"{v.label:4}  {v.check:8}  {v.reason}" for v in verdicts)

@@ -1,17 +1,21 @@
 """Known illegal evaluation patterns, each as a ``Scorer``: fixtures for the compliance checks.
 
-Written from the descriptions in compliance.md (sections 2 and 4), not from any submission's code. Each
+Written from the public descriptions of the rulings (own words), not from any submission's code. Each
 reports its events honestly, as the original would if instrumented; what each does wrong:
 
-- ``HashedTargetCache``: the PR #909 family (R2, R3). The realised target is XOR-ed into the "full" key,
-  the denominator comes from a separate context bucket, so the number scored for x_t is not an entry of
-  any normalized distribution. Caught by T2 and T3; T1 passes (its timing is causal).
-- ``PrequantTTT``: fine-tune on the whole validation stream, then score it (#1376 family, R9). T1, T5.
-- ``OracleGate``: per token keep min(model NLL, mixed NLL) on the true token (#659, R5). T1b (the
-  selected distribution depends on x_t) or T2 (the pointwise max sums above 1).
-- ``TwoPass``: score once to fill the cache, then rescore everything with the full cache (R4). T4, T1.
+- ``HashedTargetCache``: the PR #909 family (ruled out on #779 and #982). The realised target is XOR-ed
+  into the "full" key, the denominator comes from a separate context bucket, so the number scored for
+  x_t is not an entry of any normalized distribution. Caught by T2 and T3; T1 passes (its timing is
+  causal).
+- ``PrequantTTT``: fine-tune on the whole validation stream, then score it (#1376 family, closed
+  2026-04-10). T1, T5 (and T1b, T1c, T3: it trains on whatever it is given).
+- ``OracleGate``: per token keep min(model NLL, mixed NLL) on the true token (#659). T1b (the
+  selected distribution depends on x_t) or T2 (the pointwise max sums above 1); T3 both ways.
+- ``TwoPass``: score once to fill the cache, then rescore everything with the full cache (banned in the
+  2026-03-27 sweep). T4, T1 (and T1b, T1c, T3).
 - ``TailRescore``: the sliding-window schedule that re-scores the last stride positions once per
-  truncated tail window (compliance.md 0 item 8). Harmless numbers with a static model; T4 only.
+  truncated tail window (with stride 64 and length 2048, 64 positions scored 32 times). Harmless
+  numbers with a static model; T4 only.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from pgolf_core.ngram import (
 )
 from pgolf_core.scoring import ScoreEvents, Scorer, StreamScore
 
-# The eleven odd multipliers of the #909 hash (compliance.md 2.2).
+# The eleven odd multipliers of the #909 hash.
 PRIMES_909 = np.array(
     [36313, 27191, 51647, 81929, 131071, 175447, 209591, 262147, 393241, 524287, 699053], dtype=np.uint64
 )
@@ -49,7 +53,7 @@ class HashedTargetCache(Scorer):
     p_model(x_j) with alpha = 0.05 + 0.55 sigmoid(2 (H - c(o))), c(o) = 3 - 0.25 (o - 2); a two-expert
     Hedge (model, model + n-gram), beta 2, log-weights clipped to [-20, 0]; tables updated after each
     64-token segment. ``predictive`` gives, for each v, the number it would score if x_j were v with
-    the state frozen (how #909 was measured, compliance.md T2)."""
+    the state frozen (how #909's sums over the vocabulary were measured)."""
 
     name = "hashed_target_909"
 
@@ -169,7 +173,7 @@ def tiny_gpt_config(vocab_size: int = 64) -> ModelConfig:
 
 
 class PrequantTTT(Scorer):
-    """Pre-quantization TTT on validation (#1376/#1423 pattern, R9): AdamW on every validation token for
+    """Pre-quantization TTT on validation (#1376/#1423 pattern): AdamW on every validation token for
     ``steps`` full-batch steps, then score the same tokens with the adapted model."""
 
     name = "prequant_ttt"
@@ -265,7 +269,8 @@ class OracleGate(Scorer):
 
 class TwoPass(NgramScorer):
     """Score the stream once with the legal cache (filling it), then rescore every position with the
-    full cache and report the second pass (R4: "rescoring after the cache has seen all of val")."""
+    full cache and report the second pass (the 2026-03-27 sweep banned rescoring after the cache
+    has seen all of validation)."""
 
     def __init__(self, model: ModelLogprobs, cfg: NgramConfig):
         super().__init__(model, cfg)
@@ -299,7 +304,8 @@ class TwoPass(NgramScorer):
 class TailRescore(Scorer):
     """A static model under the sliding-window schedule with start s = max(wlen - stride, 0) inside each
     window and windows started every ``stride`` tokens down to a 1-token tail: the last positions are
-    scored once per truncated tail window (compliance.md 0 item 8, records E2's 549-style bug)."""
+    scored once per truncated tail window (the bug of the #549-era sliding
+    schedule)."""
 
     name = "tail_rescore"
 

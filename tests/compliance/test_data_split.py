@@ -26,9 +26,9 @@ def test_shingle_hashes_equal_the_polynomial_and_skip_windows_with_a_bos():
     t[[0, 100, 101, 250]] = BOS
     k = 8
     hashes, starts = shingle_hashes(t, k, bos_id=BOS)
-    want = [i for i in range(len(t) - k + 1) if BOS not in t[i:i + k]]
+    want = [i for i in range(len(t) - k + 1) if BOS not in t[i : i + k]]
     assert starts.tolist() == want
-    assert hashes.tolist() == [slow_hash(t[i:i + k]) for i in want]
+    assert hashes.tolist() == [slow_hash(t[i : i + k]) for i in want]
     # Strided by absolute position: offset 5 means positions p with (p + 5) % 4 == 0.
     _, strided = shingle_hashes(t, k, bos_id=BOS, stride=4, offset=5)
     assert strided.tolist() == [i for i in want if (i + 5) % 4 == 0]
@@ -53,12 +53,15 @@ def planted(tmp_path, monkeypatch):
     other = _docs(rng, [1500, 800, 1200])
     train0 = np.concatenate([other[0], val_docs[3], other[1]])  # doc 3 starts at 1501, spans chunk 1000..2000
     train1 = np.concatenate([other[2][:600], val_docs[4][201:301], other[2][600:]])
-    files = [write_shard(tmp_path / f"fineweb_train_00000{i}.bin", x.astype(np.uint16)) for i, x in enumerate([train0, train1])]
+    files = [
+        write_shard(tmp_path / f"fineweb_train_00000{i}.bin", x.astype(np.uint16))
+        for i, x in enumerate([train0, train1])
+    ]
     return val, files, val_docs
 
 
 def test_overlap_finds_the_copied_document_and_measures_the_partial_span_exactly(planted):
-    val, files, val_docs = planted
+    val, files, _val_docs = planted
     for stride in (1, 16):
         r = val_train_overlap(val, files, k=64, stride=stride)
         assert r.val_docs == 6 and r.val_docs_checked == 5  # the 40-token doc is shorter than k
@@ -68,7 +71,8 @@ def test_overlap_finds_the_copied_document_and_measures_the_partial_span_exactly
         assert r.doc_fraction[4] == pytest.approx(100 / 900, abs=2 / 900)
         assert set(r.doc_fraction) == {3, 4}
         assert not r.clean
-    # A span shorter than k + stride - 1 may fall between sampled windows; one of >= k is never missed at stride 1.
+    # A span shorter than k + stride - 1 may fall between sampled windows; one of >= k is never missed
+    # at stride 1.
     sampled = val_train_overlap(val, files[:1], k=64, stride=16, max_train_tokens=1000)
     assert sampled.train_tokens_scanned <= 1000 and sampled.leaked == []
 
@@ -76,8 +80,12 @@ def test_overlap_finds_the_copied_document_and_measures_the_partial_span_exactly
 def test_short_boilerplate_is_reported_not_counted_as_a_leak(tmp_path):
     rng = np.random.default_rng(2)
     notice = rng.integers(2, 1024, 70)
-    val = np.concatenate([[BOS], notice, rng.integers(2, 1024, 20), [BOS], rng.integers(2, 1024, 400)]).astype(np.uint16)
-    train = np.concatenate([[BOS], rng.integers(2, 1024, 300), notice, rng.integers(2, 1024, 50)]).astype(np.uint16)
+    val = np.concatenate(
+        [[BOS], notice, rng.integers(2, 1024, 20), [BOS], rng.integers(2, 1024, 400)]
+    ).astype(np.uint16)
+    train = np.concatenate([[BOS], rng.integers(2, 1024, 300), notice, rng.integers(2, 1024, 50)]).astype(
+        np.uint16
+    )
     f = write_shard(tmp_path / "fineweb_train_000000.bin", train)
     r = val_train_overlap(val, [f], k=64, stride=1)
     assert r.doc_fraction[0] == pytest.approx(70 / 90, abs=0.02)
@@ -85,12 +93,15 @@ def test_short_boilerplate_is_reported_not_counted_as_a_leak(tmp_path):
 
 
 def test_check_data_split_verdicts(planted, tmp_path):
-    val, files, val_docs = planted
+    val, files, _val_docs = planted
     leaky = check_data_split(val, files, expected_val_docs=6)
     assert leaky.check == "T9" and leaky.passed is False and leaky.measured == 1.0
     assert "validation documents [3] appear in the training data" in leaky.reason
 
-    clean_train = write_shard(tmp_path / "clean" / "fineweb_train_000000.bin", np.concatenate(_docs(np.random.default_rng(5), [3000])).astype(np.uint16))
+    clean_train = write_shard(
+        tmp_path / "clean" / "fineweb_train_000000.bin",
+        np.concatenate(_docs(np.random.default_rng(5), [3000])).astype(np.uint16),
+    )
     ok = check_data_split(val, [clean_train], expected_val_docs=6, expected_train_shards=1)
     assert ok.passed is True and ok.measured == 0.0
     # The known failure: a build with fewer validation documents than the canonical split.
@@ -112,7 +123,9 @@ def test_near_duplicate_filter_keeps_the_container_and_the_first_copy():
 def test_smoke_corpus_passes_its_own_split_check(smoke_dir, smoke_manifest):
     val = load_tokens(list_shards(smoke_dir / "fineweb_val_*.bin"))
     verdict = check_data_split(
-        val, list_shards(smoke_dir / "fineweb_train_*.bin"), expected_val_docs=smoke_manifest["splits"]["val"]["documents"]
+        val,
+        list_shards(smoke_dir / "fineweb_train_*.bin"),
+        expected_val_docs=smoke_manifest["splits"]["val"]["documents"],
     )
     assert verdict.passed, verdict.reason
 
@@ -136,7 +149,11 @@ def test_pipeline_t9_reads_the_manifest_count_and_can_be_skipped(smoke_dir, tmp_
 
     dc = DataConfig(source="local", root=str(smoke_dir), tokenizer=str(smoke_dir / "tokenizer.model"))
     verdict = data_split_verdict(dc, 20_000_000)
-    assert verdict.passed is True and "0 of 64 validation documents" in verdict.reason and "a sample" not in verdict.reason
+    assert (
+        verdict.passed is True
+        and "0 of 64 validation documents" in verdict.reason
+        and "a sample" not in verdict.reason
+    )
     sampled = data_split_verdict(dc, 100_000)
     assert sampled.passed is True and "a sample: the first 100,000 training tokens" in sampled.reason
     assert data_split_verdict(dc, 0).passed is None
