@@ -1,6 +1,6 @@
 """The device check: every GPU question of pgolf in one command, at most 8 minutes on one H100 / H200.
 
-    make device-check [OUT=DIR]                 # installs the gpu extra, then the check (default reports/device/)
+    make device-check [OUT=DIR]                 # the gpu extra, then the check (default: reports/device/)
     python bench/device_check.py --out DIR      # the check alone (--setup: install the gpu extra first)
     python bench/device_check.py --plan         # what it would run, each section with its budget
 
@@ -28,45 +28,102 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: bench/ is not a package of the installed project
     sys.path.insert(0, str(REPO))
 
-from bench.devcheck.report import plan_lines, summary_counts, write_reports  # noqa: E402
-from bench.devcheck.runner import Section, _cuda_available, run_sections, supervise  # noqa: E402
-from bench.devcheck.setup_env import SETUP_ENV  # noqa: E402
+from bench.devcheck.report import plan_lines, summary_counts, write_reports
+from bench.devcheck.runner import Section, run_sections
+from bench.devcheck.setup_env import SETUP_ENV
+from bench.devcheck.supervisor import cuda_available, supervise
 
 DEADLINE_S = 470.0  # 8 minutes less 10 s for the reports and the last worker's exit
 
 SECTIONS = [
-    Section("setup", "the gpu extra's attention kernels", 45, "bench.devcheck.setup_env:section_setup",
-            "pip install each requirement of pyproject's gpu extra (flash-attn 2.8, flash-attn-4) on its own, "
-            "time-bounded, the installed torch pinned (only with --setup)"),
-    Section("env", "environment", 15, "bench.devcheck.setup_env:section_env",
-            "GPU, driver, CUDA, torch, versions; which attention backends import; what attn_backend auto picks"),
-    Section("attention", "attention kernels against SDPA fp32", 30, "bench.devcheck.attention:section",
-            "fa3 / fa2 / fa4 / sdpa in bf16 vs SDPA fp32 on the same inputs, forward and backward, causal and "
-            "windowed; varlen entry points; SDPA fp32 vs a float64 reference"),
-    Section("train_compile", "50 steps compiled bf16 vs eager fp32", 45, "bench.devcheck.training:section_train",
-            "the smoke model on a synthetic Markov stream, torch.compile + bf16 autocast vs eager fp32, same "
-            "batches and init: the losses agree and both fall"),
-    Section("artifact", "artifact round trip, GPU-trained, loaded on CPU", 20,
-            "bench.devcheck.training:section_artifact",
-            "build_artifact of the compiled run's weights, artifact.bin read back with load_artifact on the CPU, "
-            "strict load; logits vs the same weights on the GPU; quantization gap; byte cap"),
-    Section("records", "record configs: compiled vs eager, step time, memory", 150, "bench.devcheck.records:section",
-            "baseline, #1855, #1493 at one rank's micro-batch of an 8-GPU run: compiled bf16 loss and gradients "
-            "vs eager fp32; ms/step, tokens/s, peak memory vs the records' logs; the one-GPU step"),
-    Section("pipeline", "the whole pipeline on one GPU", 130, "bench.devcheck.pipeline_run:section",
-            "pgolf suite params/h100x1 --only quick (subprocess, timeout): 30 s of training on the smoke corpus, "
-            "every post-training stage, the rendered report"),
-    Section("eval", "evaluation throughput", 30, "bench.devcheck.evalspeed:section",
-            "sliding-window (#1493), chunked TTT (#1493) and phased TTT (#1855) scored tokens/s vs the records"),
+    Section(
+        "setup",
+        "the gpu extra's attention kernels",
+        45,
+        "bench.devcheck.setup_env:section_setup",
+        "pip install each requirement of pyproject's gpu extra (flash-attn 2.8, flash-attn-4) on its own, "
+        "time-bounded, the installed torch pinned (only with --setup)",
+    ),
+    Section(
+        "env",
+        "environment",
+        15,
+        "bench.devcheck.setup_env:section_env",
+        "GPU, driver, CUDA, torch, versions; which attention backends import; what attn_backend auto picks",
+    ),
+    Section(
+        "attention",
+        "attention kernels against SDPA fp32",
+        30,
+        "bench.devcheck.attention:section",
+        "fa3 / fa2 / fa4 / sdpa in bf16 vs SDPA fp32 on the same inputs, forward and backward, causal and "
+        "windowed; varlen entry points; SDPA fp32 vs a float64 reference",
+    ),
+    Section(
+        "train_compile",
+        "50 steps compiled bf16 vs eager fp32",
+        45,
+        "bench.devcheck.training:section_train",
+        "the smoke model on a synthetic Markov stream, torch.compile + bf16 autocast vs eager fp32, same "
+        "batches and init: the losses agree and both fall",
+    ),
+    Section(
+        "artifact",
+        "artifact round trip, GPU-trained, loaded on CPU",
+        20,
+        "bench.devcheck.training:section_artifact",
+        "build_artifact of the compiled run's weights, artifact.bin read back with load_artifact on the CPU, "
+        "strict load; logits vs the same weights on the GPU; quantization gap; byte cap",
+    ),
+    Section(
+        "records",
+        "record configs: compiled vs eager, step time, memory",
+        150,
+        "bench.devcheck.records:section",
+        "baseline, #1855, #1493 at one rank's micro-batch of an 8-GPU run: compiled bf16 loss and gradients "
+        "vs eager fp32; ms/step, tokens/s, peak memory vs the records' logs; the one-GPU step",
+    ),
+    Section(
+        "pipeline",
+        "the whole pipeline on one GPU",
+        130,
+        "bench.devcheck.pipeline_run:section",
+        "pgolf suite params/h100x1 --only quick (subprocess, timeout): 30 s of training on the smoke corpus, "
+        "every post-training stage, the rendered report",
+    ),
+    Section(
+        "eval",
+        "evaluation throughput",
+        30,
+        "bench.devcheck.evalspeed:section",
+        "sliding-window (#1493), chunked TTT (#1493) and phased TTT (#1855) scored tokens/s vs the records",
+    ),
 ]
 
 
 def _git_commit() -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                             timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "") if out.returncode == 0 else "unknown"
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        return (
+            out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+            if out.returncode == 0
+            else "unknown"
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -95,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--setup", action="store_true", help="install the gpu extra first (section setup)")
     ap.add_argument("--plan", action="store_true", help="print the plan and exit")
     ap.add_argument("--only", nargs="+", metavar="SECTION", help="run only these sections (debugging)")
-    ap.add_argument("--deadline", type=float, default=DEADLINE_S, help="global deadline in seconds (%(default)s)")
+    ap.add_argument(
+        "--deadline", type=float, default=DEADLINE_S, help="global deadline in seconds (%(default)s)"
+    )
     args = ap.parse_args(argv)
     names = [s.name for s in SECTIONS]
     unknown = sorted(set(args.only or []) - set(names))
@@ -107,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cuda = _cuda_available()
+    cuda = cuda_available()
     deadline = START + args.deadline
     if not cuda:
         print("no CUDA on this machine: every section is skipped (the plan above is what a GPU machine runs)")
@@ -118,7 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         results = supervise(sections, deadline=deadline, out_dir=out, work_dir=out / "workers")
     md, js = write_reports(out, header(argv, cuda, args.deadline), sections, results)
     counts = summary_counts(results)
-    print(f"device check: {', '.join(f'{n} {k}' for k, n in counts.items() if n)} in {time.time() - START:.0f} s")
+    print(
+        f"device check: {', '.join(f'{n} {k}' for k, n in counts.items() if n)} "
+        f"in {time.time() - START:.0f} s"
+    )
     print(f"reports: {md} and {js}")
     return 1 if counts["failed"] or counts["timeout"] else 0
 

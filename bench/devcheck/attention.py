@@ -11,6 +11,7 @@ itself is checked against an independent float64 softmax(q k^T / sqrt(K)) v.
 from __future__ import annotations
 
 import importlib
+import itertools
 import math
 from collections.abc import Callable
 
@@ -44,7 +45,7 @@ def _first(out):
 def naive_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window: int = 0) -> torch.Tensor:
     """softmax(q k^T / sqrt(K)) v over causal (optionally windowed) keys, by hand: (B, T, H, K) queries,
     (B, T, G, K) keys and values, each kv head repeated for its H / G query heads."""
-    B, T, H, K = q.shape
+    _, T, H, K = q.shape
     rep = H // k.size(2)
     k, v = k.repeat_interleave(rep, dim=2), v.repeat_interleave(rep, dim=2)
     scores = torch.einsum("bthk,bshk->bhts", q, k) / math.sqrt(K)
@@ -120,9 +121,15 @@ def fp32_sanity(shape, device, window: int, seed: int = 0) -> list[Check]:
     got = forward_backward(pgolf_kernel("sdpa", window), q, k, v, dout, torch.float32)
     errs = [rel_max_err(x, r) for x, r in zip(got, ref)]
     tag = f"window {window}" if window else "causal"
-    return [within(f"sdpa fp32 vs float64, {tag}, forward", errs[0], FP32_TOL),
-            within(f"sdpa fp32 vs float64, {tag}, backward", max(errs[1:]), FP32_TOL,
-                   "dq {:.2e} dk {:.2e} dv {:.2e}".format(*errs[1:]))]
+    return [
+        within(f"sdpa fp32 vs float64, {tag}, forward", errs[0], FP32_TOL),
+        within(
+            f"sdpa fp32 vs float64, {tag}, backward",
+            max(errs[1:]),
+            FP32_TOL,
+            "dq {:.2e} dk {:.2e} dv {:.2e}".format(*errs[1:]),
+        ),
+    ]
 
 
 def kernel_errors(fn: Kernel, shape, device, window: int, dtype=torch.bfloat16, seed: int = 0) -> list[float]:
@@ -135,9 +142,15 @@ def kernel_errors(fn: Kernel, shape, device, window: int, dtype=torch.bfloat16, 
 
 def kernel_checks(name: str, errs: list[float], window: int) -> list[Check]:
     tag = f"window {window}" if window else "causal"
-    return [within(f"{name} bf16, {tag}, forward", errs[0], BF16_FWD_TOL),
-            within(f"{name} bf16, {tag}, backward", max(errs[1:]), BF16_BWD_TOL,
-                   "dq {:.2e} dk {:.2e} dv {:.2e}".format(*errs[1:]))]
+    return [
+        within(f"{name} bf16, {tag}, forward", errs[0], BF16_FWD_TOL),
+        within(
+            f"{name} bf16, {tag}, backward",
+            max(errs[1:]),
+            BF16_BWD_TOL,
+            "dq {:.2e} dk {:.2e} dv {:.2e}".format(*errs[1:]),
+        ),
+    ]
 
 
 def _varlen_fn(kind: str):
@@ -163,12 +176,22 @@ def varlen_errors(fn, device, docs=VARLEN_DOCS, heads=(8, 4, 64), seed: int = 0)
     cu = torch.tensor(offsets, dtype=torch.int32, device=device)
 
     def packed(a, b, c):
-        out = fn(a[0], b[0], c[0], cu_seqlens_q=cu, cu_seqlens_k=cu, max_seqlen_q=max(docs),
-                 max_seqlen_k=max(docs), causal=True)
+        out = fn(
+            a[0],
+            b[0],
+            c[0],
+            cu_seqlens_q=cu,
+            cu_seqlens_k=cu,
+            max_seqlen_q=max(docs),
+            max_seqlen_k=max(docs),
+            causal=True,
+        )
         return _first(out)[None]
 
     def per_document(a, b, c):
-        parts = [causal_attention(a[:, s:e], b[:, s:e], c[:, s:e], "sdpa") for s, e in zip(offsets[:-1], offsets[1:])]
+        parts = [
+            causal_attention(a[:, s:e], b[:, s:e], c[:, s:e], "sdpa") for s, e in itertools.pairwise(offsets)
+        ]
         return torch.cat(parts, dim=1)
 
     ref = forward_backward(per_document, q, k, v, dout, torch.float32)
@@ -183,20 +206,26 @@ def section(ctx: Context) -> None:
         ctx.note(f"{kind} not run: {why}")
     ctx.data("kernels", sorted(kernels))
     B, T, H, G, K = SHAPE
-    table = ctx.table(f"error / max |reference| against SDPA fp32 (B {B}, T {T}, H {H}, G {G}, K {K}; bf16)",
-                      ["kernel", "mask", "forward", "dq", "dk", "dv"])
+    table = ctx.table(
+        f"error / max |reference| against SDPA fp32 (B {B}, T {T}, H {H}, G {G}, K {K}; bf16)",
+        ["kernel", "mask", "forward", "dq", "dk", "dv"],
+    )
     for window in (0, WINDOW):
         for c in ctx.step(f"sdpa fp32 sanity, window {window}", fp32_sanity, SHAPE, device, window) or []:
             ctx.add(c)
         for name, make in kernels.items():
-            errs = ctx.step(f"{name}, window {window}", lambda m=make, w=window: kernel_errors(m(w), SHAPE, device, w))
+            errs = ctx.step(
+                f"{name}, window {window}", lambda m=make, w=window: kernel_errors(m(w), SHAPE, device, w)
+            )
             if errs is None:
                 continue
             ctx.row(table, [name, f"window {window}" if window else "causal", *errs])
             for c in kernel_checks(name, errs, window):
                 ctx.add(c)
-    vt = ctx.table(f"varlen: documents {list(VARLEN_DOCS)} packed, against SDPA fp32 per document",
-                   ["kernel", "forward", "dq", "dk", "dv"])
+    vt = ctx.table(
+        f"varlen: documents {list(VARLEN_DOCS)} packed, against SDPA fp32 per document",
+        ["kernel", "forward", "dq", "dk", "dv"],
+    )
     for kind in VARLEN_MODULES:
         if kind in missing:
             continue

@@ -48,14 +48,17 @@ def at_least(name: str, value: float | None, limit: float, detail: str = "") -> 
     return Check(name, value, limit, _finite(value) and value >= limit, detail)
 
 
-def calibrated(name: str, value: float | None, baseline: float | None, factor: float, floor: float,
-               detail: str = "") -> Check:
+def calibrated(
+    name: str, value: float | None, baseline: float | None, factor: float, floor: float, detail: str = ""
+) -> Check:
     """Pass when ``value <= factor * baseline + floor`` (both finite)."""
     if not _finite(baseline):
         return Check(name, value, None, False, f"no finite baseline ({baseline}); {detail}".rstrip("; "))
     limit = factor * baseline + floor
     text = f"limit {factor:g} x {baseline:.3g} + {floor:g}"
-    return Check(name, value, limit, _finite(value) and value <= limit, f"{text}; {detail}" if detail else text)
+    return Check(
+        name, value, limit, _finite(value) and value <= limit, f"{text}; {detail}" if detail else text
+    )
 
 
 def worst_tensor(errors: Mapping[str, float]) -> tuple[str, float]:

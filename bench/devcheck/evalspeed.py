@@ -23,11 +23,30 @@ from pgolf_core.ttt import TTTInputs, run_ttt
 VAL_TOKENS_SP8192 = 1_238 * 32_768
 # (config, overrides, scored tokens, seconds on 8xH100 for the whole validation set (low, high), source)
 CASES = [
-    ("sliding, stride 64", "record_1493", ["ttt.enabled=false"], 262_144, (94.0, 121.0),
-     "#1493 quantized_sliding_window eval time"),
-    ("chunked SGD TTT (3 epochs, 32k chunks)", "record_1493", [], 131_072, (318.0, 368.0), "#1493 legal TTT eval time"),
-    ("phased TTT (LoRA rank 80, 3 phases)", "record_1855", [], 131_072, (455.0, 509.0),
-     "#1855 TTT eval time (timer around the TTT pass)"),
+    (
+        "sliding, stride 64",
+        "record_1493",
+        ["ttt.enabled=false"],
+        262_144,
+        (94.0, 121.0),
+        "#1493 quantized_sliding_window eval time",
+    ),
+    (
+        "chunked SGD TTT (3 epochs, 32k chunks)",
+        "record_1493",
+        [],
+        131_072,
+        (318.0, 368.0),
+        "#1493 legal TTT eval time",
+    ),
+    (
+        "phased TTT (LoRA rank 80, 3 phases)",
+        "record_1855",
+        [],
+        131_072,
+        (455.0, 509.0),
+        "#1855 TTT eval time (timer around the TTT pass)",
+    ),
 ]
 CASE_NEED_S = 8.0
 WARM_TOKENS = 8_192
@@ -54,12 +73,22 @@ def eval_rate(model, cfg, tokens: np.ndarray, device: torch.device) -> tuple[int
 
 def section(ctx: Context) -> None:
     device = torch.device("cuda")
-    table = ctx.table("evaluation throughput on one GPU (eager, bf16 autocast, randomized weights)",
-                      ["evaluation", "config", "scored tokens", "seconds", "tokens/s",
-                       "record tokens/s per GPU (8xH100)", "source"],
-                      note=f"Record rates: {VAL_TOKENS_SP8192:,} validation tokens / (eval seconds x {WORLD_SIZE}).")
+    table = ctx.table(
+        "evaluation throughput on one GPU (eager, bf16 autocast, randomized weights)",
+        [
+            "evaluation",
+            "config",
+            "scored tokens",
+            "seconds",
+            "tokens/s",
+            "record tokens/s per GPU (8xH100)",
+            "source",
+        ],
+        note=f"Record rates: {VAL_TOKENS_SP8192:,} validation tokens / (eval seconds x {WORLD_SIZE}).",
+    )
     models: dict[str, torch.nn.Module] = {}
     for label, name, overrides, n, (lo, hi), source in CASES:
+
         def one(label=label, name=name, overrides=overrides, n=n, lo=lo, hi=hi, source=source) -> None:
             cfg = load(RECORD_PARAMS[name], overrides)
             if name not in models:
@@ -70,13 +99,23 @@ def section(ctx: Context) -> None:
                 models[name] = model.eval()
             model = models[name]
             seq = cfg.eval_seq_len
-            eval_rate(model, cfg, doc_stream(vocab_size(model), WARM_TOKENS, seq, 0), device)  # kernels, allocator
+            eval_rate(
+                model, cfg, doc_stream(vocab_size(model), WARM_TOKENS, seq, 0), device
+            )  # kernels, allocator
             tokens, seconds, info = eval_rate(model, cfg, doc_stream(vocab_size(model), n, seq, 1), device)
-            ctx.add(Check(f"{label}: scored every target", float(tokens), float(n), tokens == (n // seq) * seq))
+            ctx.add(
+                Check(f"{label}: scored every target", float(tokens), float(n), tokens == (n // seq) * seq)
+            )
             rate = tokens / seconds
             ref = f"{VAL_TOKENS_SP8192 / (hi * WORLD_SIZE):,.0f}-{VAL_TOKENS_SP8192 / (lo * WORLD_SIZE):,.0f}"
             ctx.row(table, [label, name, tokens, seconds, rate, ref, source])
-            ctx.data(label, {"tokens": tokens, "seconds": seconds, "info": {k: v for k, v in info.items()
-                                                                            if isinstance(v, (int, float, str))}})
+            ctx.data(
+                label,
+                {
+                    "tokens": tokens,
+                    "seconds": seconds,
+                    "info": {k: v for k, v in info.items() if isinstance(v, (int, float, str))},
+                },
+            )
 
         ctx.step(label, one, need_s=CASE_NEED_S)

@@ -46,10 +46,18 @@ class Reference:
 # From the records' train logs (records/track_10min_16mb/<folder>/train*.log).
 REFERENCES = {
     "baseline": Reference(43.54, 10_184, "2026-03-17_NaiveBaseline: 13,780 steps in 600 s"),
-    "record_1493": Reference(129.0, None, "#1493 (2026-04-09_SP8192_3LayerRecur_ParResid_QK525_LegalTTT): "
-                                          "about 4,554 steps in 588 s, derived; no peak memory logged"),
-    "record_1855": Reference(121.7, 41_717, "#1855 (2026-04-27_SP8192_LQER_SparseGate_BOSSmearFix_9HpStack_1.0611): "
-                                            "4,931 steps, 3-seed mean; about 96 ms/step before the loops switch on"),
+    "record_1493": Reference(
+        129.0,
+        None,
+        "#1493 (2026-04-09_SP8192_3LayerRecur_ParResid_QK525_LegalTTT): "
+        "about 4,554 steps in 588 s, derived; no peak memory logged",
+    ),
+    "record_1855": Reference(
+        121.7,
+        41_717,
+        "#1855 (2026-04-27_SP8192_LQER_SparseGate_BOSSmearFix_9HpStack_1.0611): "
+        "4,931 steps, 3-seed mean; about 96 ms/step before the loops switch on",
+    ),
 }
 CASES = ("baseline", "record_1855", "record_1493")  # in order: a case that does not fit is skipped
 CASE_NEED_S = 40.0  # a case starts when this much of the section's budget is left
@@ -101,11 +109,21 @@ def compare_compiled(model, fwd, x, y, chunk: int = CHUNK_SEQS) -> tuple[list[Ch
     ratio = {k: ec[k] / (FACTOR * e16[k] + GRAD_FLOOR) for k in g32}
     worst = max(ratio, key=lambda k: math.inf if math.isnan(ratio[k]) else ratio[k])
     checks = [
-        calibrated("loss: |compiled bf16 - eager fp32| (nats)", abs(lc - l32), abs(l16 - l32), FACTOR, LOSS_FLOOR,
-                   f"compiled {lc:.5f}, eager bf16 {l16:.5f}, eager fp32 {l32:.5f}"),
-        Check("gradients: worst tensor's rel. L2 error / (2 x eager bf16's + 0.01)", ratio[worst], 1.0,
-              not math.isnan(ratio[worst]) and ratio[worst] <= 1.0 and set(gc) == set(g32),
-              f"{worst}: compiled {ec[worst]:.2e}, eager bf16 {e16[worst]:.2e}; {len(g32)} tensors"),
+        calibrated(
+            "loss: |compiled bf16 - eager fp32| (nats)",
+            abs(lc - l32),
+            abs(l16 - l32),
+            FACTOR,
+            LOSS_FLOOR,
+            f"compiled {lc:.5f}, eager bf16 {l16:.5f}, eager fp32 {l32:.5f}",
+        ),
+        Check(
+            "gradients: worst tensor's rel. L2 error / (2 x eager bf16's + 0.01)",
+            ratio[worst],
+            1.0,
+            not math.isnan(ratio[worst]) and ratio[worst] <= 1.0 and set(gc) == set(g32),
+            f"{worst}: compiled {ec[worst]:.2e}, eager bf16 {e16[worst]:.2e}; {len(g32)} tensors",
+        ),
     ]
     return checks, {"loss_fp32": l32, "loss_bf16": l16, "loss_compiled": lc, "first_call_s": first_s}
 
@@ -149,9 +167,22 @@ def time_steps(fwd, model, opt, x, y, steps: int = TIMED_STEPS) -> dict:
     return out
 
 
-COLUMNS = ["case", "loops", "params", "backend", "micro-batch", "ms/step", "ms fwd+bwd", "tokens/s", "peak MiB",
-           "record ms/step (8xH100)", "record peak MiB", "1-GPU ms/step (8 accum.)", "1-GPU steps in 600 s",
-           "compile s"]
+COLUMNS = [
+    "case",
+    "loops",
+    "params",
+    "backend",
+    "micro-batch",
+    "ms/step",
+    "ms fwd+bwd",
+    "tokens/s",
+    "peak MiB",
+    "record ms/step (8xH100)",
+    "record peak MiB",
+    "1-GPU ms/step (8 accum.)",
+    "1-GPU steps in 600 s",
+    "compile s",
+]
 
 
 def run_case(ctx: Context, name: str, table) -> None:
@@ -177,24 +208,51 @@ def run_case(ctx: Context, name: str, table) -> None:
     for loops in states:
         if not loops:
             if looped and ctx.left() < compile_s + 15:
-                ctx.note(f"{name}: loops-off timing skipped ({ctx.left():.0f} s left, compiling took {compile_s:.0f} s)")
+                ctx.note(
+                    f"{name}: loops-off timing skipped ({ctx.left():.0f} s left, "
+                    f"compiling took {compile_s:.0f} s)"
+                )
                 break
             model.set_looping(False)  # a guard on the flag: the next call compiles the plain plan
         m = time_steps(fwd, model, opt, x, y)
-        ctx.add(Check(f"{name}{' loops on' if loops else ''}: loss finite after {TIMED_STEPS + 2} steps", m["loss"],
-                      None, math.isfinite(m["loss"])))
-        ctx.row(table, [name, ("on" if loops else "off") if looped else "-", count_parameters(model),
-                        model.attn_backend, f"{seqs} x {seq}", m["ms_step"], m["ms_fwd_bwd"], m["tokens_per_s"],
-                        m["peak_mib"], ref.ms_per_step, ref.peak_mib, m["ms_step_1gpu"],
-                        int(TRAIN_SECONDS * 1000 / m["ms_step_1gpu"]), compile_s])
+        ctx.add(
+            Check(
+                f"{name}{' loops on' if loops else ''}: loss finite after {TIMED_STEPS + 2} steps",
+                m["loss"],
+                None,
+                math.isfinite(m["loss"]),
+            )
+        )
+        ctx.row(
+            table,
+            [
+                name,
+                ("on" if loops else "off") if looped else "-",
+                count_parameters(model),
+                model.attn_backend,
+                f"{seqs} x {seq}",
+                m["ms_step"],
+                m["ms_fwd_bwd"],
+                m["tokens_per_s"],
+                m["peak_mib"],
+                ref.ms_per_step,
+                ref.peak_mib,
+                m["ms_step_1gpu"],
+                int(TRAIN_SECONDS * 1000 / m["ms_step_1gpu"]),
+                compile_s,
+            ],
+        )
         ctx.data(f"{name}_loops_{'on' if loops else 'off'}", {**m, **info})
     ctx.note(f"{name}: {time.perf_counter() - t0:.0f} s; reference {ref.source}")
 
 
 def section(ctx: Context) -> None:
-    table = ctx.table("training step at one rank's micro-batch of an 8-GPU run (compiled, bf16, no communication)",
-                      COLUMNS, note="The records' ms/step include DDP / banked-Muon communication and, for looped "
-                      "configs, the share of steps before the loops switch on; a loops-on row is the expensive state.")
+    table = ctx.table(
+        "training step at one rank's micro-batch of an 8-GPU run (compiled, bf16, no communication)",
+        COLUMNS,
+        note="The records' ms/step include DDP / banked-Muon communication and, for looped "
+        "configs, the share of steps before the loops switch on; a loops-on row is the expensive state.",
+    )
     for name in CASES:
         ctx.step(name, run_case, ctx, name, table, need_s=CASE_NEED_S)
         torch._dynamo.reset()  # a fresh cache per model (and no recompile limit across cases)

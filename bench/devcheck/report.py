@@ -49,8 +49,11 @@ def summary_counts(results: list[SectionResult]) -> dict[str, int]:
 def plan_lines(sections: list[Section], deadline_s: float) -> list[str]:
     """What the check would run: each section with its budget (printed on every machine)."""
     total = sum(s.budget_s for s in sections)
-    lines = [f"device check plan: {len(sections)} sections, budgets {total:.0f} s in all, global deadline "
-             f"{deadline_s:.0f} s (a section starts when half its budget is left, what does not fit is skipped)"]
+    first = (
+        f"device check plan: {len(sections)} sections, budgets {total:.0f} s in all, global deadline "
+        f"{deadline_s:.0f} s (a section starts when half its budget is left, what does not fit is skipped)"
+    )
+    lines = [first]
     for i, s in enumerate(sections, 1):
         lines.append(f"  {i}. {s.name:<15} {s.budget_s:>4.0f} s  {s.what}")
     return lines
@@ -65,17 +68,42 @@ def render_markdown(header: dict, sections: list[Section], results: list[Section
     for s, r in zip(sections, results):
         judged = [c for c in r.checks if c.passed is not None]
         passed = sum(c.passed is True for c in judged)
-        rows.append([s.name, status_text(r), f"{r.seconds:.1f} / {s.budget_s:.0f}",
-                     f"{passed}/{len(judged)}" if judged else ""])
+        rows.append(
+            [
+                s.name,
+                status_text(r),
+                f"{r.seconds:.1f} / {s.budget_s:.0f}",
+                f"{passed}/{len(judged)}" if judged else "",
+            ]
+        )
     out += _md_table(["section", "status", "seconds / budget", "checks passed"], rows)
     out += ["", "## Plan", "", "```", *plan_lines(sections, header.get("deadline_s", 0.0)), "```"]
     for s, r in zip(sections, results):
-        out += ["", f"## {s.name}: {s.title}", "", f"**{status_text(r)}** ({r.seconds:.1f} s of {s.budget_s:.0f} s)",
-                "", s.what]
+        out += [
+            "",
+            f"## {s.name}: {s.title}",
+            "",
+            f"**{status_text(r)}** ({r.seconds:.1f} s of {s.budget_s:.0f} s)",
+            "",
+            s.what,
+        ]
         if r.checks:
-            out += ["", *_md_table(["check", "value", "tolerance", "result", "detail"],
-                                   [[c.name, c.value, c.limit, {True: "pass", False: "FAIL", None: "-"}[c.passed],
-                                     c.detail] for c in r.checks])]
+            out += [
+                "",
+                *_md_table(
+                    ["check", "value", "tolerance", "result", "detail"],
+                    [
+                        [
+                            c.name,
+                            c.value,
+                            c.limit,
+                            {True: "pass", False: "FAIL", None: "-"}[c.passed],
+                            c.detail,
+                        ]
+                        for c in r.checks
+                    ],
+                ),
+            ]
         for t in r.tables:
             out += ["", f"**{t.title}**", "", *_md_table(t.columns, t.rows)]
             if t.note:
@@ -87,12 +115,16 @@ def render_markdown(header: dict, sections: list[Section], results: list[Section
     return "\n".join(out) + "\n"
 
 
-def write_reports(out_dir: Path, header: dict, sections: list[Section], results: list[SectionResult]) -> tuple[Path, Path]:
+def write_reports(
+    out_dir: Path, header: dict, sections: list[Section], results: list[SectionResult]
+) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     doc = {
         **header,
         "summary": summary_counts(results),
-        "sections": [{"what": s.what, "needs_cuda": s.needs_cuda, **r.to_dict()} for s, r in zip(sections, results)],
+        "sections": [
+            {"what": s.what, "needs_cuda": s.needs_cuda, **r.to_dict()} for s, r in zip(sections, results)
+        ],
     }
     json_path, md_path = out_dir / JSON_NAME, out_dir / MD_NAME
     json_path.write_text(json.dumps(doc, indent=1, default=str) + "\n", encoding="utf-8")

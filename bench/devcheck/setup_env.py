@@ -42,7 +42,7 @@ def gpu_requirements(pyproject: Path = REPO / "pyproject.toml") -> list[str]:
 
         return list(tomllib.loads(text)["project"]["optional-dependencies"]["gpu"])
     except ModuleNotFoundError:  # Python 3.10: the one list, read by hand
-        m = re.search(r"^gpu\s*=\s*\[(.*?)\]", text, flags=re.S | re.M)
+        m = re.search(r"^gpu\s*=\s*\[(.*?)\]", text, flags=re.DOTALL | re.MULTILINE)
         return re.findall(r'"([^"]+)"', m.group(1)) if m else []
 
 
@@ -58,16 +58,34 @@ def installed_version(name: str) -> str | None:
 
 
 def pip_command(requirement: str, constraints: Path) -> list[str]:
-    return [sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--retries", "0",
-            "--timeout", "15", "-c", str(constraints), *PIP_OPTIONS.get(dist_name(requirement), []), requirement]
+    return [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--disable-pip-version-check",
+        "--no-input",
+        "--retries",
+        "0",
+        "--timeout",
+        "15",
+        "-c",
+        str(constraints),
+        *PIP_OPTIONS.get(dist_name(requirement), []),
+        requirement,
+    ]
 
 
-def run_bounded(cmd: list[str], timeout: float, log: Path, env: dict | None = None) -> tuple[int | None, float]:
+def run_bounded(
+    cmd: list[str], timeout: float, log: Path, env: dict | None = None
+) -> tuple[int | None, float]:
     """(exit status, or None when killed at ``timeout``; seconds). Output to ``log``; on timeout the whole
     process group goes (pip's build children too)."""
     t0 = time.perf_counter()
     with log.open("wb") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env, start_new_session=True
+        )
         try:
             return proc.wait(timeout=max(timeout, 1.0)), time.perf_counter() - t0
         except subprocess.TimeoutExpired:
@@ -84,7 +102,9 @@ def section_setup(ctx: Context) -> None:
         return
     constraints = ctx.out_dir / "pip_constraints.txt"
     constraints.write_text(f"torch=={torch.__version__}\n")
-    table = ctx.table("pip install, one requirement of the gpu extra at a time", ["requirement", "result", "seconds", "log"])
+    table = ctx.table(
+        "pip install, one requirement of the gpu extra at a time", ["requirement", "result", "seconds", "log"]
+    )
     env = {**os.environ, "MAX_JOBS": "4"}  # if flash-attn does start compiling, not on every core
     for req in gpu_requirements():
         name = dist_name(req)
@@ -95,7 +115,11 @@ def section_setup(ctx: Context) -> None:
         log = ctx.out_dir / f"pip_{name}.log"
         rc, seconds = run_bounded(pip_command(req, constraints), min(PIP_TIMEOUT_S, ctx.left() - 5), log, env)
         got = installed_version(name)
-        result = f"installed {got}" if got else ("killed at the time limit" if rc is None else f"failed (exit {rc})")
+        result = (
+            f"installed {got}"
+            if got
+            else ("killed at the time limit" if rc is None else f"failed (exit {rc})")
+        )
         ctx.row(table, [req, result, seconds, log.name])
         if not got:
             tail = [ln for ln in log.read_text(errors="replace").splitlines() if ln.strip()][-3:]
@@ -108,11 +132,18 @@ def nvidia_smi() -> dict:
     if exe is None:
         return {"nvidia-smi": "not found"}
     try:
-        out = subprocess.run([exe, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20).stdout.strip()
+        out = subprocess.run(
+            [exe, "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+            check=False,
+        ).stdout.strip()
     except (subprocess.SubprocessError, OSError) as e:
         return {"nvidia-smi": f"{type(e).__name__}: {e}"}
-    name, driver, memory = ([p.strip() for p in out.splitlines()[0].split(",")] + ["", "", ""])[:3] if out else ("",) * 3
+    name, driver, memory = (
+        ([p.strip() for p in out.splitlines()[0].split(",")] + ["", "", ""])[:3] if out else ("",) * 3
+    )
     return {"driver": driver, "gpu (nvidia-smi)": name, "memory (nvidia-smi)": memory}
 
 
@@ -126,9 +157,15 @@ def section_env(ctx: Context) -> None:
     device = torch.device("cuda")
     props = torch.cuda.get_device_properties(device)
     facts = {
-        "gpu": props.name, "capability": f"{props.major}.{props.minor}", "memory GiB": round(props.total_memory / 2**30, 1),
-        "multiprocessors": props.multi_processor_count, **nvidia_smi(), "cuda (torch)": torch.version.cuda,
-        "cudnn": torch.backends.cudnn.version(), "python": platform.python_version(), "platform": platform.platform(),
+        "gpu": props.name,
+        "capability": f"{props.major}.{props.minor}",
+        "memory GiB": round(props.total_memory / 2**30, 1),
+        "multiprocessors": props.multi_processor_count,
+        **nvidia_smi(),
+        "cuda (torch)": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
     }
     facts.update({f"{p} version": installed_version(p) or "not installed" for p in PACKAGES})
     t = ctx.table("environment", ["item", "value"])
@@ -148,7 +185,17 @@ def section_env(ctx: Context) -> None:
     auto = select_attention_backend("auto", device)
     model_pick = build(load(RECORD_PARAMS["baseline"]), device).attn_backend
     ctx.data("auto_backend", auto)
-    ctx.add(Check("model.attn_backend auto: select_attention_backend and build_model agree", None, None,
-                  auto == model_pick, f"auto picks {auto}; a model built here uses {model_pick}"))
+    ctx.add(
+        Check(
+            "model.attn_backend auto: select_attention_backend and build_model agree",
+            None,
+            None,
+            auto == model_pick,
+            f"auto picks {auto}; a model built here uses {model_pick}",
+        )
+    )
     if props.major == 9 and auto != "fa3":
-        ctx.note(f"Hopper GPU but auto picks {auto}: the records ran FA3 (flash_attn_interface); see the setup section")
+        ctx.note(
+            f"Hopper GPU but auto picks {auto}: the records ran FA3 (flash_attn_interface); "
+            "see the setup section"
+        )

@@ -62,8 +62,14 @@ def train_losses(cfg: RunConfig, batches, device: torch.device, *, compile: bool
     return [float(v) for v in losses], model, time.perf_counter() - t0
 
 
-def compare_losses(test: list[float], ref: list[float], last: int = LAST, tol: float = LOSS_TOL,
-                   min_drop: float = MIN_DROP, label: str = "compiled bf16") -> list[Check]:
+def compare_losses(
+    test: list[float],
+    ref: list[float],
+    last: int = LAST,
+    tol: float = LOSS_TOL,
+    min_drop: float = MIN_DROP,
+    label: str = "compiled bf16",
+) -> list[Check]:
     """Both runs learned (their loss fell by ``min_drop``), and ``test`` ends within ``tol`` of ``ref``."""
     diff = statistics.fmean(abs(a - b) for a, b in zip(test[-last:], ref[-last:]))
 
@@ -71,8 +77,12 @@ def compare_losses(test: list[float], ref: list[float], last: int = LAST, tol: f
         return statistics.fmean(v[:5]) - statistics.fmean(v[-5:])
 
     return [
-        within(f"loss: mean |{label} - eager fp32| over the last {last} steps", diff, tol,
-               f"final {test[-1]:.4f} vs {ref[-1]:.4f}"),
+        within(
+            f"loss: mean |{label} - eager fp32| over the last {last} steps",
+            diff,
+            tol,
+            f"final {test[-1]:.4f} vs {ref[-1]:.4f}",
+        ),
         at_least("eager fp32 loss fell (first 5 - last 5 steps)", drop(ref), min_drop, "nats"),
         at_least(f"{label} loss fell (first 5 - last 5 steps)", drop(test), min_drop, "nats"),
     ]
@@ -93,8 +103,10 @@ def section_train(ctx: Context) -> None:
     if ref is None or test is None:
         return
     (ref_l, _, ref_s), (test_l, model, test_s) = ref, test
-    t = ctx.table(f"training loss, {STEPS} steps of {BATCH} x {SEQ} tokens ({SMALL_PARAMS} model)",
-                  ["step", "eager fp32", "compiled bf16"])
+    t = ctx.table(
+        f"training loss, {STEPS} steps of {BATCH} x {SEQ} tokens ({SMALL_PARAMS} model)",
+        ["step", "eager fp32", "compiled bf16"],
+    )
     for row in loss_table_rows({"eager": ref_l, "compiled": test_l}):
         ctx.row(t, row)
     for c in compare_losses(test_l, ref_l):
@@ -104,7 +116,9 @@ def section_train(ctx: Context) -> None:
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, ctx.out_dir / STATE_FILE)
 
 
-def artifact_roundtrip(cfg: RunConfig, state: dict, device: torch.device, out_dir: Path, batch) -> tuple[list[Check], dict]:
+def artifact_roundtrip(
+    cfg: RunConfig, state: dict, device: torch.device, out_dir: Path, batch
+) -> tuple[list[Check], dict]:
     """build_artifact on the trained weights, artifact.bin written and read back with load_artifact on the
     CPU, loaded strictly into a CPU model; its logits compared with the same weights on ``device``, its loss
     with the trained weights' on ``device``."""
@@ -129,15 +143,33 @@ def artifact_roundtrip(cfg: RunConfig, state: dict, device: torch.device, out_di
     devices = sorted({t.device.type for t in deq.values()})
     checks = [
         Check("load_artifact returns CPU tensors", None, None, devices == ["cpu"], f"devices {devices}"),
-        within("same dequantized weights: max |logits GPU - logits CPU| (fp32)", max_abs_err(logits_dev, logits_cpu),
-               DEVICE_TOL),
-        within("quantization gap: |loss artifact on CPU - loss trained on GPU| (nats)", abs(loss_cpu - loss_trained),
-               GAP_TOL, f"{loss_cpu:.4f} vs {loss_trained:.4f}"),
-        Check("artifact under the byte cap", float(art.total_bytes), float(art.cap), not art.over_cap,
-              f"model {art.model_bytes:,} + code {art.code_bytes:,} bytes, {art.compressor}"),
+        within(
+            "same dequantized weights: max |logits GPU - logits CPU| (fp32)",
+            max_abs_err(logits_dev, logits_cpu),
+            DEVICE_TOL,
+        ),
+        within(
+            "quantization gap: |loss artifact on CPU - loss trained on GPU| (nats)",
+            abs(loss_cpu - loss_trained),
+            GAP_TOL,
+            f"{loss_cpu:.4f} vs {loss_trained:.4f}",
+        ),
+        Check(
+            "artifact under the byte cap",
+            float(art.total_bytes),
+            float(art.cap),
+            not art.over_cap,
+            f"model {art.model_bytes:,} + code {art.code_bytes:,} bytes, {art.compressor}",
+        ),
     ]
-    info = {"model_bytes": art.model_bytes, "code_bytes": art.code_bytes, "compressor": art.compressor,
-            "loss_cpu": loss_cpu, "loss_trained": loss_trained, "path": str(path)}
+    info = {
+        "model_bytes": art.model_bytes,
+        "code_bytes": art.code_bytes,
+        "compressor": art.compressor,
+        "loss_cpu": loss_cpu,
+        "loss_trained": loss_trained,
+        "path": str(path),
+    }
     return checks, info
 
 
