@@ -79,7 +79,7 @@ def eager_reference(model, x, y, bf16: bool, chunk: int = CHUNK_SEQS) -> tuple[f
         with autocast(x.device, bf16):
             loss = model(xc, yc)
         (loss * (xc.size(0) / n)).backward()
-        total += float(loss) * xc.size(0) / n
+        total += float(loss.detach()) * xc.size(0) / n
     grads = _grads(model)
     model.zero_grad(set_to_none=True)
     return total, grads
@@ -97,7 +97,7 @@ def full_batch(fwd, model, x, y) -> tuple[float, dict, float]:
     seconds = time.perf_counter() - t0
     grads = _grads(model)
     model.zero_grad(set_to_none=True)
-    return float(loss), grads, seconds
+    return float(loss.detach()), grads, seconds
 
 
 def compare_compiled(model, fwd, x, y, chunk: int = CHUNK_SEQS) -> tuple[list[Check], dict]:
