@@ -54,7 +54,7 @@ SECTIONS = [
     Section(
         "attention",
         "attention kernels against SDPA fp32",
-        30,
+        40,
         "bench.devcheck.attention:section",
         "fa3 / fa2 / fa4 / sdpa in bf16 vs SDPA fp32 on the same inputs, forward and backward, causal and "
         "windowed; varlen entry points; SDPA fp32 vs a float64 reference",
@@ -78,7 +78,7 @@ SECTIONS = [
     Section(
         "records",
         "record configs: compiled vs eager, step time, memory",
-        150,
+        145,
         "bench.devcheck.records:section",
         "baseline, #1855, #1493 at one rank's micro-batch of an 8-GPU run: compiled bf16 loss and gradients "
         "vs eager fp32; ms/step, tokens/s, peak memory vs the records' logs; the one-GPU step",
@@ -86,9 +86,9 @@ SECTIONS = [
     Section(
         "pipeline",
         "the whole pipeline on one GPU",
-        130,
+        125,
         "bench.devcheck.pipeline_run:section",
-        "pgolf suite params/h100x1 --only quick (subprocess, timeout): 30 s of training on the smoke corpus, "
+        "pgolf suite params/h100x1 --only quick (subprocess, timeout): 20 s of training on the smoke corpus, "
         "every post-training stage, the rendered report",
     ),
     Section(

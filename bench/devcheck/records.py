@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 import torch
+import torch._dynamo
 
 from bench.devcheck.compare import calibrated, grad_errors
 from bench.devcheck.models import (
@@ -185,7 +186,8 @@ COLUMNS = [
 ]
 
 
-def run_case(ctx: Context, name: str, table) -> None:
+def run_case(ctx: Context, name: str, table, reserve_s: float = 0.0) -> None:
+    """One config: the comparison, then timings (loops on, then off if ``reserve_s`` is still left after)."""
     device = torch.device("cuda")
     cfg = load(RECORD_PARAMS[name])
     model = build(cfg, device)
@@ -206,8 +208,8 @@ def run_case(ctx: Context, name: str, table) -> None:
     ref = REFERENCES[name]
     states = [True, False] if looped else [False]
     for loops in states:
-        if not loops:
-            if looped and ctx.left() < compile_s + 15:
+        if looped and not loops:
+            if ctx.left() < compile_s + 15 + reserve_s:
                 ctx.note(
                     f"{name}: loops-off timing skipped ({ctx.left():.0f} s left, "
                     f"compiling took {compile_s:.0f} s)"
@@ -253,7 +255,8 @@ def section(ctx: Context) -> None:
         note="The records' ms/step include DDP / banked-Muon communication and, for looped "
         "configs, the share of steps before the loops switch on; a loops-on row is the expensive state.",
     )
-    for name in CASES:
-        ctx.step(name, run_case, ctx, name, table, need_s=CASE_NEED_S)
+    for i, name in enumerate(CASES):
+        later = CASE_NEED_S * (len(CASES) - 1 - i)  # the loops-off timing must leave the later cases room
+        ctx.step(name, run_case, ctx, name, table, later, need_s=CASE_NEED_S)
         torch._dynamo.reset()  # a fresh cache per model (and no recompile limit across cases)
         torch.cuda.empty_cache()

@@ -106,7 +106,9 @@ def section_setup(ctx: Context) -> None:
         "pip install, one requirement of the gpu extra at a time", ["requirement", "result", "seconds", "log"]
     )
     env = {**os.environ, "MAX_JOBS": "4"}  # if flash-attn does start compiling, not on every core
-    for req in gpu_requirements():
+    # wheel-only installs first: they are quick, and a flash-attn build must not leave them no time
+    reqs = sorted(gpu_requirements(), key=lambda r: "--only-binary" not in PIP_OPTIONS.get(dist_name(r), []))
+    for req in reqs:
         name = dist_name(req)
         have = installed_version(name)
         if have:
