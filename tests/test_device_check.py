@@ -488,7 +488,151 @@ def test_models_helpers():
     proj = next(p for n, p in model.named_parameters() if n.endswith("attn.proj.weight"))
     assert float(proj.detach().abs().max()) == 0.0  # zero-init at build ...
     M.randomize_weights(model, seed=3)
-    assert float(proj.detach().std()) == pytest.approx(1 / math.sqrt(proj.shape[-1]), rel=0.05)  # ... random after
+    assert float(proj.detach().std()) == pytest.approx(
+        1 / math.sqrt(proj.shape[-1]), rel=0.05
+    )  # ... random after
+
+
+# --------------------------------------------------------------------------------------------------
+# the sections themselves, rehearsed on CPU with tiny sizes (torch.compile stood in for by eager)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def rehearsal(monkeypatch, tmp_path):
+    import torch
+
+    from bench.devcheck import models as M
+
+    monkeypatch.setattr(M, "DEVICE", "cpu")
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: model)
+    torch.set_num_threads(1)
+
+    def run(target: str) -> SectionResult:
+        res = SectionResult(target, target, 600.0)
+        ctx = Context(res, 600.0, tmp_path)
+        module, _, name = target.partition(":")
+        getattr(__import__(module, fromlist=[name]), name)(ctx)
+        res.finish()
+        assert res.status == "ok", (res.errors, [c for c in res.checks if c.passed is False], res.notes)
+        return res
+
+    return run, monkeypatch, tmp_path
+
+
+def test_attention_section_rehearsed(rehearsal):
+    from bench.devcheck import attention as A
+
+    run, mp, _ = rehearsal
+    mp.setattr(A, "SHAPE", TINY)
+    mp.setattr(A, "WINDOW", 8)
+    res = run("bench.devcheck.attention:section")
+    assert [r[:2] for r in res.tables[0].rows] == [["sdpa", "causal"], ["sdpa", "window 8"]]
+    assert len(res.checks) == 8 and res.tables[1].rows == []  # no varlen kernel on a CPU
+    assert res.data["kernels"] == ["sdpa"] and any(n.startswith("fa4 not run") for n in res.notes)
+
+
+def test_training_and_artifact_sections_rehearsed(rehearsal):
+    from bench.devcheck import training as T
+
+    run, mp, out = rehearsal
+    for name, value in (("STEPS", 12), ("BATCH", 4), ("SEQ", 32), ("LAST", 3), ("MIN_DROP", 0.3)):
+        mp.setattr(T, name, value)
+    res = run("bench.devcheck.training:section_train")
+    assert [r[0] for r in res.tables[0].rows] == [1, 10] and len(res.checks) == 3
+    assert (out / T.STATE_FILE).is_file()
+    art = run("bench.devcheck.training:section_artifact")
+    assert art.notes[0].startswith("weights: the compiled bf16 run") and len(art.checks) == 4
+    assert (out / "artifact.bin").stat().st_size == art.data["artifact"]["model_bytes"]
+
+
+def test_records_section_rehearsed(rehearsal):
+    from bench.devcheck import models as M
+    from bench.devcheck import records as R
+
+    run, mp, _ = rehearsal
+    mp.setattr(R, "CASES", ("baseline",))
+    mp.setattr(R, "TIMED_STEPS", 2)
+    mp.setitem(M.RECORD_PARAMS, "baseline", M.SMALL_PARAMS)  # the smoke model: micro-batch 4 x 256
+    res = run("bench.devcheck.records:section")
+    (row,) = res.tables[0].rows
+    assert (
+        row[:5] == ["baseline", "-", row[2], "sdpa", "4 x 256"]
+        and row[9] == R.REFERENCES["baseline"].ms_per_step
+    )
+    assert row[11] > row[6] and len(res.checks) == 3
+
+
+def test_eval_section_rehearsed(rehearsal):
+    from bench.devcheck import evalspeed as E
+    from bench.devcheck import models as M
+
+    run, mp, _ = rehearsal
+    seq = ["eval.seq_len=64", "eval.stride=16"]
+    chunk = [*seq, "ttt.enabled=true", "ttt.chunk_tokens=128", "ttt.epochs=1", "ttt.batch_seqs=2"]
+    mp.setitem(M.RECORD_PARAMS, "small", M.SMALL_PARAMS)
+    mp.setattr(
+        E,
+        "CASES",
+        [
+            ("sliding", "small", [*seq, "ttt.enabled=false"], 512, (94.0, 121.0), "s"),
+            ("chunk TTT", "small", chunk, 512, (318.0, 368.0), "c"),
+        ],
+    )
+    mp.setattr(E, "WARM_TOKENS", 128)
+    res = run("bench.devcheck.evalspeed:section")
+    assert [r[:3] for r in res.tables[0].rows] == [["sliding", "small", 512], ["chunk TTT", "small", 512]]
+
+
+def test_env_setup_and_pipeline_sections_rehearsed(rehearsal):
+    from types import SimpleNamespace
+
+    import torch
+
+    from bench.devcheck import pipeline_run as P
+    from bench.devcheck import setup_env as S
+
+    run, mp, out = rehearsal
+    fake = SimpleNamespace(
+        name="Fake H100", major=9, minor=0, total_memory=80 * 2**30, multi_processor_count=132
+    )
+    mp.setattr(torch.cuda, "get_device_properties", lambda device=None: fake)
+    env = run("bench.devcheck.setup_env:section_env")
+    assert env.data["environment"]["gpu"] == "Fake H100" and env.data["auto_backend"] == "sdpa"
+    assert [r[:2] for r in env.tables[1].rows][-1] == [
+        "sdpa",
+        True,
+    ] and "Hopper GPU but auto picks sdpa" in env.notes[0]
+
+    assert run("bench.devcheck.setup_env:section_setup").notes[0].startswith("not run: pass --setup")
+    mp.setenv(S.SETUP_ENV, "1")
+    mp.setattr(S, "gpu_requirements", lambda: ["there>=1", "missing-kernel>=2"])
+    mp.setattr(S, "installed_version", lambda name: "1.5" if name == "there" else None)
+    mp.setattr(
+        S,
+        "pip_command",
+        lambda req, c: [sys.executable, "-c", "print('ERROR: no wheel'); raise SystemExit(1)"],
+    )
+    setup = run("bench.devcheck.setup_env:section_setup")
+    assert [r[:2] for r in setup.tables[0].rows] == [
+        ["there>=1", "already installed: 1.5"],
+        ["missing-kernel>=2", "failed (exit 1)"],
+    ]
+    assert setup.notes == ["missing-kernel>=2 not installed: ERROR: no wheel"]
+    assert (out / "pip_constraints.txt").read_text() == f"torch=={torch.__version__}\n"
+
+    fake_suite = (
+        "import json, pathlib, sys; from pgolf_core.stages import StageRecord, write_stages; "
+        "run = pathlib.Path(sys.argv[1]) / 'h100x1' / 'x-quick'; run.mkdir(parents=True); "
+        "(run / 'manifest.json').write_text(json.dumps({'status': 'completed', 'attn_backend': 'sdpa'})); "
+        "(run / 'report.html').write_text('<html/>'); "
+        "write_stages(run / 'stages.json', [StageRecord(s, 2.0, 1.4, 10, 25, 0.5) for s in ('pre', 'q', 'q_sw')])"
+    )
+    mp.setattr(P, "suite_command", lambda reports: [sys.executable, "-c", fake_suite, str(reports)])
+    pipe = run("bench.devcheck.pipeline_run:section")
+    assert [r[0] for r in pipe.tables[0].rows] == ["pre", "q", "q_sw"] and pipe.data["run"][
+        "attn_backend"
+    ] == "sdpa"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 import torch
 
+from bench.devcheck import models
 from bench.devcheck.compare import rel_max_err, within
 from bench.devcheck.runner import Check, Context
 from pgolf_core.model import select_attention_backend
@@ -200,7 +201,7 @@ def varlen_errors(fn, device, docs=VARLEN_DOCS, heads=(8, 4, 64), seed: int = 0)
 
 
 def section(ctx: Context) -> None:
-    device = torch.device("cuda")
+    device = models.device()
     kernels, missing = available_kernels(device)
     for kind, why in missing.items():
         ctx.note(f"{kind} not run: {why}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from bench.devcheck import models
 from bench.devcheck.models import RECORD_PARAMS, build, load, randomize_weights, vocab_size
 from bench.devcheck.runner import Check, Context
 from pgolf_core.challenge import WORLD_SIZE
@@ -72,7 +73,7 @@ def eval_rate(model, cfg, tokens: np.ndarray, device: torch.device) -> tuple[int
 
 
 def section(ctx: Context) -> None:
-    device = torch.device("cuda")
+    device = models.device()
     table = ctx.table(
         "evaluation throughput on one GPU (eager, bf16 autocast, randomized weights)",
         [
@@ -86,18 +87,18 @@ def section(ctx: Context) -> None:
         ],
         note=f"Record rates: {VAL_TOKENS_SP8192:,} validation tokens / (eval seconds x {WORLD_SIZE}).",
     )
-    models: dict[str, torch.nn.Module] = {}
+    loaded: dict[str, torch.nn.Module] = {}
     for label, name, overrides, n, (lo, hi), source in CASES:
 
         def one(label=label, name=name, overrides=overrides, n=n, lo=lo, hi=hi, source=source) -> None:
             cfg = load(RECORD_PARAMS[name], overrides)
-            if name not in models:
-                models.clear()  # one model on the GPU at a time
+            if name not in loaded:
+                loaded.clear()  # one model on the GPU at a time
                 model = build(cfg, device)
                 randomize_weights(model, seed=2)
                 model.set_looping(True)  # the records evaluate with the loops on
-                models[name] = model.eval()
-            model = models[name]
+                loaded[name] = model.eval()
+            model = loaded[name]
             seq = cfg.eval_seq_len
             eval_rate(
                 model, cfg, doc_stream(vocab_size(model), WARM_TOKENS, seq, 0), device

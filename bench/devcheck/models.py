@@ -27,6 +27,11 @@ RECORD_PARAMS = {
     "record_1855": "params/h100x8/record_1855.yaml",
 }
 SMALL_PARAMS = "params/smoke/train.yaml"  # the smoke model (4x128, vocab 1024), for short trainings
+DEVICE = "cuda"  # where the sections run; the tests rehearse them on "cpu" with tiny sizes
+
+
+def device() -> torch.device:
+    return torch.device(DEVICE)
 
 
 # ----- what the sections need to know about a GPT -----

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch._dynamo
 
+from bench.devcheck import models
 from bench.devcheck.compare import calibrated, grad_errors
 from bench.devcheck.models import (
     RECORD_PARAMS,
@@ -188,7 +189,7 @@ COLUMNS = [
 
 def run_case(ctx: Context, name: str, table, reserve_s: float = 0.0) -> None:
     """One config: the comparison, then timings (loops on, then off if ``reserve_s`` is still left after)."""
-    device = torch.device("cuda")
+    device = models.device()
     cfg = load(RECORD_PARAMS[name])
     model = build(cfg, device)
     randomize_weights(model, seed=1)

@@ -153,10 +153,10 @@ def section_env(ctx: Context) -> None:
     import torch
 
     from bench.devcheck.attention import fa4_unavailable
-    from bench.devcheck.models import RECORD_PARAMS, build, load
+    from bench.devcheck.models import RECORD_PARAMS, build, device, load
     from pgolf_core.model import select_attention_backend
 
-    device = torch.device("cuda")
+    device = device()
     props = torch.cuda.get_device_properties(device)
     facts = {
         "gpu": props.name,
