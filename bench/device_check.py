@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(plan_lines(sections, args.deadline)), flush=True)
     if args.plan:
         return 0
-    out = Path(args.out)
+    out = Path(args.out).resolve()  # the workers run in the repository root
     out.mkdir(parents=True, exist_ok=True)
     cuda = cuda_available()
     deadline = START + args.deadline

@@ -130,14 +130,17 @@ def compare_compiled(model, fwd, x, y, chunk: int = CHUNK_SEQS) -> tuple[list[Ch
     return checks, {"loss_fp32": l32, "loss_bf16": l16, "loss_compiled": lc, "first_call_s": first_s}
 
 
-def time_steps(fwd, model, opt, x, y, steps: int = TIMED_STEPS) -> dict:
-    """ms per full training step and per forward+backward alone, tokens/s, peak memory (MiB)."""
+def time_steps(fwd, model, opt, x, y, steps: int = TIMED_STEPS, clip: float = 0.0) -> dict:
+    """ms per full training step (with the config's gradient clipping) and per forward+backward alone,
+    tokens/s, peak memory (MiB)."""
     device = x.device
 
     def train_step() -> torch.Tensor:
         with autocast(device, True):
             loss = fwd(x, y)
         loss.backward()
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         return loss.detach()
@@ -217,7 +220,7 @@ def run_case(ctx: Context, name: str, table, reserve_s: float = 0.0) -> None:
                 )
                 break
             model.set_looping(False)  # a guard on the flag: the next call compiles the plain plan
-        m = time_steps(fwd, model, opt, x, y)
+        m = time_steps(fwd, model, opt, x, y, clip=cfg.optim.grad_clip_norm)
         ctx.add(
             Check(
                 f"{name}{' loops on' if loops else ''}: loss finite after {TIMED_STEPS + 2} steps",
