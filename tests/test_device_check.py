@@ -626,7 +626,8 @@ def test_env_setup_and_pipeline_sections_rehearsed(rehearsal):
         "run = pathlib.Path(sys.argv[1]) / 'h100x1' / 'x-quick'; run.mkdir(parents=True); "
         "(run / 'manifest.json').write_text(json.dumps({'status': 'completed', 'attn_backend': 'sdpa'})); "
         "(run / 'report.html').write_text('<html/>'); "
-        "write_stages(run / 'stages.json', [StageRecord(s, 2.0, 1.4, 10, 25, 0.5) for s in ('pre', 'q', 'q_sw')])"
+        "write_stages(run / 'stages.json', "
+        "[StageRecord(s, 2.0, 1.4, 10, 25, 0.5) for s in ('pre', 'q', 'q_sw')])"
     )
     mp.setattr(P, "suite_command", lambda reports: [sys.executable, "-c", fake_suite, str(reports)])
     pipe = run("bench.devcheck.pipeline_run:section")

@@ -96,6 +96,7 @@ def loss_table_rows(runs: dict[str, list[float]], every: int = 10) -> list[list]
 
 def section_train(ctx: Context) -> None:
     device = models.device()
+    (ctx.out_dir / STATE_FILE).unlink(missing_ok=True)  # never an earlier run's weights for the artifact
     cfg = load(SMALL_PARAMS)
     vocab = vocab_size(build(cfg, torch.device("cpu")))
     batches = markov_batches(vocab, STEPS, BATCH, SEQ, seed=0)
