@@ -5,10 +5,10 @@ PY     := $(VENV)/bin/python
 PGOLF  := $(VENV)/bin/pgolf
 STAMP  := $(VENV)/.pgolf-installed
 
-.PHONY: help setup test smoke lab bench clean
+.PHONY: help setup test smoke lab bench device-check clean
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 setup: $(STAMP)  ## create .venv and install pgolf with its dependencies
 
@@ -41,6 +41,10 @@ bench: setup  ## run the benchmarks under bench/ (by hand; numbers go to bench/R
 	$(PY) bench/train_throughput.py
 	$(PY) bench/ngram.py
 	$(PY) bench/quant.py
+
+OUT ?= reports/device
+device-check: setup  ## GPU machine: install the gpu extra, then every GPU check in 8 min -> $(OUT)/device_check.{md,json}
+	$(PY) bench/device_check.py --setup --out $(OUT)
 
 clean:  ## remove the venv, built data and runs
 	rm -rf $(VENV) data runs .pytest_cache
