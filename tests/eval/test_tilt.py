@@ -99,4 +99,9 @@ def test_the_target_gated_ablation_is_caught():
     assert "NON-COMPLIANT" in scorer.name
     verdicts = {v.check: v for v in compliance.run_scorer_checks(scorer, x, uniform_tokens=4000)}
     failed = sorted(k for k, v in verdicts.items() if v.passed is False)
-    assert len(failed) >= 2, failed  # caught by at least two independent checks
+    # T2 reads the committed NLL against -ln p'(x_t) of the checked distribution: at positions whose
+    # target flag is off the score is untilted while p' is tilted. The other checks cannot see it: the
+    # hint and the gate depend on the prefix only (T1, T1b, T1c pass), and on i.i.d. uniform tokens no
+    # order-8 context repeats, so nothing is tilted (T3 passes).
+    assert failed == ["T2"], failed
+    assert "not read from the checked distribution" in verdicts["T2"].reason
