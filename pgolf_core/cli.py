@@ -225,13 +225,13 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
-    from pgolf_core.config import ConfigError, load_config
+    from pgolf_core.config import ConfigError
+    from pgolf_core.suite import check_params
 
     bad = 0
     for p in args.params:
         try:
-            load_config(p)
-            print(f"ok   {p}")
+            print(f"ok   {check_params(p)}")
         except ConfigError as e:
             bad += 1
             print(f"FAIL {e}", file=sys.stderr)
@@ -347,8 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("params", help="a YAML file under params/")
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. model.num_layers=11")
     c.set_defaults(fn=_cmd_config_show)
-    c = csub.add_parser("check", help="validate params files (exit 1 if any is invalid)")
-    c.add_argument("params", nargs="+")
+    c = csub.add_parser("check", help="validate params files or suite folders (exit 1 if any is invalid)")
+    c.add_argument("params", nargs="+",
+                   help="params files (checked with the notebooks of the suite.yaml beside them), suite folders")
     c.set_defaults(fn=_cmd_config_check)
     c = csub.add_parser("keys", help="list every config key with type, default and meaning")
     c.set_defaults(fn=_cmd_config_keys)

@@ -28,7 +28,16 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pgolf_core.atomic import atomic_write_json
-from pgolf_core.config import ConfigError, config_from_dict, deep_merge, parse_overrides, read_params_tree, to_dict, yaml_load
+from pgolf_core.config import (
+    ConfigError,
+    config_from_dict,
+    deep_merge,
+    parse_overrides,
+    read_params_tree,
+    to_dict,
+    yaml_load,
+)
+from pgolf_core.nbparams import check_parameters, check_plain
 from pgolf_core.report.provenance import provenance
 
 NOTEBOOK_SECTION = "notebook"
@@ -86,19 +95,24 @@ def notebook_parameters(notebook: str | os.PathLike) -> dict[str, dict]:
 
 def validate_run(
     notebook: str | os.PathLike, params_file: str | os.PathLike, overrides: dict | None = None,
-    parameters: dict | None = None,
+    parameters: dict | None = None, parameters_source: str = "suite entry",
 ) -> tuple[dict, dict]:
     """Validate config and notebook parameters before launching; returns (resolved config, notebook params).
 
-    ``parameters`` (a suite entry's) are merged over the params file's ``notebook:`` section.
+    ``parameters`` (a suite entry's, from ``parameters_source``) are merged over the params file's
+    ``notebook:`` section. Every value must be plain and of its declared type (``pgolf_core.nbparams``).
     """
     notebook = Path(notebook)
     if not notebook.is_file():
         raise ConfigError(f"{notebook}: notebook not found")
-    raw, nb = split_params(params_file)
-    nb = {**nb, **(parameters or {})}
+    raw, file_nb = split_params(params_file)
+    check_plain(dict(overrides or {}), "overrides", "overrides")  # the driver passes them to the notebook too
     cfg = config_from_dict(deep_merge(raw, parse_overrides(overrides or {})), str(params_file))
     declared = notebook_parameters(notebook)
+    # Each source is checked on its own so that the error names the file the bad value came from.
+    check_parameters(file_nb, declared, str(params_file))
+    check_parameters(dict(parameters or {}), declared, parameters_source, "parameters")
+    nb = {**file_nb, **(parameters or {})}
     missing_driver = [p for p in DRIVER_PARAMS if p not in declared]
     if missing_driver:
         raise ConfigError(f"{notebook}: its parameters cell lacks the driver parameters {missing_driver}")
@@ -238,6 +252,8 @@ def load_suite(suite_dir: str | os.PathLike) -> SuiteSpec:
     except ValidationError as e:
         problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
         raise ConfigError(f"{path}: invalid suite: {problems}") from None
+    for r in spec.runs:
+        check_plain(r.parameters, str(path), f"runs.{r.name}.parameters")
     names = [r.name for r in spec.runs]
     for r in spec.runs:
         if r.source is not None and r.source not in names[: names.index(r.name)]:
@@ -245,6 +261,32 @@ def load_suite(suite_dir: str | os.PathLike) -> SuiteSpec:
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: run names must be unique, got {names}")
     return spec
+
+
+def check_params(path: str | os.PathLike) -> str:
+    """``pgolf config check``: a params file (config, its notebook section, and every entry of the
+    suite.yaml beside it that uses it, against that entry's notebook) or a suite folder / suite.yaml
+    (every entry). Raises ConfigError; returns what was checked."""
+    path = Path(path)
+    if path.is_dir() or path.name == "suite.yaml":
+        suite_dir = path if path.is_dir() else path.parent
+        spec = load_suite(suite_dir)
+        for e in spec.runs:
+            where = f"{suite_dir / 'suite.yaml'}: runs.{e.name}"
+            validate_run(e.notebook, suite_dir / e.params, None, e.parameters, where)
+        return f"suite {suite_dir}: {len(spec.runs)} entries"
+    raw, nb = split_params(path)
+    config_from_dict(raw, str(path))
+    check_plain(nb, str(path), NOTEBOOK_SECTION)
+    users = []
+    if (path.parent / "suite.yaml").is_file():
+        spec = load_suite(path.parent)
+        for e in spec.runs:
+            if (path.parent / e.params).resolve() == path.resolve() and Path(e.notebook).is_file():
+                where = f"{path.parent / 'suite.yaml'}: runs.{e.name}"
+                validate_run(e.notebook, path, None, e.parameters, where)
+                users.append(Path(e.notebook).name)
+    return str(path) + (f" (with {', '.join(users)})" if users else "")
 
 
 def run_suite(
@@ -262,7 +304,8 @@ def run_suite(
     seed_list: list[int | None] = list(seeds or spec.seeds) or [None]
     for e in entries:  # validate every run before starting the first one
         for seed in seed_list:
-            validate_run(e.notebook, suite_dir / e.params, {"train.seed": seed} if seed is not None else None, e.parameters)
+            validate_run(e.notebook, suite_dir / e.params, {"train.seed": seed} if seed is not None else None,
+                         e.parameters, f"{suite_dir / 'suite.yaml'}: runs.{e.name}")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     records: list[RunRecord] = []
     for seed in seed_list:

@@ -15,7 +15,7 @@ def run(args: list[str]) -> subprocess.CompletedProcess:
     """Run the installed console script (falls back to the module when not installed)."""
     script = Path(sys.executable).with_name("pgolf")
     cmd = [str(script)] if script.exists() else [sys.executable, "-m", "pgolf_core.cli"]
-    return subprocess.run(cmd + args, capture_output=True, text=True, cwd=REPO, timeout=300)
+    return subprocess.run(cmd + args, check=False, capture_output=True, text=True, cwd=REPO, timeout=300)
 
 
 def test_help_lists_subcommands():
@@ -71,3 +71,24 @@ def test_config_commands(tmp_path, capsys, monkeypatch):
 def test_train_rejects_a_bad_config_before_launching(tmp_path, capsys):
     assert main(["train", "params/h100x8/baseline.yaml", "--set", "model.num_layrs=3"]) == 2
     assert "model.num_layrs: unknown key (did you mean 'model.num_layers'?)" in capsys.readouterr().err
+
+
+def test_config_check_reports_crafted_and_mistyped_notebook_values(tmp_path, capsys, monkeypatch):
+    """`config check` validates the notebook section too, and each suite entry against its notebook."""
+    monkeypatch.chdir(REPO)
+    crafted = tmp_path / "crafted.yaml"
+    crafted.write_text("notebook:\n  nproc: !!pairs [a: \" + str(1) + \"]\n")
+    assert main(["config", "check", str(crafted)]) == 1
+    assert "crafted.yaml: notebook.nproc[0]: got a tuple" in capsys.readouterr().err
+    suite = tmp_path / "s"
+    suite.mkdir()
+    train = REPO / "params/smoke/train.yaml"
+    (suite / "train.yaml").write_text(f"extends: {train}\nnotebook:\n  nproc: eight\n")
+    entry = "{name: t, notebook: notebooks/00_train.ipynb, params: train.yaml}"
+    (suite / "suite.yaml").write_text(f"runs:\n  - {entry}\n")
+    assert main(["config", "check", str(suite / "train.yaml")]) == 1
+    assert "train.yaml: notebook.nproc: got str 'eight'" in capsys.readouterr().err
+    assert main(["config", "check", str(suite)]) == 1
+    assert "notebook.nproc: got str 'eight'" in capsys.readouterr().err
+    assert main(["config", "check", "params/smoke"]) == 0
+    assert "ok   suite params/smoke: 5 entries" in capsys.readouterr().out

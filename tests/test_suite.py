@@ -112,3 +112,70 @@ def test_index_survives_an_unreadable_manifest(tmp_path):
     html = build_index(root).read_text()
     assert "broken" in html and "unreadable" in html
     shutil.rmtree(root)
+
+
+# --------------------------------------------------------------------------------------------------
+# notebook parameters: plain values of the declared type, never code
+# --------------------------------------------------------------------------------------------------
+
+#: a value that papermill writes as ``str(tuple)`` between quotes: the quote closes and the call runs
+PAYLOAD = "!!pairs [a: \" + str(__import__('pathlib').Path(r'{marker}').touch()) + \"]"
+
+
+def test_crafted_parameter_would_run_code_and_is_refused(tmp_path):
+    """A YAML !!pairs value becomes a list of tuples; papermill's injected cell then calls the payload."""
+    from papermill.translators import PythonTranslator
+
+    from pgolf_core.suite import split_params
+
+    marker = tmp_path / "pwned"
+    p = params(tmp_path, f"data:\n  source: smoke\nnotebook:\n  value: {PAYLOAD.format(marker=marker)}\n")
+    _, nb = split_params(p)
+    cell = PythonTranslator.codify(nb)  # what papermill would inject into the parameters cell
+    assert "touch()" in cell
+    exec(compile(cell, "injected", "exec"), {})  # noqa: S102 - proves the payload is live
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(ConfigError, match=r"p\.yaml: notebook\.value\[0\]: got a tuple .*!!pairs"):
+        run(tmp_path, p)
+    assert not marker.exists() and not (tmp_path / "reports").exists(), "nothing was launched"
+
+
+@pytest.mark.parametrize(
+    "section, message",
+    [
+        ("value: !!set {a: null}", r"notebook\.value: got a set"),
+        ("value: !!binary aGk=", r"notebook\.value: got a bytes"),
+        ("value: 2024-01-01", r"notebook\.value: got a date"),
+        ("value: {1: x}", r"notebook\.value: key 1 is a int; mapping keys must be strings"),
+        ("value: \"2.5\"", r"notebook\.value: got str '2\.5'; the notebook declares float"),
+        ("fail_at: 1.5", r"notebook\.fail_at: got float 1\.5; the notebook declares int"),
+        ("die: 1", r"notebook\.die: got int 1; the notebook declares bool"),
+        ("value: " + "[" * 40 + "]" * 40, "nested deeper than 16 levels"),
+    ],
+)
+def test_notebook_values_must_be_plain_and_of_the_declared_type(tmp_path, section, message):
+    p = params(tmp_path, f"notebook:\n  {section}\n")
+    with pytest.raises(ConfigError, match=message):
+        validate_run(FIXTURE, p)
+    ok = params(tmp_path, "notebook:\n  value: 3\n")
+    assert validate_run(FIXTURE, ok)[1] == {"value": 3}  # an int is a valid float
+
+
+def test_suite_entry_parameters_are_checked_against_the_notebook(tmp_path):
+    """nproc: "eight" and stages: [q_bogus] failed only after training; now they are refused up front."""
+    nb = REPO / "notebooks/00_train.ipynb"
+    train = REPO / "params/smoke/train.yaml"
+    with pytest.raises(ConfigError, match=r"suite\.yaml: runs\.t: parameters\.nproc: got str 'eight'; .*int"):
+        validate_run(nb, train, parameters={"nproc": "eight"}, parameters_source="suite.yaml: runs.t")
+    with pytest.raises(ConfigError, match=r"p\.yaml: notebook\.stages: unknown stage\(s\) \['q_bogus'\]"):
+        validate_run(nb, params(tmp_path, f"extends: {train}\nnotebook:\n  stages: [q, q_bogus]\n"))
+    with pytest.raises(ConfigError, match=r"notebook\.nproc: got int 0; expected a process count"):
+        validate_run(nb, params(tmp_path, f"extends: {train}\nnotebook:\n  nproc: 0\n"))
+    suite = tmp_path / "s"
+    suite.mkdir()
+    entry = f"{{name: t, notebook: notebooks/00_train.ipynb, params: {train}, parameters: {{nproc: !!set {{8: }}}}}}"
+    (suite / "suite.yaml").write_text(f"runs:\n  - {entry}\n")
+    with pytest.raises(ConfigError, match=r"suite\.yaml: runs\.t\.parameters\.nproc: got a set"):
+        run_suite(suite, reports_root=tmp_path / "reports")
+    assert not (tmp_path / "reports").exists()
