@@ -174,7 +174,8 @@ def test_suite_entry_parameters_are_checked_against_the_notebook(tmp_path):
         validate_run(nb, params(tmp_path, f"extends: {train}\nnotebook:\n  nproc: 0\n"))
     suite = tmp_path / "s"
     suite.mkdir()
-    entry = f"{{name: t, notebook: notebooks/00_train.ipynb, params: {train}, parameters: {{nproc: !!set {{8: }}}}}}"
+    bad = "{nproc: !!set {8: }}"
+    entry = f"{{name: t, notebook: notebooks/00_train.ipynb, params: {train}, parameters: {bad}}}"
     (suite / "suite.yaml").write_text(f"runs:\n  - {entry}\n")
     with pytest.raises(ConfigError, match=r"suite\.yaml: runs\.t\.parameters\.nproc: got a set"):
         run_suite(suite, reports_root=tmp_path / "reports")
