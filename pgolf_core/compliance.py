@@ -574,7 +574,9 @@ def check_data_access(fn: Callable[[], object], *, phase: str) -> Verdict:
 
 def code_bytes(paths: Iterable[str | os.PathLike]) -> int:
     """Total bytes of the given code files (as shipped: raw file sizes)."""
-    return sum(Path(p).stat().st_size for p in paths)
+    from pgolf_core.code_bytes import file_bytes  # the one counting rule (each file once)
+
+    return file_bytes(paths)
 
 
 def loaded_local_files(root: str | os.PathLike) -> list[Path]:

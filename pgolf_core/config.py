@@ -24,6 +24,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from pgolf_core.code_bytes import RUNTIME_CODE_FILES  # the default quant.code_files (counted-file policy)
+
 # --------------------------------------------------------------------------------------------------
 # YAML: safe loading, duplicate keys rejected, 1e-3 read as a float (YAML 1.1 wants "1.0e-3").
 # --------------------------------------------------------------------------------------------------
@@ -281,18 +283,6 @@ class QuantGroupConfig(Section):
     percentile: float = Field(99.99984, gt=0, le=100, description="clip percentile (the baseline's)")
     sdclip_k: float = Field(12.85, gt=0, description="sdclip: clip = k * std(row) (#1394: 12.85 int6, 20 int8)")
     gptq: bool = Field(False, description="Hessian-aware GPTQ rounding (#1019 on)")
-
-
-# What a run imports to train, quantize and score (conservatively every such file, compliance.md R18);
-# tooling that never runs in a submission (CLI, notebook driver, reports, data preparation) is left out.
-RUNTIME_CODE_FILES = (
-    "pgolf_core/__init__.py", "pgolf_core/atomic.py", "pgolf_core/config.py", "pgolf_core/dist.py",
-    "pgolf_core/evaluate.py", "pgolf_core/train.py", "pgolf_core/scoring.py", "pgolf_core/stages.py",
-    "pgolf_core/pipeline.py", "pgolf_core/compliance.py", "pgolf_core/ngram.py",
-    "pgolf_core/data/__init__.py", "pgolf_core/data/shards.py", "pgolf_core/data/loader.py",
-    "pgolf_core/data/tokenizer.py", "pgolf_core/data/tokenizer_bytes.py", "pgolf_core/data/overlap.py",
-    "pgolf_core/model/*.py", "pgolf_core/optim/*.py", "pgolf_core/quant/*.py", "pgolf_core/ttt/*.py",
-)
 
 
 class QuantConfig(Section):

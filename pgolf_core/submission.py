@@ -31,7 +31,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pgolf_core.atomic import atomic_write_json, atomic_write_text
+from pgolf_core.code_bytes import CodeFilesError, counted_files, file_bytes
 from pgolf_core.config import load_config, to_yaml
+from pgolf_core.outdir import UnsafeOutputDir, check_replaceable, staged_replace
 from pgolf_core.stages import STAGES, StageRecord, read_stages
 
 RECORD_MARGIN_NATS = 0.005
@@ -39,6 +41,9 @@ RECORD_ALPHA = 0.01
 ARTIFACT_CAP = 16_000_000
 TRACK = "10min_16mb"
 SCORE_STAGES = ("q_ngram", "q_ttt", "q_sw", "q")  # the first present is the submitted score
+#: submission.json field that marks a folder as written by ``pgolf export`` (the one it may replace)
+GENERATOR = "pgolf export"
+_MARKER_WHAT = f"submission.json with generator {GENERATOR!r}"
 
 
 class SubmissionRefused(RuntimeError):
@@ -213,13 +218,10 @@ def _refuse_non_compliant(runs: list[SeedRun]) -> None:
 
 
 def _counted_code(cfg, root: Path) -> list[Path]:
-    files: set[Path] = set()
-    for pattern in cfg.quant.code_files:
-        matched = [p for p in root.glob(pattern) if p.is_file() and "__pycache__" not in p.parts]
-        if not matched:
-            raise SubmissionRefused(f"quant.code_files: {pattern!r} matches no file under {root}")
-        files.update(p.relative_to(root) for p in matched)
-    return sorted(files)
+    try:
+        return counted_files(cfg.quant.code_files, root)
+    except (CodeFilesError, FileNotFoundError) as e:
+        raise SubmissionRefused(str(e)) from None
 
 
 def _changes_from_baseline(cfg) -> list[str]:
@@ -293,21 +295,22 @@ def export_submission(
     date: str | None = None,
     overwrite: bool = False,
 ) -> ExportResult:
-    """Write the challenge's records folder for ``group``; raise SubmissionRefused with the reason."""
+    """Write the challenge's records folder for ``group``; raise SubmissionRefused with the reason.
+
+    ``out_dir`` may be replaced (``overwrite``) only when an earlier export wrote it (``pgolf_core.outdir``).
+    """
+    out, code_root = Path(out_dir), Path(code_root)
+    _check_out(out, overwrite, code_root)  # before any work: a refused folder is reported at once
     runs = collect_group(group, reports_root)
     _refuse_non_compliant(runs)
     configs = [_portable(load_config(r.train_dir / "config.yaml")) for r in runs]
     if any(to_yaml(c) != to_yaml(configs[0]) for c in configs):
         raise SubmissionRefused(f"group {group!r}: the seeds' configs differ beyond train.seed")
     cfg = configs[0]
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise SubmissionRefused(f"{out} exists and is not empty (pass --force to replace it)")
-    code_root = Path(code_root)
     code_files = _counted_code(cfg, code_root)
     config_text = to_yaml(cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": runs[0].seed})}))
     # (the entry script sets train.run_dir / run_id; reproduce another seed with --set train.seed=N)
-    bytes_code = sum((code_root / f).stat().st_size for f in code_files)
+    bytes_code = file_bytes(code_root / f for f in code_files)
     bytes_code += len(ENTRY_SCRIPT.encode()) + len(config_text.encode())
     model_bytes = []
     for r in runs:
@@ -335,6 +338,7 @@ def export_submission(
         "blurb": blurb,
         "date": date or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "track": track,
+        "generator": GENERATOR,
         "val_bpb": round(statistics.fmean(f.val_bpb for f in finals), 8),
         "val_loss": round(statistics.fmean(f.val_loss for f in finals), 8),
         "val_bpb_std": round(statistics.stdev([f.val_bpb for f in finals]), 8) if len(finals) > 1 else None,
@@ -350,25 +354,45 @@ def export_submission(
     }
     if sig is not None:
         submission["significance"] = {**asdict(sig), "bar_met": sig.bar_met, "margin_nats": RECORD_MARGIN_NATS}
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
     written = []
-    for f in code_files:
-        dest = out / f
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(code_root / f, dest)
-        written.append(f.as_posix())
-    atomic_write_text(out / "train_gpt.py", ENTRY_SCRIPT)
-    atomic_write_text(out / "config.yaml", config_text)
-    for r in runs:
-        log = r.train_dir / "train.log"
-        if log.is_file():
-            shutil.copyfile(log, out / f"train_seed{r.seed}.log")
-            written.append(f"train_seed{r.seed}.log")
-        shutil.copyfile(r.run_dir / "stages.json", out / f"stages_seed{r.seed}.json")
-        written.append(f"stages_seed{r.seed}.json")
-    atomic_write_json(out / "submission.json", submission)
-    atomic_write_text(out / "README.md", _readme(name, blurb, runs, submission, sig, _changes_from_baseline(cfg)))
+    try:
+        with staged_replace(out, overwrite=overwrite, owned=_exported_by_pgolf, what=_MARKER_WHAT,
+                            project_root=code_root) as stage:
+            for f in code_files:
+                dest = stage / f
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(code_root / f, dest)
+                written.append(f.as_posix())
+            atomic_write_text(stage / "train_gpt.py", ENTRY_SCRIPT)
+            atomic_write_text(stage / "config.yaml", config_text)
+            for r in runs:
+                log = r.train_dir / "train.log"
+                if log.is_file():
+                    shutil.copyfile(log, stage / f"train_seed{r.seed}.log")
+                    written.append(f"train_seed{r.seed}.log")
+                shutil.copyfile(r.run_dir / "stages.json", stage / f"stages_seed{r.seed}.json")
+                written.append(f"stages_seed{r.seed}.json")
+            atomic_write_json(stage / "submission.json", submission)
+            readme = _readme(name, blurb, runs, submission, sig, _changes_from_baseline(cfg))
+            atomic_write_text(stage / "README.md", readme)
+    except UnsafeOutputDir as e:
+        raise SubmissionRefused(str(e)) from None
     written += ["train_gpt.py", "config.yaml", "submission.json", "README.md"]
     return ExportResult(out, submission, sig, sorted(written))
+
+
+
+def _exported_by_pgolf(folder: Path) -> bool:
+    try:
+        data = json.loads((folder / "submission.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("generator") == GENERATOR
+
+
+def _check_out(out: Path, overwrite: bool, code_root: Path) -> None:
+    try:
+        check_replaceable(out, overwrite=overwrite, owned=_exported_by_pgolf, what=_MARKER_WHAT,
+                          project_root=code_root)
+    except UnsafeOutputDir as e:
+        raise SubmissionRefused(str(e)) from None

@@ -28,6 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pgolf_core.atomic import atomic_write_json
+from pgolf_core.code_bytes import CodeFilesError, check_code_globs
 from pgolf_core.config import (
     ConfigError,
     config_from_dict,
@@ -39,6 +40,7 @@ from pgolf_core.config import (
 )
 from pgolf_core.nbparams import check_parameters, check_plain
 from pgolf_core.report.provenance import provenance
+from pgolf_core.report.runs import check_name
 
 NOTEBOOK_SECTION = "notebook"
 #: parameters every pgolf notebook declares; the driver fills them
@@ -108,6 +110,7 @@ def validate_run(
     raw, file_nb = split_params(params_file)
     check_plain(dict(overrides or {}), "overrides", "overrides")  # the driver passes them to the notebook too
     cfg = config_from_dict(deep_merge(raw, parse_overrides(overrides or {})), str(params_file))
+    _check_code_files(cfg, params_file)
     declared = notebook_parameters(notebook)
     # Each source is checked on its own so that the error names the file the bad value came from.
     check_parameters(file_nb, declared, str(params_file))
@@ -128,6 +131,13 @@ def validate_run(
         raise ConfigError(f"{params_file}: {reserved} are set by the driver, not by params files")
     _validate_sweeps(nb, to_dict(cfg), params_file)
     return to_dict(cfg), nb
+
+
+def _check_code_files(cfg, params_file) -> None:
+    try:
+        check_code_globs(cfg.quant.code_files)
+    except CodeFilesError as e:
+        raise ConfigError(f"{params_file}: {e}") from None
 
 
 def _validate_sweeps(nb_params: dict, cfg: dict, params_file) -> None:
@@ -185,6 +195,9 @@ def run_notebook(
     import papermill as pm
 
     notebook, params_file = Path(notebook), Path(params_file)
+    check_name(suite, "suite")
+    if run_id is not None:
+        check_name(run_id, "run id")
     cfg_dict, nb_params = validate_run(notebook, params_file, overrides, parameters)  # ConfigError: nothing ran
     run_id = run_id or f"{notebook.stem}-{params_file.stem}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     run_dir = Path(reports_root) / suite / run_id
@@ -253,6 +266,7 @@ def load_suite(suite_dir: str | os.PathLike) -> SuiteSpec:
         problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
         raise ConfigError(f"{path}: invalid suite: {problems}") from None
     for r in spec.runs:
+        check_name(r.name, f"{path}: run name")  # part of its run ids, hence of folder names
         check_plain(r.parameters, str(path), f"runs.{r.name}.parameters")
     names = [r.name for r in spec.runs]
     for r in spec.runs:
@@ -276,7 +290,7 @@ def check_params(path: str | os.PathLike) -> str:
             validate_run(e.notebook, suite_dir / e.params, None, e.parameters, where)
         return f"suite {suite_dir}: {len(spec.runs)} entries"
     raw, nb = split_params(path)
-    config_from_dict(raw, str(path))
+    _check_code_files(config_from_dict(raw, str(path)), path)
     check_plain(nb, str(path), NOTEBOOK_SECTION)
     users = []
     if (path.parent / "suite.yaml").is_file():
@@ -300,6 +314,7 @@ def run_suite(
     """Run every entry of ``suite_dir/suite.yaml`` (for each seed), validating all of them first."""
     suite_dir = Path(suite_dir)
     spec = load_suite(suite_dir)
+    suite_name = check_name(suite_dir.resolve().name, f"{suite_dir}: suite folder name")
     entries = [e for e in spec.runs if not only or e.name in only]
     seed_list: list[int | None] = list(seeds or spec.seeds) or [None]
     for e in entries:  # validate every run before starting the first one
@@ -314,9 +329,9 @@ def run_suite(
             suffix = f"-s{seed}" if seed is not None else ""
             source = by_name[e.source].run_dir.as_posix() if e.source and e.source in by_name else ""
             rec = run_notebook(
-                e.notebook, suite_dir / e.params, suite=suite_dir.name, reports_root=reports_root,
+                e.notebook, suite_dir / e.params, suite=suite_name, reports_root=reports_root,
                 run_id=f"{stamp}-{e.name}{suffix}", overrides={"train.seed": seed} if seed is not None else None,
-                source_run=source, parameters=e.parameters, group=f"{suite_dir.name}/{e.name}", timeout=e.timeout,
+                source_run=source, parameters=e.parameters, group=f"{suite_name}/{e.name}", timeout=e.timeout,
                 log_output=log_output,
             )
             by_name[e.name] = rec

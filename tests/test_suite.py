@@ -180,3 +180,24 @@ def test_suite_entry_parameters_are_checked_against_the_notebook(tmp_path):
     with pytest.raises(ConfigError, match=r"suite\.yaml: runs\.t\.parameters\.nproc: got a set"):
         run_suite(suite, reports_root=tmp_path / "reports")
     assert not (tmp_path / "reports").exists()
+
+
+def test_suite_names_and_run_ids_must_be_plain_names(tmp_path):
+    """`pgolf run --suite ../..` wrote outside reports/; suite names, run ids and entry names are plain now."""
+    reports = tmp_path / "deep" / "reports"
+    for kw in ({"suite": "../.."}, {"suite": "/tmp"}, {"run_id": "../escape"}, {"run_id": ".hidden"}):
+        with pytest.raises(ConfigError, match="expected a plain name"):
+            run_notebook(FIXTURE, TINY, reports_root=reports, log_output=False, **kw)
+    assert not (tmp_path / "deep").exists() and not (tmp_path / "escape").exists()
+    suite = tmp_path / "s"
+    suite.mkdir()
+    (suite / "suite.yaml").write_text(f"runs:\n  - {{name: ../x, notebook: {FIXTURE}, params: {TINY}}}\n")
+    with pytest.raises(ConfigError, match=r"suite\.yaml: run name '\.\./x': expected a plain name"):
+        run_suite(suite, reports_root=reports)
+
+
+def test_code_files_outside_the_project_are_refused(tmp_path):
+    """A quant.code_files glob such as ../x was counted (and exported); it is a config error now."""
+    p = params(tmp_path, "quant:\n  code_files: ['../secret/*.py']\n")
+    with pytest.raises(ConfigError, match=r"p\.yaml: quant\.code_files: '\.\./secret/\*\.py' leaves the project"):
+        validate_run(FIXTURE, p)

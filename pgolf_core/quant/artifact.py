@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from pgolf_core.atomic import atomic_write_bytes
+from pgolf_core.code_bytes import counted_bytes
 from pgolf_core.config import QuantConfig
 from pgolf_core.quant.compress import COMPRESSORS
 from pgolf_core.quant.format import ArtifactError, decode, encode
@@ -32,19 +33,9 @@ class ArtifactOverCapWarning(UserWarning):
 
 
 def code_bytes(qcfg: QuantConfig, root: str | os.PathLike = ".") -> int:
-    """Bytes of every file matched by ``qcfg.code_files`` (globs relative to ``root``), each counted once.
-
-    Raw file sizes, as the baseline and #549/#1019 counted train_gpt.py (records.md D13). A glob that
-    matches nothing is an error: a typo must not silently shrink the count.
-    """
-    root = Path(root)
-    files: set[Path] = set()
-    for pattern in qcfg.code_files:
-        matched = [p for p in root.glob(pattern) if p.is_file() and "__pycache__" not in p.parts]
-        if not matched:
-            raise FileNotFoundError(f"quant.code_files: {pattern!r} matches no file under {root.resolve()}")
-        files.update(p.resolve() for p in matched)
-    return sum(p.stat().st_size for p in files)
+    """Bytes of every file matched by ``qcfg.code_files`` (globs relative to ``root``), each counted once
+    (``pgolf_core.code_bytes``: raw sizes; a glob that matches nothing or leaves ``root`` is an error)."""
+    return counted_bytes(qcfg.code_files, root)
 
 
 @dataclass

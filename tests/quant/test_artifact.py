@@ -238,3 +238,22 @@ def test_code_bytes_counts_each_matched_file_once_and_rejects_empty_globs(tmp_pa
     assert code_bytes(QuantConfig(code_files=["pkg/**/*.py", "pkg/a.py"]), tmp_path) == 123
     with pytest.raises(FileNotFoundError, match="matches no file"):
         code_bytes(QuantConfig(code_files=["pkg/**/*.py", "train_gpt.py"]), tmp_path)
+
+
+def test_code_bytes_refuses_files_outside_the_root(tmp_path):
+    """`../x`, absolute globs and links that resolve outside the root are errors, never counted."""
+    from pgolf_core.code_bytes import CodeFilesError, counted_files
+
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "key.py").write_bytes(b"k" * 50)
+    root = tmp_path / "proj"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "a.py").write_bytes(b"x" * 100)
+    for pattern in ("../secret/*.py", str(tmp_path / "secret" / "key.py"), "pkg/../../secret/key.py"):
+        with pytest.raises(CodeFilesError, match="leaves the project"):
+            code_bytes(QuantConfig(code_files=[pattern]), root)
+    (root / "pkg" / "link.py").symlink_to(tmp_path / "secret" / "key.py")
+    with pytest.raises(CodeFilesError, match=r"link\.py, which resolves to .*secret/key\.py, outside the project"):
+        counted_files(["pkg/*.py"], root)
+    (root / "pkg" / "link.py").unlink()
+    assert counted_files(["pkg/*.py", "pkg/a.py"], root) == [Path("pkg/a.py")]
