@@ -182,6 +182,34 @@ def good_blob() -> bytes:
             "parts do not tile",
         ),
         (lambda b: resign(b, lambda h: h["tensors"].append(h["tensors"][0])), "appears twice"),
+        (
+            lambda b: resign(b, lambda h: None, raw_header=zlib.compress(b"[" * 200_000 + b"]" * 200_000)),
+            "header JSON is nested too deeply",
+        ),
+        (
+            lambda b: resign(b, lambda h: None, raw_header=zlib.compress(b'{"a": 1' + b"0" * 5000 + b"}")),
+            "header is not valid compressed JSON",
+        ),
+        (
+            lambda b: resign(b, lambda h: h["tensors"][1].__setitem__("sh", [2**62, 2**62])),
+            r"tensors declare over 2,147,483,648 bytes of weights \(at tok_emb",
+        ),
+        (
+            lambda b: resign(b, lambda h: h["tensors"][1]["a"]["q"].__setitem__(3, [2**40, 2**40])),
+            "lie outside section 0",
+        ),
+        (lambda b: resign(b, lambda h: h["tensors"][1].__setitem__("sh", [-1, 64])), "non-negative ints"),
+        (lambda b: resign(b, lambda h: h["tensors"][1].__setitem__("sh", [1] * 9)), "at most 8 non-negative"),
+        (lambda b: resign(b, lambda h: h["sections"].extend(h["sections"] * 64)), r"65 sections \(at most 64\)"),
+        (
+            lambda b: resign(b, lambda h: h["sections"][0].update(raw=600 << 20, parts=[[1, 600 << 20]])),
+            r"sections declare 629,145,600 decompressed bytes \(at most 536,870,912\)",
+        ),
+        (
+            lambda b: resign(b, lambda h: h["sections"][0].update(
+                raw=h["sections"][0]["raw"] + 64, parts=[[1, h["sections"][0]["raw"] + 64]])),
+            r"section 0 declares [\d,]+ bytes, its arrays' shapes account for [\d,]+",
+        ),
     ],
     ids=[
         "short-prefix",
@@ -198,6 +226,15 @@ def good_blob() -> bytes:
         "dtype",
         "section-size",
         "duplicate",
+        "deep-nesting",
+        "huge-int",
+        "shape-overflow",
+        "array-shape-overflow",
+        "negative-dim",
+        "rank",
+        "section-count",
+        "total-size",
+        "unaccounted-bytes",
     ],
 )
 def test_artifact_malformed_input_raises_a_clear_error(good_blob, mutate, message):
@@ -253,7 +290,53 @@ def test_code_bytes_refuses_files_outside_the_root(tmp_path):
         with pytest.raises(CodeFilesError, match="leaves the project"):
             code_bytes(QuantConfig(code_files=[pattern]), root)
     (root / "pkg" / "link.py").symlink_to(tmp_path / "secret" / "key.py")
-    with pytest.raises(CodeFilesError, match=r"link\.py, which resolves to .*secret/key\.py, outside the project"):
+    with pytest.raises(CodeFilesError, match=r"link\.py, which resolves to .*secret/key\.py, outside the"):
         counted_files(["pkg/*.py"], root)
     (root / "pkg" / "link.py").unlink()
     assert counted_files(["pkg/*.py", "pkg/a.py"], root) == [Path("pkg/a.py")]
+
+
+def test_artifact_loader_inflates_nothing_past_the_declared_bounds(good_blob, monkeypatch):
+    """A valid-looking 8 KB file whose one tensor inflates to 8 MB: with the total bound at 1 MB it is
+    refused before any decompression (the loader once inflated whatever the sections declared: a 4 MB
+    file took 4.3 GB); a stream that expands past its section's declared size stops at that size."""
+    import tracemalloc
+
+    from pgolf_core.quant import format as fmt
+
+    big = 8 << 20
+    payload = zlib.compress(bytes(big), 9)
+    assert len(payload) < 10_000
+
+    def one_tensor(h):
+        h["sections"] = [{"name": "all", "len": len(payload), "raw": big, "parts": [[1, big]]}]
+        h["tensors"] = [{"n": "t", "k": "raw", "g": "other", "dt": "uint8", "sh": [big], "m": {},
+                         "a": {"data": [0, 0, "uint8", [big]]}}]
+
+    bomb = resign(good_blob, one_tensor, payload=payload)
+    assert load_artifact(bomb)["t"].numel() == big  # a well-formed file: it does inflate 1000x
+    monkeypatch.setattr(fmt, "_MAX_RAW_TOTAL", 1 << 20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ArtifactError, match=r"sections declare 8,388,608 decompressed bytes \(at most 1,048"):
+            load_artifact(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"{peak:,} bytes allocated for a refused file"
+    monkeypatch.undo()
+    # The same stream behind a section that declares 1,000 bytes: inflation stops at 1,001 bytes.
+    def declares_1000(h):
+        one_tensor(h)
+        h["sections"][0].update(raw=1000, parts=[[1, 1000]])
+        h["tensors"][0].update(sh=[1000], a={"data": [0, 0, "uint8", [1000]]})
+
+    small = resign(good_blob, declares_1000, payload=payload)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ArtifactError, match=r"section 0 \(all\): zlib stream expands to 1001\+ bytes, header says"):
+            load_artifact(small)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"{peak:,} bytes allocated"
