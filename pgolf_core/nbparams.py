@@ -1,4 +1,7 @@
-"""Notebook parameters: plain values only, of the type the notebook declares, checked before launch.
+"""Validation before launch: a params file's config and notebook section, a suite entry's parameters.
+
+``validate_run`` checks the config, the code-file globs, the notebook's declared parameters (papermill's
+``inspect_notebook``: an unknown parameter is refused, papermill would only warn) and every value.
 
 papermill writes each parameter into the notebook's injected cell as Python source. It escapes str,
 int, float, bool, None, list and dict; anything else (a tuple from YAML's ``!!pairs``, a set from
@@ -10,10 +13,24 @@ the type of the notebook's own declaration (``nproc: int = 1`` takes an int).
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
-from pgolf_core.config import ConfigError
+from pgolf_core.code_bytes import CodeFilesError, check_code_globs
+from pgolf_core.config import (
+    ConfigError,
+    config_from_dict,
+    deep_merge,
+    parse_overrides,
+    read_params_tree,
+    to_dict,
+)
 from pgolf_core.stages import STAGES
+
+NOTEBOOK_SECTION = "notebook"
+#: parameters every pgolf notebook declares; the driver fills them
+DRIVER_PARAMS = ("params_file", "overrides", "run_dir", "source_run")
 
 MAX_DEPTH = 16  # lists / mappings nested deeper than this are refused (a crafted file could nest far more)
 _SCALARS = (str, int, float, bool, type(None))
@@ -96,3 +113,81 @@ def check_plain(values: Any, source: str, prefix: str) -> None:
         problem = next((p for k, v in values.items() if (p := _value_problem(k, v, f"{prefix}.{k}"))), None)
     if problem:
         raise ConfigError(f"{source}: {problem}")
+
+
+def split_params(params_file: str | os.PathLike) -> tuple[dict, dict]:
+    """(run config dict, notebook parameters) from a params file; ``extends`` is followed."""
+    raw = read_params_tree(Path(params_file))
+    nb = raw.pop(NOTEBOOK_SECTION, {}) or {}
+    if not isinstance(nb, dict):
+        raise ConfigError(f"{params_file}: '{NOTEBOOK_SECTION}' must be a mapping of notebook parameters")
+    return raw, nb
+
+
+def notebook_parameters(notebook: str | os.PathLike) -> dict[str, dict]:
+    """The notebook's declared parameters (name -> {inferred_type_name, default, help})."""
+    import papermill as pm
+
+    return pm.inspect_notebook(str(notebook))
+
+
+def validate_run(
+    notebook: str | os.PathLike, params_file: str | os.PathLike, overrides: dict | None = None,
+    parameters: dict | None = None, parameters_source: str = "suite entry",
+) -> tuple[dict, dict]:
+    """Validate config and notebook parameters before launching; returns (resolved config, notebook params).
+
+    ``parameters`` (a suite entry's, from ``parameters_source``) are merged over the params file's
+    ``notebook:`` section. Every value must be plain and of its declared type (``pgolf_core.nbparams``).
+    """
+    notebook = Path(notebook)
+    if not notebook.is_file():
+        raise ConfigError(f"{notebook}: notebook not found")
+    raw, file_nb = split_params(params_file)
+    check_plain(dict(overrides or {}), "overrides", "overrides")  # the driver passes them to the notebook too
+    cfg = config_from_dict(deep_merge(raw, parse_overrides(overrides or {})), str(params_file))
+    check_code_files(cfg, params_file)
+    declared = notebook_parameters(notebook)
+    # Each source is checked on its own so that the error names the file the bad value came from.
+    check_parameters(file_nb, declared, str(params_file))
+    check_parameters(dict(parameters or {}), declared, parameters_source, "parameters")
+    nb = {**file_nb, **(parameters or {})}
+    missing_driver = [p for p in DRIVER_PARAMS if p not in declared]
+    if missing_driver:
+        raise ConfigError(f"{notebook}: its parameters cell lacks the driver parameters {missing_driver}")
+    unknown = sorted(set(nb) - set(declared))
+    if unknown:
+        valid = sorted(set(declared) - set(DRIVER_PARAMS))
+        raise ConfigError(
+            f"{params_file}: '{NOTEBOOK_SECTION}' has unknown parameter(s) {unknown} for {notebook.name}; "
+            f"its parameters are: {', '.join(valid)}"
+        )
+    reserved = sorted(set(nb) & set(DRIVER_PARAMS))
+    if reserved:
+        raise ConfigError(f"{params_file}: {reserved} are set by the driver, not by params files")
+    _validate_sweeps(nb, to_dict(cfg), params_file)
+    return to_dict(cfg), nb
+
+
+def check_code_files(cfg, params_file) -> None:
+    try:
+        check_code_globs(cfg.quant.code_files)
+    except CodeFilesError as e:
+        raise ConfigError(f"{params_file}: {e}") from None
+
+
+def _validate_sweeps(nb_params: dict, cfg: dict, params_file) -> None:
+    """A notebook parameter that is a list of {name, <section>: overrides} (schemes, variants, settings)
+    is a sweep over config variants: each variant must itself be a valid config."""
+    from pgolf_core.config import SECTIONS
+
+    for key, value in nb_params.items():
+        if not (isinstance(value, list) and value and all(isinstance(v, dict) and "name" in v for v in value)):
+            continue
+        for i, item in enumerate(value):
+            sections = {k: v for k, v in item.items() if k != "name"}
+            unknown = sorted(set(sections) - set(SECTIONS))
+            if unknown:
+                raise ConfigError(f"{params_file}: notebook.{key}[{i}] ({item['name']!r}) has keys {unknown}; "
+                                  f"a variant is a name plus config sections ({', '.join(SECTIONS)})")
+            config_from_dict(deep_merge(cfg, sections), f"{params_file}: notebook.{key}[{i}] ({item['name']!r})")

@@ -201,3 +201,38 @@ def test_code_files_outside_the_project_are_refused(tmp_path):
     p = params(tmp_path, "quant:\n  code_files: ['../secret/*.py']\n")
     with pytest.raises(ConfigError, match=r"p\.yaml: quant\.code_files: '\.\./secret/\*\.py' leaves the project"):
         validate_run(FIXTURE, p)
+
+
+def test_two_runs_started_in_one_second_get_two_folders(tmp_path, monkeypatch):
+    """The run id had one-second resolution: two runs in one second shared a folder (one manifest, mixed
+    stages). Now ids carry microseconds and a random suffix and folders are created exclusively."""
+    import time
+
+    import papermill
+
+    frozen = time.gmtime(1_800_000_000)
+    monkeypatch.setattr(time, "gmtime", lambda t=None: frozen)  # both runs start "in the same second"
+    monkeypatch.setattr(papermill, "execute_notebook", lambda *a, **kw: None)  # no kernel: only the folders
+    a = run(tmp_path, TINY, overrides={"train.seed": 1})
+    b = run(tmp_path, TINY, overrides={"train.seed": 2})
+    assert a.run_dir != b.run_dir and a.run_id.startswith("fixture-tiny-20270115T080000")
+    seeds = [json.loads((r.run_dir / "manifest.json").read_text())["seed"] for r in (a, b)]
+    assert seeds == [1, 2]
+
+
+def test_run_folders_are_created_exclusively_with_retry(tmp_path, monkeypatch):
+    """Two ids that collide (frozen clock and random suffix) do not share a folder: the second retries."""
+    import secrets
+    import time
+
+    from pgolf_core.report import runs
+
+    monkeypatch.setattr(time, "time", lambda: 1_800_000_000.25)
+    suffixes = iter(["aaaa", "aaaa", "bbbb"])
+    monkeypatch.setattr(secrets, "token_hex", lambda n: next(suffixes))
+    first = runs.create_run_dir(tmp_path, lambda: f"x-{runs.stamp()}")
+    second = runs.create_run_dir(tmp_path, lambda: f"x-{runs.stamp()}")
+    assert first[0] == "x-20270115T080000.250000Z.aaaa" and second[0] == "x-20270115T080000.250000Z.bbbb"
+    assert first[1].is_dir() and second[1].is_dir()
+    with pytest.raises(ConfigError, match="a run folder of that id exists"):  # an explicit id is never shared
+        run_notebook(FIXTURE, TINY, suite=tmp_path.name, reports_root=tmp_path.parent, run_id=first[0])

@@ -9,9 +9,11 @@ two runs write into one folder.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
+import socket
 import time
 from pathlib import Path
 
@@ -52,3 +54,47 @@ def create_run_dir(parent: str | os.PathLike, make_id, attempts: int = 20) -> tu
             continue
         return run_id, path
     raise ConfigError(f"{parent}: no new run folder after {attempts} attempts (last id {run_id!r})")
+
+
+def driver_info() -> dict:
+    """Who writes a run's manifest: a "running" manifest whose driver is gone was killed (kill -9)."""
+    return {"pid": os.getpid(), "host": socket.gethostname()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True
+
+
+def stale_reason(manifest: dict) -> str | None:
+    """Why a "running" manifest is in fact over (its driver process on this host is gone), else None."""
+    driver = manifest.get("driver") or {}
+    if manifest.get("status") != "running" or driver.get("host") != socket.gethostname():
+        return None
+    pid = driver.get("pid")
+    if not isinstance(pid, int) or _alive(pid):
+        return None
+    return f"the driver (pid {pid}) ended without recording a status (killed, or the machine went down)"
+
+
+def settle_stale_runs(reports_root: str | os.PathLike) -> list[Path]:
+    """Mark "running" manifests whose driver died ``interrupted`` with the reason; returns their folders."""
+    from pgolf_core.atomic import atomic_write_json
+
+    settled = []
+    for path in sorted(Path(reports_root).glob("*/*/manifest.json")):
+        try:
+            manifest = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # the index names unreadable manifests
+        reason = stale_reason(manifest) if isinstance(manifest, dict) else None
+        if reason:
+            manifest.update(status="interrupted", error=reason)
+            atomic_write_json(path, manifest)
+            settled.append(path.parent)
+    return settled
