@@ -43,6 +43,7 @@ from pgolf_core.nbparams import (  # noqa: F401 - validation lives there; also t
 )
 from pgolf_core.report.provenance import provenance
 from pgolf_core.report.runs import check_name, create_run_dir, driver_info, settle_stale_runs, stamp
+from pgolf_core.suite_plan import needed_sources, plan_seed, previous_runs
 
 #: a run's final status is one of these but "running"; "interrupted": Ctrl-C / SIGTERM, or a driver that died
 STATUSES = ("running", "completed", "failed", "timeout", "dead_kernel", "interrupted")
@@ -74,6 +75,11 @@ class RunRecord:
     run_dir: Path
     status: Status
     error: str | None = None
+    reused: bool = False  # a suite step that used an earlier completed run instead of running
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM through the CLI) during a run; the message says what was recorded."""
 
 
 def _utc(t: float | None = None) -> str:
@@ -126,8 +132,9 @@ def run_notebook(
     if run_id is not None:
         check_name(run_id, "run id")
     cfg_dict, nb_params = validate_run(notebook, params_file, overrides, parameters)  # ConfigError: none ran
-    if source_run and not Path(source_run).is_dir():
-        raise ConfigError(f"source run {source_run}: no such report folder")
+    src = Path(source_run) if source_run else None
+    if src is not None and not ((src / "manifest.json").is_file() or (src / "train/config.yaml").is_file()):
+        raise ConfigError(f"{source_run}: not a report folder (no manifest.json, train/config.yaml)")
     settle_stale_runs(reports_root)
     run_id, run_dir = _make_run_dir(Path(reports_root) / suite, run_id, f"{notebook.stem}-{params_file.stem}",
                                     reuse_dir)
@@ -151,18 +158,19 @@ def run_notebook(
     atomic_write_json(run_dir / "manifest.json", manifest)
     parameters = {**nb_params, "params_file": params_file.as_posix(), "overrides": dict(overrides or {}),
                   "run_dir": run_dir.as_posix(), "source_run": source_run}
-    status, error = "interrupted", "the driver stopped before the notebook finished"
+    status, error, interrupted = "interrupted", "the driver stopped before the notebook finished", False
     try:
         _execute(notebook, run_dir / "executed.ipynb", parameters, kernel_name, log_output, timeout)
         status, error = "completed", None
     except KeyboardInterrupt:
-        error = "interrupted (Ctrl-C or SIGTERM) while the notebook ran"
-        raise
+        error, interrupted = "interrupted (Ctrl-C or SIGTERM) while the notebook ran", True
     except Exception as exc:  # noqa: BLE001 - every failure is recorded, partial output kept
         status, error = _status_of(exc), _describe_error(exc)
         manifest["traceback"] = traceback.format_exc(limit=5)
     finally:  # whatever happened, the manifest ends in a final state
         _finish(manifest, run_dir, status, error, started, reports_root if update_index else None)
+    if interrupted:
+        raise RunInterrupted(f"{run_dir} recorded as interrupted")
     return RunRecord(run_id, run_dir, status, error)  # type: ignore[arg-type]
 
 
@@ -278,30 +286,66 @@ def run_suite(
     reports_root: str | os.PathLike = "reports",
     only: list[str] | None = None,
     log_output: bool = True,
+    resume: bool = False,
+    dry_run: bool = False,
+    echo=print,
 ) -> list[RunRecord]:
-    """Run every entry of ``suite_dir/suite.yaml`` (for each seed), validating all of them first."""
+    """Run every entry of ``suite_dir/suite.yaml`` (for each seed), validating all of them first.
+
+    What happens to each entry and seed (new, redo, resume, reuse: ``pgolf_core.suite_plan``) is
+    decided first and ``echo``-ed, one line each. ``only`` selects entries (an unknown name is an
+    error); a source they read is reused when it has a completed run of the same config, else run.
+    ``dry_run``: validate and say the plan, run nothing.
+    """
     suite_dir = Path(suite_dir)
     spec = load_suite(suite_dir)
     suite_name = check_name(suite_dir.resolve().name, f"{suite_dir}: suite folder name")
-    entries = [e for e in spec.runs if not only or e.name in only]
+    names = [e.name for e in spec.runs]
+    unknown = [o for o in (only or []) if o not in names]
+    if unknown:
+        raise ConfigError(f"{suite_dir / 'suite.yaml'}: --only {', '.join(unknown)}: no such entry; "
+                          f"the entries are: {', '.join(names)}")
+    selected = set(only or names)
+    wanted = selected | needed_sources(spec.runs, selected)
+    entries = [e for e in spec.runs if e.name in wanted]
     seed_list: list[int | None] = list(seeds or spec.seeds) or [None]
+    resolved: dict[int | None, dict[str, tuple[dict, dict]]] = {s: {} for s in seed_list}
     for e in entries:  # validate every run before starting the first one
         for seed in seed_list:
-            validate_run(e.notebook, suite_dir / e.params, {"train.seed": seed} if seed is not None else None,
-                         e.parameters, f"{suite_dir / 'suite.yaml'}: runs.{e.name}")
+            resolved[seed][e.name] = validate_run(
+                e.notebook, suite_dir / e.params, {"train.seed": seed} if seed is not None else None,
+                e.parameters, f"{suite_dir / 'suite.yaml'}: runs.{e.name}")
+    settle_stale_runs(reports_root)
+    previous = previous_runs(reports_root, suite_name)
+    plans = {s: plan_seed(entries, selected, s, resolved[s], previous, resume) for s in seed_list}
+    for seed, steps in plans.items():
+        for st in steps:
+            echo(f"{st.action:<7}{st.name}" + (f" seed {seed}" if seed is not None else "") + f": {st.note}")
+    if dry_run:
+        return []
     batch = stamp()  # one per suite run: its entries' run ids share it
+    by_entry = {e.name: e for e in entries}
     records: list[RunRecord] = []
-    for seed in seed_list:
+    for seed, steps in plans.items():
         by_name: dict[str, RunRecord] = {}
-        for e in entries:
-            suffix = f"-s{seed}" if seed is not None else ""
-            source = by_name[e.source].run_dir.as_posix() if e.source and e.source in by_name else ""
-            rec = run_notebook(
-                e.notebook, suite_dir / e.params, suite=suite_name, reports_root=reports_root,
-                run_id=f"{batch}-{e.name}{suffix}", overrides={"train.seed": seed} if seed is not None else None,
-                source_run=source, parameters=e.parameters, group=f"{suite_name}/{e.name}", timeout=e.timeout,
-                log_output=log_output,
-            )
+        for st in steps:
+            e, prev = by_entry[st.name], st.previous
+            if st.action == "reuse":
+                rec = RunRecord(prev.run_dir.name, prev.run_dir, "completed", reused=True)
+            else:
+                run_id = prev.run_dir.name if st.action == "resume" else f"{batch}-{e.name}" + (
+                    f"-s{seed}" if seed is not None else "")
+                source = by_name[e.source].run_dir.as_posix() if e.source else ""
+                try:
+                    rec = run_notebook(
+                        e.notebook, suite_dir / e.params, suite=suite_name, reports_root=reports_root,
+                        run_id=run_id, overrides={"train.seed": seed} if seed is not None else None,
+                        source_run=source, parameters=e.parameters, group=f"{suite_name}/{e.name}",
+                        timeout=e.timeout, log_output=log_output, reuse_dir=st.action == "resume",
+                    )
+                except RunInterrupted as stop:
+                    raise RunInterrupted(f"{stop}; `pgolf suite {suite_dir} --resume` reuses the completed "
+                                         "entries and continues this one") from None
             by_name[e.name] = rec
             records.append(rec)
     return records

@@ -236,3 +236,107 @@ def test_run_folders_are_created_exclusively_with_retry(tmp_path, monkeypatch):
     assert first[1].is_dir() and second[1].is_dir()
     with pytest.raises(ConfigError, match="a run folder of that id exists"):  # an explicit id is never shared
         run_notebook(FIXTURE, TINY, suite=tmp_path.name, reports_root=tmp_path.parent, run_id=first[0])
+
+
+def test_index_names_a_corrupt_stages_file_and_runs_go_on(tmp_path):
+    """One corrupt stages.json made `pgolf index` crash and every later run exit 1."""
+    rec = run(tmp_path, TINY)
+    (rec.run_dir / "stages.json").write_text('{"stages": [{"stage": "pre"')  # truncated by a crash
+    other = tmp_path / "reports" / "t" / "other"
+    other.mkdir()
+    (other / "manifest.json").write_text(json.dumps({"run_id": "other", "status": "completed"}))
+    (other / "stages.json").write_text(json.dumps({"stages": [{"stage": "pre", "bogus": 1}]}))
+    html = build_index(tmp_path / "reports").read_text()
+    assert "2 unreadable record(s)" in html
+    assert f"t/{rec.run_id}/stages.json: JSONDecodeError" in html and "t/other/stages.json: TypeError" in html
+    again = run(tmp_path, TINY)  # a later run completes and rebuilds the index
+    assert again.status == "completed"
+    index = json.loads((tmp_path / "reports" / "index.json").read_text())
+    assert {r["run_id"]: r["status"] for r in index["runs"]} == {
+        rec.run_id: "unreadable", "other": "unreadable", again.run_id: "completed"}
+
+
+# --------------------------------------------------------------------------------------------------
+# interruption, reruns, --only (papermill replaced by a recorder: these are about the driver)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake_papermill(monkeypatch):
+    """Record each execution's parameters; raise what ``fail[name]`` says for an entry's run folder."""
+    import papermill
+
+    calls, fail = [], {}
+
+    def execute(notebook, output, parameters, **kw):
+        calls.append(parameters)
+        for name, exc in fail.items():
+            if f"-{name}" in parameters["run_dir"]:
+                raise exc
+        Path(parameters["run_dir"], "outputs.json").write_text("{}")
+
+    monkeypatch.setattr(papermill, "execute_notebook", execute)
+    return calls, fail
+
+
+def test_interrupted_suite_records_every_run_and_resume_continues_it(tmp_path, fake_papermill, capsys):
+    """Ctrl-C left manifests "running"; now the interrupted run says so and a rerun says what
+    it reuses, continues or redoes."""
+    from pgolf_core.suite import RunInterrupted
+
+    calls, fail = fake_papermill
+    reports = tmp_path / "reports"
+    fail["second"] = KeyboardInterrupt()
+    with pytest.raises(RunInterrupted, match=r"second recorded as interrupted; `pgolf suite .* --resume`"):
+        run_suite(REPO / "tests/suite", reports_root=reports, log_output=False)
+    manifests = {p.parent.name.split("-", 1)[1]: json.loads(p.read_text())
+                 for p in reports.glob("suite/*/manifest.json")}
+    assert {k: m["status"] for k, m in manifests.items()} == {"first": "completed", "second": "interrupted"}
+    assert "interrupted (Ctrl-C or SIGTERM)" in manifests["second"]["error"]
+    fail.clear()
+    lines = []
+    assert run_suite(REPO / "tests/suite", reports_root=reports, dry_run=True, echo=lines.append) == []
+    assert lines[0].startswith("redo   first: earlier run ")
+    assert lines[0].endswith("(--resume would reuse it)")
+    assert "(interrupted); new folder (--resume would continue it)" in lines[1]
+    lines.clear()
+    calls.clear()
+    records = run_suite(REPO / "tests/suite", reports_root=reports, resume=True, echo=lines.append)
+    assert lines[0].startswith("reuse  first: completed: ")
+    assert lines[1].startswith("resume second: continues ")
+    assert [r.reused for r in records] == [True, False] and len(calls) == 1
+    assert calls[0]["source_run"] == records[0].run_dir.as_posix()  # reads the reused source
+    assert json.loads((records[1].run_dir / "manifest.json").read_text())["status"] == "completed"
+    assert len(list(reports.glob("suite/*-second"))) == 1, "resumed in its own folder, no new one"
+
+
+def test_only_reuses_the_source_run_and_refuses_unknown_entries(tmp_path, fake_papermill):
+    """--only second once retrained its source silently; --only with a typo ran nothing and exited 0."""
+    calls, _ = fake_papermill
+    reports = tmp_path / "reports"
+    with pytest.raises(ConfigError, match=r"--only secnd: no such entry; the entries are: first, second"):
+        run_suite(REPO / "tests/suite", reports_root=reports, only=["secnd"])
+    lines = []
+    records = run_suite(REPO / "tests/suite", reports_root=reports, only=["second"], echo=lines.append)
+    assert lines[0] == "new    first: source of the selected entries, run first (it has no run yet)"
+    assert [r.run_id.split("-", 1)[1] for r in records] == ["first", "second"]
+    assert calls[1]["source_run"] == records[0].run_dir.as_posix()
+    calls.clear()
+    lines.clear()
+    again = run_suite(REPO / "tests/suite", reports_root=reports, only=["second"], echo=lines.append)
+    assert lines[0] == f"reuse  first: source of the selected entries: {records[0].run_dir} (completed)"
+    assert len(calls) == 1 and calls[0]["source_run"] == records[0].run_dir.as_posix()
+    assert again[1].run_dir != records[1].run_dir
+
+
+def test_run_an_analysis_notebook_on_an_existing_run(tmp_path, fake_papermill, capsys):
+    """`pgolf run NB PARAMS --source RUN_DIR` passes the run folder; a folder that is not one is refused."""
+    from pgolf_core.cli import main
+
+    calls, _ = fake_papermill
+    first = run(tmp_path, TINY)
+    args = ["run", str(FIXTURE), str(TINY), "--suite", "t", "--reports", str(tmp_path / "reports")]
+    assert main([*args, "--source", str(first.run_dir)]) == 0
+    assert calls[-1]["source_run"] == str(first.run_dir)
+    assert main([*args, "--source", str(tmp_path)]) == 2
+    assert "not a report folder (no manifest.json, train/config.yaml)" in capsys.readouterr().err

@@ -10,7 +10,6 @@ from nbconvert import HTMLExporter
 
 from pgolf_core.atomic import atomic_write_text
 
-
 #: cells whose (long, live) log is replaced by a one-line note in the report when they succeeded; a
 #: failed cell keeps its whole output so the report shows what went wrong
 LOG_TAG = "log-output"
