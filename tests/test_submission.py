@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pgolf_core import submission as sub
+from pgolf_core.challenge import BYTE_CAP
 from pgolf_core.submission import SubmissionRefused, export_submission, margin_bpb, significance
 from pgolf_core.suite import run_suite
 from tests.conftest import REPO
@@ -105,7 +106,7 @@ def test_export_writes_the_challenge_records_folder(group_runs, tmp_path):
     code = [p for p in out.rglob("*") if p.is_file() and p.suffix in (".py", ".yaml")]
     assert s["bytes_code"] == sum(p.stat().st_size for p in code)
     biggest = max((r.run_dir / "artifact.bin").stat().st_size for r in records)
-    assert s["bytes_total"] == s["bytes_code"] + biggest < 16_000_000
+    assert s["bytes_total"] == s["bytes_code"] + biggest < BYTE_CAP
     assert {"README.md", "train_gpt.py", "config.yaml", "train_seed1.log", "train_seed2.log",
             "stages_seed1.json", "stages_seed2.json"} <= {p.name for p in out.iterdir()}
     assert (out / "pgolf_core" / "model" / "gpt.py").is_file() and not (out / "pgolf_core" / "cli.py").exists()
@@ -138,7 +139,13 @@ def test_export_refuses_non_compliant_over_cap_failed_and_unknown(group_runs, tm
             export(reports, tmp_path / "a")
     finally:
         stages_path.write_text(original)
-    monkeypatch.setattr(sub, "ARTIFACT_CAP", 1000)
+    real_load = sub.load_config
+
+    def tight_cap(path):  # the runs' own quant.byte_cap is the cap (the export once used a constant)
+        cfg = real_load(path)
+        return cfg.model_copy(update={"quant": cfg.quant.model_copy(update={"byte_cap": 1000})})
+
+    monkeypatch.setattr(sub, "load_config", tight_cap)
     with pytest.raises(SubmissionRefused, match=r"over the byte cap: code [\d,]+ \+ largest model [\d,]+ = [\d,]+ bytes > 1,000"):
         export(reports, tmp_path / "b")
     monkeypatch.undo()

@@ -1,7 +1,8 @@
 """Build, account and load the artifact: quantize -> serialize -> compress, always verified by a round trip.
 
-The challenge counts code bytes + compressed model bytes against 16,000,000 decimal bytes (records.md
-D13, I.6: not MiB; #1019's pruning target used MiB). ``Artifact`` carries both numbers, the margin and
+The challenge counts code bytes + compressed model bytes against a decimal cap (``quant.byte_cap``,
+default ``pgolf_core.challenge.BYTE_CAP``; decimal, not MiB: #1019's pruning target used MiB; the code
+counted as in ``pgolf_core.code_bytes``). ``Artifact`` carries both numbers, the margin and
 an over-cap flag; an artifact over the cap is reported with its overage (and a warning), never hidden.
 """
 
@@ -106,7 +107,7 @@ def build_artifact(
 
     Every (compressor, layout) candidate of ``qcfg.compressor`` / ``qcfg.byte_shuffle`` is built and
     the smallest kept; all sizes go to ``details["candidates"]``. With ``verify`` the chosen blob is
-    decoded and checked bit-identical to the in-memory dequantized weights (style.md G7).
+    decoded and checked bit-identical to the in-memory dequantized weights (tested, not trusted).
     """
     qts, details = quantize_state(model_or_state, qcfg, model=model, hessians=hessians)
     best = None

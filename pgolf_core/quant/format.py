@@ -14,7 +14,8 @@ with its element size (stride 1: int8 codes; 2: fp16 scales; 4: fp32). A stored 
 (section, offset, dtype, shape) into the unshuffled bytes of its section. The "plain" layout is one
 section with one unshuffled part in state-dict order, like the challenge's torch.save + zlib; the
 "grouped" layout has one section per tensor group (embed, attn, mlp, gate, other), each with its
-int8 codes first and its wider values shuffled (records.md D12: per-group streams, byte shuffle).
+int8 codes first and its wider values shuffled (per-group streams, as #1855 stores its int8 tensors by
+role; byte shuffle of the wider values, as from #1218 on).
 
 Loading checks, in order: pickle signatures, size, magic, version, header checksum, header JSON and
 schema, section bounds, payload checksum, decompressed sizes, every array's bounds, dtype and shape

@@ -1,4 +1,4 @@
-"""Executed notebook -> self-contained HTML report: code hidden, figures embedded (notebooks.md 3)."""
+"""Executed notebook -> self-contained HTML report: code hidden, figures embedded (one file to share)."""
 
 from __future__ import annotations
 

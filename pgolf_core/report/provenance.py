@@ -1,4 +1,4 @@
-"""Where a number came from: git state, package versions, hardware (notebooks.md section 3)."""
+"""Where a number came from: git state, package versions, hardware (recorded in every run manifest)."""
 
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pgolf_core.challenge import BYTE_CAP
 from pgolf_core.config import QuantConfig, QuantGroupConfig
 from pgolf_core.quant import (
     ArtifactError,
@@ -255,7 +256,7 @@ def test_artifact_accounting_flags_an_artifact_over_the_cap():
     art = build_artifact(model, QuantConfig())
     code = code_bytes(QuantConfig(), REPO_ROOT)
     assert art.code_bytes == code > 100_000 and art.total_bytes == len(art.blob) + code
-    assert art.margin == 16_000_000 - art.total_bytes and not art.over_cap
+    assert art.margin == BYTE_CAP - art.total_bytes and not art.over_cap
     tight = QuantConfig(byte_cap=art.total_bytes - 1234)
     with pytest.warns(ArtifactOverCapWarning, match="OVER THE CAP by 1,234 bytes"):
         over = build_artifact(model, tight)
@@ -340,3 +341,26 @@ def test_artifact_loader_inflates_nothing_past_the_declared_bounds(good_blob, mo
     finally:
         tracemalloc.stop()
     assert peak < 1 << 20, f"{peak:,} bytes allocated"
+
+
+def test_code_bytes_are_counted_one_way_and_the_policy_is_light():
+    """The artifact, compliance T7 and the export count through pgolf_core.code_bytes (they had three
+    implementations); the config takes its default file list from there without importing torch."""
+    import subprocess
+    import sys
+
+    from pgolf_core import compliance
+    from pgolf_core.code_bytes import RUNTIME_CODE_FILES, counted_files
+    from pgolf_core.config import RUNTIME_CODE_FILES as from_config
+
+    assert from_config is RUNTIME_CODE_FILES and QuantConfig().code_files == list(RUNTIME_CODE_FILES)
+    files = counted_files(RUNTIME_CODE_FILES, REPO_ROOT)
+    assert Path("pgolf_core/code_bytes.py") in files and Path("pgolf_core/cli.py") not in files
+    by_hand = sum((REPO_ROOT / f).stat().st_size for f in files)
+    twice = [REPO_ROOT / f for f in files] + [REPO_ROOT / files[0]]
+    assert code_bytes(QuantConfig(), REPO_ROOT) == compliance.code_bytes(twice) == by_hand
+    heavy = "('torch', 'numpy', 'pgolf_core.quant')"
+    probe = f"import sys, pgolf_core.config; print(sorted(m for m in {heavy} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True,
+                         cwd=REPO_ROOT)
+    assert out.stdout.strip() == "[]"
