@@ -177,8 +177,9 @@ def run_notebook(
 def _make_run_dir(parent: Path, run_id: str | None, prefix: str, reuse: bool) -> tuple[str, Path]:
     if run_id is None:  # unique by construction, and created exclusively
         return create_run_dir(parent, lambda: f"{prefix}-{stamp()}")
-    if reuse:
+    if reuse:  # a resumed run: train/ stays (its checkpoints), the last attempt's outputs go
         (parent / run_id).mkdir(parents=True, exist_ok=True)
+        (parent / run_id / "outputs.json").unlink(missing_ok=True)
         return run_id, parent / run_id
     try:
         return create_run_dir(parent, lambda: run_id, attempts=1)

@@ -90,7 +90,8 @@ def plan_seed(
         )
         reusable = same and source_kept and prev.status == "completed" and (
             src is None or src.action == "reuse")
-        resumable = same and source_kept and prev.status != "completed"
+        # (a "running" one belongs to a live driver: never run a second notebook in its folder)
+        resumable = same and source_kept and prev.status not in ("completed", "running")
         where = f"{prev.run_dir} ({prev.status})" if prev else ""
         if e.name not in selected:  # a source that --only left out
             if reusable:

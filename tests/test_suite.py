@@ -238,7 +238,7 @@ def test_run_folders_are_created_exclusively_with_retry(tmp_path, monkeypatch):
         run_notebook(FIXTURE, TINY, suite=tmp_path.name, reports_root=tmp_path.parent, run_id=first[0])
 
 
-def test_index_names_a_corrupt_stages_file_and_runs_go_on(tmp_path):
+def test_index_names_a_corrupt_stages_file_and_runs_go_on(tmp_path, fake_papermill):
     """One corrupt stages.json made `pgolf index` crash and every later run exit 1."""
     rec = run(tmp_path, TINY)
     (rec.run_dir / "stages.json").write_text('{"stages": [{"stage": "pre"')  # truncated by a crash
@@ -340,3 +340,28 @@ def test_run_an_analysis_notebook_on_an_existing_run(tmp_path, fake_papermill, c
     assert calls[-1]["source_run"] == str(first.run_dir)
     assert main([*args, "--source", str(tmp_path)]) == 2
     assert "not a report folder (no manifest.json, train/config.yaml)" in capsys.readouterr().err
+
+
+def test_a_killed_drivers_run_is_settled_as_interrupted(tmp_path, fake_papermill):
+    """kill -9 leaves a manifest "running" for ever; the next run (or `pgolf index`) settles it, and a
+    run whose driver is alive is never resumed into."""
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    rec = run(tmp_path, TINY)
+    path = rec.run_dir / "manifest.json"
+    m = json.loads(path.read_text())
+    path.write_text(json.dumps({**m, "status": "running", "driver": {**m["driver"], "pid": dead.pid}}))
+    build_index(tmp_path / "reports")
+    shown = json.loads((tmp_path / "reports" / "index.json").read_text())["runs"][0]
+    assert shown["status"] == "interrupted" and f"pid {dead.pid}" in shown["error"]
+    run(tmp_path, TINY)  # the next run settles the file itself
+    settled = json.loads(path.read_text())
+    assert settled["status"] == "interrupted" and "ended without recording a status" in settled["error"]
+    live = {**settled, "status": "running", "driver": {**m["driver"], "pid": os.getpid()}}
+    path.write_text(json.dumps(live))
+    run(tmp_path, TINY)
+    assert json.loads(path.read_text())["status"] == "running", "a live driver's run is left alone"
