@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from pgolf_core.challenge import BYTE_CAP, TRAIN_SECONDS, WORLD_SIZE
+from pgolf_core.code_bytes import RUNTIME_CODE_FILES  # the default quant.code_files (counted-file policy)
 from pgolf_core.config.model import ModelConfig
 from pgolf_core.config.section import Section
 
@@ -189,35 +190,6 @@ class QuantGroupConfig(Section):
     gptq: bool = Field(False, description="Hessian-aware GPTQ rounding (#1019 on)")
 
 
-# What a run imports to train, quantize and score: the challenge counts the submission's code, and the
-# conservative reading (some records count only train_gpt.py, a contested practice) is every such file;
-# tooling that never runs in a submission (CLI, notebook driver, reports, data preparation) is left out.
-RUNTIME_CODE_FILES = (
-    "pgolf_core/__init__.py",
-    "pgolf_core/atomic.py",
-    "pgolf_core/challenge.py",
-    "pgolf_core/config/*.py",
-    "pgolf_core/dist.py",
-    "pgolf_core/eval/*.py",
-    "pgolf_core/runtime.py",
-    "pgolf_core/train.py",
-    "pgolf_core/scoring.py",
-    "pgolf_core/stages.py",
-    "pgolf_core/pipeline/*.py",
-    "pgolf_core/compliance/*.py",
-    "pgolf_core/data/byte_recount.py",
-    "pgolf_core/ngram/*.py",
-    "pgolf_core/data/__init__.py",
-    "pgolf_core/data/shards.py",
-    "pgolf_core/data/loader.py",
-    "pgolf_core/data/tokenizer.py",
-    "pgolf_core/data/tokenizer_bytes.py",
-    "pgolf_core/data/overlap.py",
-    "pgolf_core/model/*.py",
-    "pgolf_core/optim/*.py",
-    "pgolf_core/quant/*.py",
-    "pgolf_core/ttt/*.py",
-)
 
 
 class QuantConfig(Section):

@@ -17,29 +17,47 @@ from pathlib import Path
 from jinja2 import Environment, select_autoescape
 
 from pgolf_core.atomic import atomic_write_json, atomic_write_text
+from pgolf_core.report.runs import stale_reason
 from pgolf_core.stages import STAGES, StageRecord, read_stages
 
 BUDGET_SECONDS = 600.0
 
 
+def _unreadable(path: Path, root: Path, e: Exception) -> dict:
+    what = f"{path.relative_to(root).as_posix()}: {type(e).__name__}: {e}"
+    return {"run_id": path.parent.name, "status": "unreadable", "error": what[:300],
+            "dir": path.parent.relative_to(root).as_posix(), "stages": []}
+
+
 def collect_runs(reports_root: str | os.PathLike) -> list[dict]:
-    """One dict per run folder with a readable manifest, newest first."""
+    """One dict per run folder, newest first. A manifest or stages.json that cannot be read (corrupt,
+    truncated, from another version) makes its run "unreadable" with the file and the reason: one bad
+    file never stops the index."""
     root = Path(reports_root)
     runs = []
     for manifest_path in sorted(root.glob("*/*/manifest.json")):
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            runs.append({"run_id": manifest_path.parent.name, "status": "unreadable", "error": str(e),
-                         "dir": manifest_path.parent.relative_to(root).as_posix(), "stages": []})
+            if not isinstance(manifest, dict):
+                raise TypeError(f"a JSON {type(manifest).__name__}, not an object")
+        except (OSError, ValueError, TypeError) as e:
+            runs.append(_unreadable(manifest_path, root, e))
             continue
         stages_path = manifest_path.parent / "stages.json"
-        stages: list[StageRecord] = read_stages(stages_path) if stages_path.is_file() else []
+        try:
+            stages: list[StageRecord] = read_stages(stages_path) if stages_path.is_file() else []
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # whatever a bad file raises
+            runs.append(_unreadable(stages_path, root, e) | {"notebook": manifest.get("notebook"),
+                                                               "suite": manifest.get("suite")})
+            continue
+        stale = stale_reason(manifest)
+        if stale:  # a killed driver's run (settled in the file by the next run)
+            manifest.update(status="interrupted", error=stale)
         manifest["dir"] = manifest_path.parent.relative_to(root).as_posix()
         manifest["stages"] = stages
         manifest["has_report"] = (manifest_path.parent / "report.html").is_file()
         runs.append(manifest)
-    runs.sort(key=lambda r: r.get("started_utc", ""), reverse=True)
+    runs.sort(key=lambda r: str(r.get("started_utc", "")), reverse=True)
     return runs
 
 
@@ -48,7 +66,7 @@ def summarize_groups(runs: list[dict]) -> list[dict]:
     groups: dict[str, list[dict]] = {}
     for r in runs:
         if r.get("status") == "completed":
-            groups.setdefault(r.get("group", r["run_id"]), []).append(r)
+            groups.setdefault(str(r.get("group") or r.get("run_id") or r.get("dir")), []).append(r)
     out = []
     for name, members in sorted(groups.items()):
         stage_names = [s for s in STAGES if any(st.stage == s for m in members for st in m["stages"])]
@@ -81,7 +99,8 @@ th,td{border:1px solid #d4d4d4;padding:4px 8px;text-align:right;vertical-align:t
 th{background:#f3f3f3;font-weight:600}td.l,th.l{text-align:left}
 .ok{color:#176c2a}.bad{color:#b00020;font-weight:600}.na{color:#888}
 .badge{display:block;font-size:11px;white-space:nowrap}
-.st-completed{color:#176c2a}.st-failed,.st-timeout,.st-dead_kernel,.st-unreadable{color:#b00020;font-weight:600}
+.st-completed{color:#176c2a}
+.st-failed,.st-timeout,.st-dead_kernel,.st-unreadable,.st-interrupted{color:#b00020;font-weight:600}
 .st-running{color:#a60}.small{font-size:12px;color:#555}.num{font-variant-numeric:tabular-nums}
 </style></head><body>
 {% macro badge(st) -%}
@@ -103,6 +122,9 @@ Times are seconds against the 600 s budgets, which are defined on 8xH100 SXM.</p
 <td class="l num">{% for seed, v in row.seeds %}{{ seed }}: {{ "%.5f"|format(v) }}{% if not loop.last %}, {% endif %}{% endfor %}</td>
 <td class="l {{ 'ok' if row.compliant else 'bad' }}">{{ "compliant" if row.compliant else "NON-COMPLIANT" }}</td></tr>{% endfor %}{% endfor %}
 </table>{% endif %}
+{% set bad = runs|selectattr("status", "equalto", "unreadable")|list %}{% if bad %}
+<p class="bad">{{ bad|length }} unreadable record(s), shown without numbers:</p><ul class="small">
+{% for r in bad %}<li>{{ r.error }}</li>{% endfor %}</ul>{% endif %}
 <h2>Runs</h2>
 <table><tr><th class="l">run</th><th class="l">notebook</th><th class="l">status</th><th>seed</th>
 {% for s in stages %}<th>{{ s }}</th>{% endfor %}<th>artifact bytes</th><th>train s</th><th>eval s</th><th class="l">backend</th><th class="l">links</th></tr>
@@ -121,7 +143,7 @@ Times are seconds against the 600 s budgets, which are defined on 8xH100 SXM.</p
 
 
 def _run_view(r: dict) -> dict:
-    outputs = r.get("outputs") or {}
+    outputs = r.get("outputs") if isinstance(r.get("outputs"), dict) else {}
     artifact = next((st.artifact_bytes for st in r["stages"] if st.artifact_bytes), None)
     return {
         **r,

@@ -12,9 +12,8 @@ from pathlib import Path
 import matplotlib.pyplot as plt  # headless machines fall back to Agg by themselves; kernels keep inline
 from matplotlib.ticker import FuncFormatter
 
+from pgolf_core.challenge import BYTE_CAP
 from pgolf_core.stages import StageRecord
-
-CAP_BYTES = 16_000_000
 
 
 def save(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
@@ -78,8 +77,9 @@ def stage_bars(records: list[StageRecord], title: str = "bpb per stage"):
     return fig
 
 
-def pareto(points: list[dict], cap: int = CAP_BYTES, title: str = "artifact bytes vs bpb"):
-    """Scatter of (artifact bytes, bpb) per scheme with the Pareto front and the 16,000,000-byte line.
+def pareto(points: list[dict], cap: int = BYTE_CAP, title: str = "artifact bytes vs bpb"):
+    """Scatter of (artifact bytes, bpb) per scheme with the Pareto front and the cap's line (pass the
+    config's ``quant.byte_cap``; the default is the challenge's).
 
     ``points``: dicts with name, bytes, bpb. Lower-left is better.
     """
