@@ -33,6 +33,7 @@ from pgolf_core.model.residual import (
     skip_params,
 )
 from pgolf_core.model.roles import EMBED, HEAD, record_roles, set_role
+from pgolf_core.model.varlen import Segments, bos_segments, packed_segments
 
 
 def default_device() -> torch.device:
@@ -89,13 +90,24 @@ class GPT(nn.Module):
         """x0, the block input (embeddings.embed_tokens)."""
         return embed_tokens(input_ids_BT, self.tok_emb, self.bigram, self.smear)
 
+    def segments(self, input_ids_BT: Tensor) -> Segments | None:
+        """The rows' document starts for attention: varlen segments (model.attention.varlen), else the
+        BOS tokens when the key offset masks at them, else None (attention reads no boundaries)."""
+        ac = self.cfg.attention
+        if ac.varlen.enabled:
+            return packed_segments(input_ids_BT, ac.varlen.max_doc_len)
+        if ac.key_offset.enabled and ac.key_offset.bos_fix:
+            return bos_segments(input_ids_BT)
+        return None
+
     def hidden(self, input_ids_BT: Tensor) -> Tensor:
         """The final-normed hidden state (B, T, D) that the head reads."""
         x0_BTD = self.embed(input_ids_BT)
         ve_for = value_terms(self.value_embed, input_ids_BT)
         skips = SkipParams(self.skip_weights, self.skip_gates)
         lanes = LaneParams(self.parallel_resid_lambdas, self.parallel_post_lambdas)
-        return rms_norm(run_blocks(self.blocks, self.plan, x0_BTD, skips, lanes, ve_for))
+        segments = self.segments(input_ids_BT)
+        return rms_norm(run_blocks(self.blocks, self.plan, x0_BTD, skips, lanes, ve_for, segments))
 
     def logits(self, input_ids_BT: Tensor) -> Tensor:
         """(B, T, V) fp32 logits after the softcap c * tanh(z / c)."""
