@@ -4,6 +4,11 @@ which turns token ids into the block input x0 (the order of bigram, smear and no
 The token embedding itself (tied with the LM head) is a plain ``nn.Embedding`` owned by gpt.py.
 Config: ``model.embeddings.{bigram, value, smear}``.
 
+BOS safety: in a packed row the token before a BOS is the previous document's last one. Each
+previous-token feature (bigram, smear v1, smear v2) has a ``bos_fix`` that makes a BOS read nothing of
+it, exactly as position 0 does (the #1797 leak, fixed for smear v2 in #1851). Their defaults are the
+records' behaviour (v2 fixed; v1 and bigram not), so existing record configs give identical outputs.
+
 Shapes: B batch, T time, D model dim, E bigram dim, V_b bigram buckets, C kv dim, N value-embedding
 dim, W smear-gate input width.
 """

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from pgolf_core.model.embeddings import SmearGate, bigram_buckets
 from tests.model.helpers import tiny_model
 
 BOS = 1
@@ -120,3 +121,26 @@ def test_without_varlen_attention_crosses_documents():
     row, spans = packed_row([8, 10], lead=0)
     model = tiny_model(**all_fixed())
     assert changed_at_and_after_bos(model, row, spans[1][0]).max() > 1e-4
+
+
+def test_bigram_bos_fix_gives_a_bos_the_stream_start_bucket():
+    """With the fix a BOS maps to the reserved bucket V_b - 1 (as position 0); other positions keep the
+    (36313 cur XOR 27191 prev) mod (V_b - 1) hash."""
+    ids = torch.tensor([[7, 9, BOS, 4, 5]])
+    fixed, plain = bigram_buckets(ids, 32, bos_fix=True), bigram_buckets(ids, 32)
+    assert fixed[0, 2] == 31 and plain[0, 2] == (36313 * BOS ^ 27191 * 9) % 31
+    assert torch.equal(fixed[:, [0, 1, 3, 4]], plain[:, [0, 1, 3, 4]])
+
+
+def test_smear_v1_bos_fix_treats_a_bos_like_position_0():
+    """x_t <- (1 - s) x_t + s x_{t-1}, with x_{t-1} read as zero at a BOS (as it is at t = 0)."""
+    torch.manual_seed(0)
+    smear = SmearGate(8, bos_fix=True)
+    with torch.no_grad():
+        smear.gate.copy_(torch.linspace(-2, 2, 8))
+    x, ids = torch.randn(1, 5, 8), torch.tensor([[7, 9, BOS, 4, 5]])
+    s = torch.sigmoid(smear.gate)
+    prev = torch.cat((torch.zeros(1, 1, 8), x[:, :-1]), dim=1)
+    prev[:, 2] = 0
+    torch.testing.assert_close(smear(x, ids), (1 - s) * x + s * prev)
+    assert not torch.allclose(SmearGate(8)(x, ids)[:, 2], (1 - 0.5) * x[:, 2])  # unfixed: reads x_1

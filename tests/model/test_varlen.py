@@ -146,6 +146,9 @@ def test_flash_varlen_call_flattens_rows_and_passes_cu_seqlens(monkeypatch, wind
     seg = packed_segments(ids, 5)
     got = _flash_varlen("fa3", q, k, v, window, seg, bound=5)
     torch.testing.assert_close(got, causal_attention(q, k, v, "sdpa", window, seg))
+    wide = torch.cat((seg.cu_seqlens, torch.full((CU_BUCKET,), ids.numel(), dtype=torch.int32)))
+    padded = _flash_varlen("fa3", q, k, v, window, Segments(seg.starts_BT, wide, seg.max_seqlen), bound=5)
+    assert torch.equal(padded, got)  # zero-length padding segments change nothing here either
 
 
 def test_flash_varlen_missing_kernel_names_it(monkeypatch):
