@@ -61,9 +61,12 @@ def global_pass(
     events: ScoreEvents | None,
 ) -> tuple[int, int]:
     """One SGD epoch on the base model over targets [first, end): chunks of ``chunk_tokens``, LR
-    ``phased_lr`` cosine-decayed over the chunks, momentum, clip; LoRA off. Returns (chunks, steps)."""
+    ``phased_lr`` cosine-decayed over the chunks, momentum, clip; LoRA off. Returns (chunks, steps).
+
+    The only optimizer that trains the AsymLogit scalars (#1923: they are in the base model's
+    parameters, which the per-document LoRA optimizers never see)."""
     runner.lora.enabled = False
-    params = select_parameters(model, ttt.freeze_first_blocks)
+    params = select_parameters(model, ttt.freeze_first_blocks, softcap_scalars=True)
     opt = build_optimizer(params, "sgd", ttt.phased_lr, momentum=ttt.momentum)
     n_chunks = -(-(end - first) // ttt.chunk_tokens)
     steps = 0
