@@ -1,0 +1,66 @@
+"""What the index and the comparison page share: the stylesheet, the verdict badge and number formats.
+
+Both pages are single self-contained HTML files (no script, no side files) and must fit a 1400 px wide
+window: long names wrap anywhere, badges wrap, and the widest tables are laid out to the page's width.
+"""
+
+from __future__ import annotations
+
+from jinja2 import Environment, select_autoescape
+
+CSS = """
+*{box-sizing:border-box}
+body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;padding:0 2em;color:#222;max-width:1500px}
+h1{margin-bottom:.2em}h2{margin-top:1.4em}
+table{border-collapse:collapse;margin:.6em 0 1.6em;max-width:100%}
+th,td{border:1px solid #d4d4d4;padding:4px 7px;text-align:right;vertical-align:top}
+th{background:#f3f3f3;font-weight:600}td.l,th.l{text-align:left}
+td.l{overflow-wrap:anywhere}
+.ok{color:#176c2a}.bad{color:#b00020;font-weight:600}.na{color:#888}
+.badge{display:block;font-size:11px;line-height:1.25;text-align:left;max-width:16em}
+.st-completed{color:#176c2a}
+.st-failed,.st-timeout,.st-dead_kernel,.st-unreadable,.st-interrupted{color:#b00020;font-weight:600}
+.st-running{color:#a60}.small{font-size:12px;color:#555}.num{font-variant-numeric:tabular-nums}
+.better{color:#1f5fa8}.worse{color:#8a4b00}.ref{color:#555;font-style:italic}
+.err{display:block;font-size:11px;font-weight:400;max-width:22em}
+table.fit{width:100%}table.sub{margin:0;width:100%}table.sub td{border-color:#e6e6e6}
+code{font-size:12px;background:#f5f5f5;padding:1px 4px;overflow-wrap:anywhere}
+img.fig{max-width:100%;height:auto;border:1px solid #eee}
+details summary{cursor:pointer}
+@media (max-width:1100px){body{font-size:13px;padding:0 .8em}th,td{padding:3px 4px}}
+"""
+
+#: the verdicts of one stage record, shown under its number; hover shows every check's reason
+BADGE = """
+{% macro badge(st) -%}
+{%- set failed = st.verdicts|selectattr("passed", "sameas", false)|map(attribute="check")|list -%}
+{%- set passed = st.verdicts|selectattr("passed", "sameas", true)|list|length -%}
+{%- set na = st.verdicts|selectattr("passed", "none")|list|length -%}
+<span class="badge {{ 'bad' if failed else 'ok' }}" title="{% for v in st.verdicts %}{{ v.label }} {{ v.check }}: {{ v.reason }}&#10;{% endfor %}">
+{%- if failed %}NON-COMPLIANT: {{ failed|join(", ") }}{% else %}compliant ({{ passed }} pass{% if na %}, {{ na }} n/a{% endif %}){% endif %}</span>
+{%- endmacro %}
+"""
+
+
+def bpb(value: float | None, digits: int = 5) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def delta(value: float | None, digits: int = 5) -> str:
+    """A signed difference with a real minus sign; the empty string when there is none."""
+    if value is None:
+        return ""
+    return f"{value:+.{digits}f}".replace("-", "\u2212")
+
+
+def delta_class(value: float | None) -> str:
+    """bpb: lower is better."""
+    if value is None or value == 0:
+        return ""
+    return "better" if value < 0 else "worse"
+
+
+def environment() -> Environment:
+    env = Environment(autoescape=select_autoescape(default=True))
+    env.filters.update(bpb=bpb, delta=delta, delta_class=delta_class)
+    return env
