@@ -26,10 +26,11 @@ B1 = {"pre": 2.25, "q": 2.28, "q_ttt": 2.20}
 
 def make_run(root: Path, run_id: str, group: str, seed: int, bpb: dict[str, float], *, suite: str = "t",
              speed: float = 1.0, failing: dict[str, str] | None = None, extra: dict[str, float] | None = None,
-             steps: int = 200) -> Path:
+             steps: int = 200, val_every: int | None = None, tau: float = 0.2) -> Path:
     """reports/<suite>/<run_id>/ with a manifest, stages.json (bpb per stage; ``failing``: stage ->
     the check it fails) and train/metrics.jsonl: a train log every 10 steps, validation every 50.
-    ``speed``: seconds per step (wallclock differs between configurations)."""
+    ``speed``: seconds per step (wallclock differs between configurations); the curves fall towards the
+    run's pre bpb with time constant ``tau * steps``."""
     run_dir = root / suite / run_id
     (run_dir / "train").mkdir(parents=True)
     manifest = {"run_id": run_id, "suite": suite, "group": group, "seed": seed, "status": "completed",
@@ -47,14 +48,15 @@ def make_run(root: Path, run_id: str, group: str, seed: int, bpb: dict[str, floa
         records.append(StageRecord(stage, value, value * 1.6, 32768, 78957, 1.0, verdicts=verdicts,
                                    notes="an ablation stage with a long explanation " * 3 if extra else ""))
     write_stages(run_dir / "stages.json", records)
-    lines = []
+    lines, final = [], bpb.get("pre", 2.3)
     for step in range(0, steps + 1, 10):
         if step:
-            loss = 3.0 + 4.0 * math.exp(-step / 40) + 0.01 * seed
+            loss = 1.6 * final + 4.0 * math.exp(-step / (steps * tau)) + 0.01 * (seed % 7)
             lines.append({"event": "train", "step": step, "train_loss": loss, "lr_mult": 1.0,
                           "tokens": step * 8192, "train_time_s": step * speed})
-        if step % 50 == 0:
-            lines.append({"event": "val", "step": step, "val_loss": 4.0, "val_bpb": 2.2 + 2.0 * math.exp(-step / 50),
+        if step % (val_every or steps // 4) == 0:
+            val = final + 2.0 * math.exp(-step / (steps * tau))
+            lines.append({"event": "val", "step": step, "val_loss": val * 1.6, "val_bpb": val,
                           "train_time_s": step * speed, "eval_s": 0.5})
     (run_dir / "train" / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
     return run_dir
@@ -157,7 +159,7 @@ def test_cli_writes_one_self_contained_page_and_its_data(tmp_path, capsys):
     html = out.read_text()
     assert html.count("data:image/png;base64,") == 1 and "<script" not in html and 'src="http' not in html
     assert "&minus;0.05000" in html or "\u22120.05000" in html  # B's pre delta
-    assert "NON-COMPLIANT: T5" in html and "reference has no q_ttt" in html
+    assert "<span>NON-COMPLIANT:</span> T5</span>" in html and "reference has no q_ttt" in html
     side = json.loads(out.with_suffix(".json").read_text())
     assert side["page"] == "report.html" and [r["label"] for r in side["runs"]][0] == "t/baseline seed 1"
     assert [g["group"] for g in side["groups"]] == ["t/baseline", "t/wider"]

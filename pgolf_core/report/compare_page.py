@@ -33,7 +33,7 @@ validation split. Under every number, its compliance verdicts (hover for each ch
 <table class="fit"><tr><th class="l">run</th><th class="l">folder</th><th class="l">status</th><th>steps</th>
 <th>train s</th><th>artifact bytes</th><th class="l">curves</th></tr>
 {% for r in runs %}<tr><td class="l">{{ r.label }}{% if r.label == reference %} <span class="ref">(reference)</span>{% endif %}</td>
-<td class="l small">{% if r.report_link %}<a href="{{ r.report_link }}">{{ r.dir_name }}</a>{% else %}{{ r.dir_name }}{% endif %}</td>
+<td class="l small id">{% if r.report_link %}<a href="{{ r.report_link }}">{{ r.dir_name }}</a>{% else %}{{ r.dir_name }}{% endif %}</td>
 <td class="l st-{{ r.status }}">{{ r.status }}{% if r.error %}<span class="err">{{ r.error.splitlines()[0] }}</span>{% endif %}</td>
 <td class="num">{{ r.steps if r.steps is not none else "" }}</td>
 <td class="num">{{ "%.1f"|format(r.train_seconds) if r.train_seconds is not none else "" }}</td>
@@ -43,7 +43,7 @@ validation split. Under every number, its compliance verdicts (hover for each ch
 <h2>Training curves</h2>
 <img class="fig" alt="training loss and validation bpb against steps and seconds" src="data:image/png;base64,{{ figure }}">
 <p class="small">Colour: configuration (group); line style: seed. Training seconds exclude in-loop validation.
-{% if clipped %}The y axes of {{ clipped|join(", ") }} leave out the first tenth of the points (the first steps' loss), so that the runs' differences show.{% endif %}</p>
+{% if clipped %}The y axes{% if clipped|length < 4 %} of {{ clipped|join(", ") }}{% endif %} leave out the first tenth of each curve's points (the first steps' loss), so that the runs' differences show.{% endif %}</p>
 <h2>bpb per stage</h2>
 <table><tr><th class="l">stage</th><th class="l">run</th><th>bpb</th><th>&Delta; vs reference</th><th class="l">compliance</th></tr>
 {% for s in stages %}{% for row in s.rows %}<tr>{% if loop.first %}<td class="l" rowspan="{{ s.rows|length }}"><b>{{ s.stage }}</b></td>{% endif %}

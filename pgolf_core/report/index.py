@@ -206,7 +206,8 @@ defined on 8xH100 SXM.</p>
 {%- if not g.is_reference %}<span class="{{ row.delta|delta_class }}" style="display:block">{% if row.delta is none %}<span class="na">no reference</span>{% else %}&Delta; {{ row.delta|delta }}{% if row.se is not none %} &plusmn; {{ row.se|bpb }}{% endif %}{% endif %}</span>{% endif %}
 <span class="badge {{ 'ok' if row.compliant else 'bad' }}">{{ "compliant" if row.compliant else "NON-COMPLIANT" }}{% if row.ref_compliant is false and not g.is_reference %}; vs a NON-COMPLIANT reference{% endif %}</span>{% endif %}</td>{% endfor %}</tr>
 {% endfor %}</table>
-<p class="small">{% if c.page %}<a href="{{ c.page }}">comparison page with curves and seed statistics</a>. Update it{% else %}Curves and per-seed detail{% endif %}: <code>{{ c.command }}</code></p>
+{% if c.page %}<details class="small"><summary><a href="{{ c.page }}">comparison page with curves and seed statistics</a> (the command that updates it)</summary><code>{{ c.command }}</code></details>
+{% else %}<p class="small">Curves and per-seed detail: <code>{{ c.command }}</code></p>{% endif %}
 {% endfor %}
 {% if pages %}<p>Comparison pages:</p><ul class="small">{% for p in pages %}<li><a href="{{ p.href }}">{{ p.href.split("/")[-1] }}</a>: {{ p.runs|join(", ") }} (reference {{ p.reference }})</li>{% endfor %}</ul>{% endif %}
 {% if groups %}<h2>Configurations (mean over seeds)</h2>
@@ -221,8 +222,8 @@ defined on 8xH100 SXM.</p>
 {% for r in bad %}<li>{{ r.error }}</li>{% endfor %}</ul>{% endif %}
 <h2>Runs</h2>
 <table class="fit"><tr><th class="l">run</th><th class="l">status</th>
-{% for s in stages %}<th>{{ s }}</th>{% endfor %}<th class="l">artifact, time</th></tr>
-{% for r in runs %}<tr><td class="l">{{ r.suite }}/{{ r.run_id }}<span class="small" style="display:block">{{ (r.notebook or "").split("/")[-1] }}{% if r.seed is not none %} &middot; seed {{ r.seed }}{% endif %}{% if r.attn_backend %} &middot; {{ r.attn_backend }}{% endif %}
+{% for s in stages %}<th>{{ s }}</th>{% endfor %}<th class="l">bytes, seconds</th></tr>
+{% for r in runs %}<tr><td class="l runid"><span class="id">{{ r.suite }}/{{ r.run_id }}</span><span class="small" style="display:block">{{ (r.notebook or "").split("/")[-1] }}{% if r.seed is not none %} &middot; seed {{ r.seed }}{% endif %}{% if r.attn_backend %} &middot; {{ r.attn_backend }}{% endif %}
 &middot; {% if r.has_report %}<a href="{{ r.dir }}/report.html">report</a>, {% endif %}<a href="{{ r.dir }}/manifest.json">manifest</a></span></td>
 <td class="l st-{{ r.status }}" title="{{ r.error or '' }}">{{ r.status }}{% if r.error %}<span class="err">{{ r.error.splitlines()[0][:160] }}</span>{% endif %}</td>
 {% for s in stages %}<td class="num">{% for st in r.stages if st.stage == s %}{{ "%.4f"|format(st.val_bpb) }}{{ badge(st) }}{% endfor %}</td>{% endfor %}

@@ -15,14 +15,14 @@ h1{margin-bottom:.2em}h2{margin-top:1.4em}
 table{border-collapse:collapse;margin:.6em 0 1.6em;max-width:100%}
 th,td{border:1px solid #d4d4d4;padding:4px 7px;text-align:right;vertical-align:top}
 th{background:#f3f3f3;font-weight:600}td.l,th.l{text-align:left}
-td.l{overflow-wrap:anywhere}
+.id{overflow-wrap:anywhere}td.runid{min-width:21em}.nw{white-space:nowrap}
 .ok{color:#176c2a}.bad{color:#b00020;font-weight:600}.na{color:#888}
-.badge{display:block;font-size:11px;line-height:1.25;text-align:left;max-width:16em}
+.badge{display:block;font-size:11px;line-height:1.25}.badge span{white-space:nowrap}
 .st-completed{color:#176c2a}
 .st-failed,.st-timeout,.st-dead_kernel,.st-unreadable,.st-interrupted{color:#b00020;font-weight:600}
 .st-running{color:#a60}.small{font-size:12px;color:#555}.num{font-variant-numeric:tabular-nums}
 .better{color:#1f5fa8}.worse{color:#8a4b00}.ref{color:#555;font-style:italic}
-.err{display:block;font-size:11px;font-weight:400;max-width:22em}
+.err{display:block;font-size:11px;font-weight:400;max-width:22em;overflow-wrap:anywhere}
 table.fit{width:100%}table.sub{margin:0;width:100%}table.sub td{border-color:#e6e6e6}
 code{font-size:12px;background:#f5f5f5;padding:1px 4px;overflow-wrap:anywhere}
 img.fig{max-width:100%;height:auto;border:1px solid #eee}
@@ -37,7 +37,7 @@ BADGE = """
 {%- set passed = st.verdicts|selectattr("passed", "sameas", true)|list|length -%}
 {%- set na = st.verdicts|selectattr("passed", "none")|list|length -%}
 <span class="badge {{ 'bad' if failed else 'ok' }}" title="{% for v in st.verdicts %}{{ v.label }} {{ v.check }}: {{ v.reason }}&#10;{% endfor %}">
-{%- if failed %}NON-COMPLIANT: {{ failed|join(", ") }}{% else %}compliant ({{ passed }} pass{% if na %}, {{ na }} n/a{% endif %}){% endif %}</span>
+{%- if failed %}<span>NON-COMPLIANT:</span> {{ failed|join(", ") }}{% else %}<span>compliant</span> <span>({{ passed }} pass{% if na %}, {{ na }} n/a{% endif %})</span>{% endif %}</span>
 {%- endmacro %}
 """
 
