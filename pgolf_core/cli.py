@@ -289,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pgolf", description="Parameter Golf research suite.")
     p.add_argument("--version", action="version", version=f"pgolf {__version__}")
     p.add_argument("--debug", action="store_true", help="show an error's traceback (anywhere on the line)")
-    sub = p.add_subparsers(dest="group", required=True, metavar="{data,train,run,suite,index,compare,export,config}")
+    sub = p.add_subparsers(dest="group", required=True,
+                           metavar="{data,train,run,suite,index,compare,export,config}")
 
     data = sub.add_parser("data", help="datasets: smoke corpus, export, official download, checks")
     dsub = data.add_subparsers(dest="cmd", required=True, metavar="{smoke,export,fetch,info,split}")
@@ -376,7 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
     ix.set_defaults(fn=_cmd_index)
 
     cm = sub.add_parser("compare", help="runs side by side: curves, per-stage bpb with deltas, seed statistics")
-    cm.add_argument("runs", nargs="+", metavar="RUN", help="report run folders: reports/<suite>/<run_id> or <suite>/<run_id>")
+    cm.add_argument("runs", nargs="+", metavar="RUN",
+                    help="report run folders: reports/<suite>/<run_id> or <suite>/<run_id>")
     cm.add_argument("--reference", metavar="RUN", help="deltas are to this run (default: the first RUN)")
     cm.add_argument("--out", help="the HTML page (default: <reports>/_compare/compare-<time>.html)")
     cm.add_argument("--reports", default="reports", help="reports root (default: %(default)s)")

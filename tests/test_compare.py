@@ -36,8 +36,8 @@ def make_run(root: Path, run_id: str, group: str, seed: int, bpb: dict[str, floa
     manifest = {"run_id": run_id, "suite": suite, "group": group, "seed": seed, "status": "completed",
                 "notebook": "notebooks/00_train.ipynb", "started_utc": f"2026-01-01T00:00:{seed:02d}Z",
                 "source_run": "", "attn_backend": "sdpa",
-                "outputs": {"train_seconds": steps * speed, "eval_seconds": 41.5, "artifact_bytes": 15_812_345,
-                            "steps": steps}}
+                "outputs": {"train_seconds": steps * speed, "eval_seconds": 41.5,
+                            "artifact_bytes": 15_812_345, "steps": steps}}
     (run_dir / "manifest.json").write_text(json.dumps(manifest))
     records = []
     for stage, value in {**bpb, **(extra or {})}.items():
@@ -113,8 +113,9 @@ def test_reference_run_and_group_standard_error(tmp_path):
     # a second seed of B: the difference of means gets its standard error sqrt(sA^2/nA + sB^2/nB)
     make_run(root, "b-s2", "t/wider", 2, {"pre": 2.27, "q": 2.30, "q_ttt": 2.22})
     runs = [read_run(s, root) for s in ("t/a-s1", "t/a-s2", "t/b-s1", "t/b-s2")]
-    b = {r["stage"]: r for r in next(g for g in compare_data(runs)["groups"] if g["group"] == "t/wider")["rows"]}
-    s_a, s_b = math.sqrt(2 * 0.02 ** 2), math.sqrt(2 * 0.01 ** 2)  # sample std of (2.30, 2.34) and (2.25, 2.27)
+    wider = next(g for g in compare_data(runs)["groups"] if g["group"] == "t/wider")
+    b = {r["stage"]: r for r in wider["rows"]}
+    s_a, s_b = math.sqrt(2 * 0.02 ** 2), math.sqrt(2 * 0.01 ** 2)  # sample stds of (2.30, 2.34), (2.25, 2.27)
     assert b["pre"]["mean"] == pytest.approx(2.26) and b["pre"]["delta"] == pytest.approx(2.26 - 2.32)
     assert b["pre"]["se"] == pytest.approx(math.sqrt(s_a ** 2 / 2 + s_b ** 2 / 2))
 
@@ -161,7 +162,7 @@ def test_cli_writes_one_self_contained_page_and_its_data(tmp_path, capsys):
     assert "&minus;0.05000" in html or "\u22120.05000" in html  # B's pre delta
     assert "<span>NON-COMPLIANT:</span> T5</span>" in html and "reference has no q_ttt" in html
     side = json.loads(out.with_suffix(".json").read_text())
-    assert side["page"] == "report.html" and [r["label"] for r in side["runs"]][0] == "t/baseline seed 1"
+    assert side["page"] == "report.html" and side["runs"][0]["label"] == "t/baseline seed 1"
     assert [g["group"] for g in side["groups"]] == ["t/baseline", "t/wider"]
 
 
@@ -178,17 +179,18 @@ def test_default_output_goes_under_the_reports_root_and_the_index_links_it(tmp_p
 def test_index_compares_configurations_to_the_baseline(tmp_path):
     root = tmp_path / "reports"
     make_three(root)
-    make_run(root, "other-s1", "u/only", 1, {"pre": 3.0}, suite="u")  # a suite with one configuration: no comparison
+    make_run(root, "other-s1", "u/only", 1, {"pre": 3.0}, suite="u")  # one configuration: nothing to compare
     make_run(root, "ablation", "t/ablation", 1, {}, extra={"no TTT": 2.31, "pre-quant TTT": 2.1},
              failing={"pre-quant TTT": "T1"})  # no standard stage: not in the comparison
     html = build_index(root).read_text()
     section = html[html.index("<h2>Comparison</h2>"):html.index("<h2>Configurations")]
-    assert "suite t: &Delta; to t/baseline" in section and "suite u" not in section and "t/ablation" not in section
+    assert "suite t: &Delta; to t/baseline" in section
+    assert "suite u" not in section and "t/ablation" not in section
     assert "\u22120.07000" in section  # B's pre mean 2.25 vs A's 2.32
     assert "pgolf compare t/a-s1 t/a-s2 t/b-s1 --out " in section  # the baseline first: the reference
     runs = html[html.index("<h2>Runs</h2>"):]
     assert "<th>q_ngram</th>" not in runs and "<th>q_ttt</th>" in runs  # only stages some run has
-    assert "2 further stage(s), <span class=\"bad\">1 NON-COMPLIANT: pre-quant TTT</span>" in runs
+    assert "2 further stage(s),\n<span class=\"bad\">1 NON-COMPLIANT: pre-quant TTT</span>" in runs
     assert "an ablation stage with a long explanation " * 3 in runs  # notes in full, not cut at 90
 
 
@@ -223,7 +225,8 @@ def test_a_truncated_last_metrics_line_is_left_out_and_noted(tmp_path):
     metrics = run_dir / "train" / "metrics.jsonl"
     metrics.write_text(metrics.read_text() + '{"event": "train", "st')  # killed mid-write
     run = read_run("t/a-s1", root)
-    assert run["metrics_note"] == "metrics.jsonl line 26 is truncated and left out" and len(run["metrics"]) == 25
+    assert run["metrics_note"] == "metrics.jsonl line 26 is truncated and left out"
+    assert len(run["metrics"]) == 25
 
 
 def test_an_analysis_run_shows_its_source_runs_curves(tmp_path):
@@ -231,8 +234,9 @@ def test_an_analysis_run_shows_its_source_runs_curves(tmp_path):
     src = make_three(root)[0]
     ana = root / "t" / "ttt"
     ana.mkdir()
-    (ana / "manifest.json").write_text(json.dumps({"run_id": "ttt", "suite": "t", "group": "t/ttt", "seed": 1,
-                                                   "status": "completed", "source_run": f"reports/t/{src.name}"}))
+    manifest = {"run_id": "ttt", "suite": "t", "group": "t/ttt", "seed": 1, "status": "completed",
+                "source_run": f"reports/t/{src.name}"}  # as the driver writes it: relative to the repo
+    (ana / "manifest.json").write_text(json.dumps(manifest))
     run = read_run(str(ana), root)
     assert run["metrics_file"] == src / "train" / "metrics.jsonl" and len(run["metrics"]) == 25
     assert run["metrics_note"] == f"curves of its source run {src.name}"

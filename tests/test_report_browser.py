@@ -19,28 +19,34 @@ from pgolf_core.report.compare_page import write_compare
 from pgolf_core.report.index import build_index
 from tests.test_compare import make_run, make_three
 
-BROWSER = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+BROWSER = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
 WIDTH = 1400
 
 pytestmark = pytest.mark.skipif(BROWSER is None, reason="no chromium binary on PATH")
 
 _PROBE = """<script>addEventListener("load", () => {
-  const right = Math.max(0, ...[...document.querySelectorAll("body *")].map(e => e.getBoundingClientRect().right));
-  document.title = "probe " + document.documentElement.scrollWidth + " " + Math.ceil(right) + " " + innerWidth;
+  const edges = [...document.querySelectorAll("body *")].map(e => e.getBoundingClientRect().right);
+  const right = Math.ceil(Math.max(0, ...edges));
+  document.title = `probe ${document.documentElement.scrollWidth} ${right} ${innerWidth}`;
 });</script></body>"""
 
 
 def _start(page: Path, profile: Path) -> tuple[subprocess.Popen, Path]:
-    probe = page.with_name(f"_probe_{page.name}")
+    probe = page.resolve().with_name(f"_probe_{page.name}")
     probe.write_text(page.read_text(encoding="utf-8").replace("</body>", _PROBE), encoding="utf-8")
     # its own profile folder: other Chromium processes on the machine never share (or lock) ours
-    cmd = [BROWSER, "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars", f"--user-data-dir={profile}",
-           f"--window-size={WIDTH},1000", "--dump-dom", probe.resolve().as_uri()]
+    cmd = [BROWSER, "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars",
+           f"--user-data-dir={profile}", f"--window-size={WIDTH},1000", "--dump-dom", probe.as_uri()]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True), probe
 
 
 def _measure(proc: subprocess.Popen) -> tuple[int, int, int]:
-    out, _ = proc.communicate(timeout=60)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        pytest.fail("chromium did not finish within 60 s")
     m = re.search(r"<title>probe (\d+) (\d+) (\d+)</title>", out)
     assert m, f"the probe did not run; chromium printed: {out[:300]!r}"
     return int(m[1]), int(m[2]), int(m[3])
@@ -51,7 +57,8 @@ def _wide_reports(root: Path) -> list[Path]:
     failed run with a long unbroken error, a long run id."""
     dirs = make_three(root)
     make_run(root, "ablation-" + "x" * 60, "t/ablation", 1, {},
-             extra={f"ablation stage {i}": 2.3 - i / 100 for i in range(6)}, failing={"ablation stage 2": "T1"})
+             extra={f"ablation stage {i}": 2.3 - i / 100 for i in range(6)},
+             failing={"ablation stage 2": "T1"})
     failed = make_run(root, "failed", "t/failed", 1, {"pre": 2.4})
     manifest = json.loads((failed / "manifest.json").read_text())
     manifest.update(status="failed", error="OSError: /very/long/" + "path" * 60 + " not found")
@@ -69,4 +76,5 @@ def test_index_and_comparison_fit_the_window(tmp_path):
         scroll, right, viewport = _measure(proc)
         probe.unlink()
         assert viewport == WIDTH, f"{name}: the window is {viewport} px wide, not {WIDTH}"
-        assert scroll <= viewport and right <= viewport, f"{name}: content {scroll} px (an element ends at {right} px)"
+        assert scroll <= viewport and right <= viewport, \
+            f"{name}: content {scroll} px wide, an element ends at {right} px, the window is {viewport} px"

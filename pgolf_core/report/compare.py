@@ -172,7 +172,7 @@ def as_json(data: dict) -> dict:
     runs = [{"label": r["label"], "dir": str(r["path"]), "run_id": r.get("run_id"), "suite": r.get("suite"),
              "group": r.get("group"), "seed": r.get("seed"), "status": r.get("status"),
              "metrics_note": r.get("metrics_note", "")} for r in data["runs"]]
-    stages = [{"stage": s["stage"], "rows": [{k: v for k, v in row.items() if k != "record"} for row in s["rows"]]}
-              for s in data["stages"]]
+    stages = [{"stage": s["stage"], "rows": [{k: v for k, v in row.items() if k != "record"}
+                                             for row in s["rows"]]} for s in data["stages"]]
     return {"reference": data["reference"], "reference_group": data["reference_group"], "runs": runs,
             "stages": stages, "groups": data["groups"]}

@@ -3,8 +3,10 @@
 Built by globbing reports/<suite>/<run_id>/manifest.json (+ stages.json). Per run: status, per-stage bpb
 with its compliance verdicts, artifact bytes, training and evaluation seconds against their 600 s
 budgets, and links to the report. Runs of the same group (one configuration over several seeds) are
-summarized with mean, standard deviation and each seed. A failed or non-compliant number is shown with
-its status or verdicts beside it, never alone.
+summarized with mean, standard deviation and each seed. Per suite, its configurations are compared to its
+baseline (deltas of the means with their standard errors), with the ``pgolf compare`` command for their
+runs and the comparison pages written under reports/_compare/. A failed or non-compliant number is shown
+with its status or verdicts beside it, never alone.
 """
 
 from __future__ import annotations
@@ -125,7 +127,8 @@ def summarize_groups(runs: list[dict]) -> list[dict]:
 def group_deltas(groups: list[dict], reference: str | None) -> list[dict]:
     """``summarize_groups`` output with, per stage, the delta of the mean to the reference group's mean
     and its standard error ``sqrt(s1^2/n1 + s2^2/n2)`` where both groups have two or more seeds (the
-    seed noise a difference has to exceed; None for the reference itself), and whether the reference's number is compliant.
+    seed noise a difference has to exceed; None for the reference itself), and whether the reference's
+    number is compliant.
     ``reference``: a group name; None or a name not among the groups leaves the deltas None."""
     ref_rows = next(({row["stage"]: row for row in g["rows"]} for g in groups if g["group"] == reference), {})
     out = []
@@ -167,7 +170,8 @@ def suite_comparisons(runs: list[dict], groups: list[dict], root: Path) -> list[
                            + ([] if root.name == "reports" else ["--reports", str(root)]))
         out.append({"suite": suite, "reference": reference, "command": command,
                     "page": page if (root / page).is_file() else None,
-                    "stages": [s for s in STAGES if any(row["stage"] == s for g in members for row in g["rows"])],
+                    "stages": [s for s in STAGES
+                               if any(row["stage"] == s for g in members for row in g["rows"])],
                     "groups": [{**g, "by_stage": {row["stage"]: row for row in g["rows"]}}
                                for g in group_deltas(members, reference)]})
     return out
@@ -193,44 +197,126 @@ _TEMPLATE = """<!doctype html>
 <style>{{ css|safe }}</style></head><body>
 <!--BADGE-->
 <h1>pgolf reports</h1>
-<p class="small">{{ runs|length }} run(s). bpb: bits per byte on the validation split. Under every number, its compliance
-verdicts (hover for each check's reason): T1 future perturbation, T1b target independence, T2 normalization, T3 uniform
-floor, T4 exactly once, T5 score before update, T6 data tripwires, T7 artifact size, T8 time, T9 data split, T10 byte recount.
-Times are seconds against the {{ train_budget|int }} s training and {{ eval_budget|int }} s evaluation budgets, which are
-defined on 8xH100 SXM.</p>
+<p class="small">{{ runs|length }} run(s). bpb: bits per byte on the validation split. Under every number, its
+compliance verdicts (hover for each check's reason): T1 future perturbation, T1b target independence, T2
+normalization, T3 uniform floor, T4 exactly once, T5 score before update, T6 data tripwires, T7 artifact size,
+T8 time, T9 data split, T10 byte recount. Times are seconds against the {{ train_budget|int }} s training and
+{{ eval_budget|int }} s evaluation budgets, which are defined on 8xH100 SXM.</p>
+
 {% if comparisons or pages %}<h2>Comparison</h2>{% endif %}
-{% for c in comparisons %}<h3>suite {{ c.suite }}: &Delta; to {{ c.reference }}</h3>
-<table class="fit"><tr><th class="l">configuration</th>{% for s in c.stages %}<th>{{ s }}</th>{% endfor %}</tr>
-{% for g in c.groups %}<tr><td class="l">{{ g.group }}{% if g.is_reference %} <span class="ref">(reference)</span>{% endif %}<span class="small" style="display:block">{{ g.runs }} run(s)</span></td>
-{% for s in c.stages %}<td class="num">{% set row = g.by_stage.get(s) %}{% if row %}{{ row.mean|bpb }}<span class="small" style="display:block">n={{ row.n }}{% if row.std is not none %}, std {{ row.std|bpb }}{% endif %}</span>
-{%- if not g.is_reference %}<span class="{{ row.delta|delta_class }}" style="display:block">{% if row.delta is none %}<span class="na">no reference</span>{% else %}&Delta; {{ row.delta|delta }}{% if row.se is not none %} &plusmn; {{ row.se|bpb }}{% endif %}{% endif %}</span>{% endif %}
-<span class="badge {{ 'ok' if row.compliant else 'bad' }}">{{ "compliant" if row.compliant else "NON-COMPLIANT" }}{% if row.ref_compliant is false and not g.is_reference %}; vs a NON-COMPLIANT reference{% endif %}</span>{% endif %}</td>{% endfor %}</tr>
-{% endfor %}</table>
-{% if c.page %}<details class="small"><summary><a href="{{ c.page }}">comparison page with curves and seed statistics</a> (the command that updates it)</summary><code>{{ c.command }}</code></details>
-{% else %}<p class="small">Curves and per-seed detail: <code>{{ c.command }}</code></p>{% endif %}
+{% for c in comparisons %}
+<h3>suite {{ c.suite }}: &Delta; to {{ c.reference }}</h3>
+<table class="fit">
+<tr><th class="l">configuration</th>{% for s in c.stages %}<th>{{ s }}</th>{% endfor %}</tr>
+{% for g in c.groups %}
+<tr><td class="l">{{ g.group }}{% if g.is_reference %} <span class="ref">(reference)</span>{% endif %}
+<span class="small" style="display:block">{{ g.runs }} run(s)</span></td>
+{% for s in c.stages %}
+{% set row = g.by_stage.get(s) %}
+<td class="num">
+{% if row %}
+{{ row.mean|bpb }}<span class="small" style="display:block">n={{ row.n }}
+  {%- if row.std is not none %}, std {{ row.std|bpb }}{% endif %}</span>
+{% if not g.is_reference %}
+<span class="{{ row.delta|delta_class }}" style="display:block">
+  {%- if row.delta is not none %}&Delta; {% endif %}{{ delta_cell(row, false, "no reference") }}</span>
+{% endif %}
+<span class="badge {{ 'ok' if row.compliant else 'bad' }}">
+  {{- "compliant" if row.compliant else "NON-COMPLIANT" }}</span>
+{% endif %}
+</td>
 {% endfor %}
-{% if pages %}<p>Comparison pages:</p><ul class="small">{% for p in pages %}<li><a href="{{ p.href }}">{{ p.href.split("/")[-1] }}</a>: {{ p.runs|join(", ") }} (reference {{ p.reference }})</li>{% endfor %}</ul>{% endif %}
-{% if groups %}<h2>Configurations (mean over seeds)</h2>
-<table><tr><th class="l">group</th><th>runs</th><th class="l">stage</th><th>mean bpb</th><th>std</th><th class="l">per seed</th><th class="l">compliance</th></tr>
-{% for g in groups %}{% for row in g.rows %}<tr>{% if loop.first %}<td class="l" rowspan="{{ g.rows|length }}">{{ g.group }}</td><td rowspan="{{ g.rows|length }}">{{ g.runs }}</td>{% endif %}
-<td class="l">{{ row.stage }}</td><td class="num">{{ "%.5f"|format(row.mean) }}</td><td class="num">{{ "%.5f"|format(row.std) if row.std is not none else "" }}</td>
-<td class="l num">{% for seed, v in row.seeds %}{{ seed }}: {{ "%.5f"|format(v) }}{% if not loop.last %}, {% endif %}{% endfor %}</td>
-<td class="l {{ 'ok' if row.compliant else 'bad' }}">{{ "compliant" if row.compliant else "NON-COMPLIANT" }}</td></tr>{% endfor %}{% endfor %}
-</table>{% endif %}
-{% set bad = runs|selectattr("status", "equalto", "unreadable")|list %}{% if bad %}
-<p class="bad">{{ bad|length }} unreadable record(s), shown without numbers:</p><ul class="small">
-{% for r in bad %}<li>{{ r.error }}</li>{% endfor %}</ul>{% endif %}
+</tr>
+{% endfor %}
+</table>
+{% if c.page %}
+<details class="small"><summary><a href="{{ c.page }}">comparison page with curves and seed statistics</a>
+(the command that updates it)</summary><code>{{ c.command }}</code></details>
+{% else %}
+<p class="small">Curves and per-seed detail: <code>{{ c.command }}</code></p>
+{% endif %}
+{% endfor %}
+{% if pages %}
+<p>Comparison pages:</p>
+<ul class="small">
+{% for p in pages %}
+<li><a href="{{ p.href }}">{{ p.href.split("/")[-1] }}</a>: {{ p.runs|join(", ") }}
+(reference {{ p.reference }})</li>
+{% endfor %}
+</ul>
+{% endif %}
+
+{% if groups %}
+<h2>Configurations (mean over seeds)</h2>
+<table>
+<tr><th class="l">group</th><th>runs</th><th class="l">stage</th><th>mean bpb</th><th>std</th>
+<th class="l">per seed</th><th class="l">compliance</th></tr>
+{% for g in groups %}
+{% for row in g.rows %}
+<tr>
+{% if loop.first %}
+<td class="l" rowspan="{{ g.rows|length }}">{{ g.group }}</td>
+<td rowspan="{{ g.rows|length }}">{{ g.runs }}</td>
+{% endif %}
+<td class="l">{{ row.stage }}</td><td class="num">{{ row.mean|bpb }}</td>
+<td class="num">{{ row.std|bpb }}</td>
+<td class="l num">
+  {%- for seed, v in row.seeds %}{{ seed }}: {{ v|bpb }}{% if not loop.last %}, {% endif %}{% endfor %}</td>
+<td class="l {{ 'ok' if row.compliant else 'bad' }}">
+  {{- "compliant" if row.compliant else "NON-COMPLIANT" }}</td>
+</tr>
+{% endfor %}
+{% endfor %}
+</table>
+{% endif %}
+{% set bad = runs|selectattr("status", "equalto", "unreadable")|list %}
+{% if bad %}
+<p class="bad">{{ bad|length }} unreadable record(s), shown without numbers:</p>
+<ul class="small">
+{% for r in bad %}<li>{{ r.error }}</li>{% endfor %}
+</ul>
+{% endif %}
+
 <h2>Runs</h2>
-<table class="fit"><tr><th class="l">run</th><th class="l">status</th>
-{% for s in stages %}<th>{{ s }}</th>{% endfor %}<th class="l">bytes, seconds</th></tr>
-{% for r in runs %}<tr><td class="l runid"><span class="id">{{ r.suite }}/{{ r.run_id }}</span><span class="small" style="display:block">{{ (r.notebook or "").split("/")[-1] }}{% if r.seed is not none %} &middot; seed {{ r.seed }}{% endif %}{% if r.attn_backend %} &middot; {{ r.attn_backend }}{% endif %}
-&middot; {% if r.has_report %}<a href="{{ r.dir }}/report.html">report</a>, {% endif %}<a href="{{ r.dir }}/manifest.json">manifest</a></span></td>
-<td class="l st-{{ r.status }}" title="{{ r.error or '' }}">{{ r.status }}{% if r.error %}<span class="err">{{ r.error.splitlines()[0][:160] }}</span>{% endif %}</td>
-{% for s in stages %}<td class="num">{% for st in r.stages if st.stage == s %}{{ "%.4f"|format(st.val_bpb) }}{{ badge(st) }}{% endfor %}</td>{% endfor %}
-<td class="l num small">{% if r.artifact_bytes %}{{ "{:,}".format(r.artifact_bytes) }} B<br>{% endif %}{% if r.train_seconds is not none %}train {{ "%.1f"|format(r.train_seconds) }} s<br>{% endif %}{% if r.eval_seconds is not none %}eval {{ "%.1f"|format(r.eval_seconds) }} s{% endif %}</td></tr>
-{% if r.extra_stages %}{% set failed = r.extra_stages|rejectattr("compliant")|map(attribute="stage")|list %}<tr><td></td><td class="l small" colspan="{{ 2 + stages|length }}"><details><summary>{{ r.extra_stages|length }} further stage(s){% if failed %}, <span class="bad">{{ failed|length }} NON-COMPLIANT: {{ failed|join(", ") }}</span>{% else %}, all compliant{% endif %}</summary>
-<table class="sub">{% for st in r.extra_stages %}<tr><td class="l">{{ st.stage }}</td><td class="num">{{ "%.4f"|format(st.val_bpb) }}</td><td class="l">{{ badge(st) }}</td><td class="l small">{{ st.notes }}</td></tr>{% endfor %}</table></details></td></tr>{% endif %}
-{% endfor %}</table>
+<table class="fit">
+<tr><th class="l">run</th><th class="l">status</th>{% for s in stages %}<th>{{ s }}</th>{% endfor %}
+<th class="l">bytes, seconds</th></tr>
+{% for r in runs %}
+<tr><td class="l runid"><span class="id">{{ r.suite }}/{{ r.run_id }}</span>
+<span class="small" style="display:block">{{ (r.notebook or "").split("/")[-1] }}
+  {%- if r.seed is not none %} &middot; seed {{ r.seed }}{% endif %}
+  {%- if r.attn_backend %} &middot; {{ r.attn_backend }}{% endif %} &middot;
+  {% if r.has_report %}<a href="{{ r.dir }}/report.html">report</a>, {% endif %}
+  <a href="{{ r.dir }}/manifest.json">manifest</a></span></td>
+<td class="l st-{{ r.status }}" title="{{ r.error or '' }}">{{ r.status }}
+  {%- if r.error %}<span class="err">{{ r.error.splitlines()[0][:160] }}</span>{% endif %}</td>
+{% for s in stages %}
+<td class="num">
+  {%- for st in r.stages if st.stage == s %}{{ "%.4f"|format(st.val_bpb) }}{{ badge(st) }}{% endfor %}</td>
+{% endfor %}
+<td class="l num small">
+  {%- if r.artifact_bytes %}{{ "{:,}".format(r.artifact_bytes) }} B<br>{% endif %}
+  {%- if r.train_seconds is not none %}train {{ "%.1f"|format(r.train_seconds) }} s<br>{% endif %}
+  {%- if r.eval_seconds is not none %}eval {{ "%.1f"|format(r.eval_seconds) }} s{% endif %}</td></tr>
+{% if r.extra_stages %}
+{% set failed = r.extra_stages|rejectattr("compliant")|map(attribute="stage")|list %}
+<tr><td></td><td class="l small" colspan="{{ 2 + stages|length }}">
+<details><summary>{{ r.extra_stages|length }} further stage(s),
+{% if failed %}
+<span class="bad">{{ failed|length }} NON-COMPLIANT: {{ failed|join(", ") }}</span>
+{% else %}
+all compliant
+{% endif %}
+</summary>
+<table class="sub">
+{% for st in r.extra_stages %}
+<tr><td class="l">{{ st.stage }}</td><td class="num">{{ "%.4f"|format(st.val_bpb) }}</td>
+<td class="l">{{ badge(st) }}</td><td class="l small">{{ st.notes }}</td></tr>
+{% endfor %}
+</table></details></td></tr>
+{% endif %}
+{% endfor %}
+</table>
 </body></html>
 """
 
@@ -256,13 +342,16 @@ def build_index(reports_root: str | os.PathLike = "reports") -> Path:
     groups = summarize_groups(runs)
     # stage columns only for the standard stages some run has: empty columns pushed the table wide
     shown = [s for s in STAGES if any(st.stage == s for r in runs for st in r["stages"])]
+    comparisons = suite_comparisons(runs, groups, root)
     html = environment().from_string(_TEMPLATE.replace("<!--BADGE-->", BADGE)).render(
-        css=CSS, runs=runs, groups=groups, stages=shown, comparisons=suite_comparisons(runs, groups, root),
+        css=CSS, runs=runs, groups=groups, stages=shown, comparisons=comparisons,
         pages=comparison_pages(root), train_budget=TRAIN_SECONDS, eval_budget=EVAL_SECONDS)
     atomic_write_text(root / "index.html", html)
     atomic_write_json(root / "index.json", {
         "runs": [{k: v for k, v in r.items() if k not in ("stages", "extra_stages")}
                  | {"stages": [s.as_dict() for s in r["stages"]]} for r in runs],
         "groups": [{**g, "rows": [{k: v for k, v in row.items()} for row in g["rows"]]} for g in groups],
+        "comparisons": [{**c, "groups": [{k: v for k, v in g.items() if k != "by_stage"}
+                                         for g in c["groups"]]} for c in comparisons],
     })
     return root / "index.html"

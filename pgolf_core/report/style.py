@@ -30,14 +30,26 @@ details summary{cursor:pointer}
 @media (max-width:1100px){body{font-size:13px;padding:0 .8em}th,td{padding:3px 4px}}
 """
 
-#: the verdicts of one stage record, shown under its number; hover shows every check's reason
+#: macros of both pages: a stage record's verdicts under its number (hover: every check's reason), and
+#: a delta to the reference (with its standard error when the row has one)
 BADGE = """
-{% macro badge(st) -%}
-{%- set failed = st.verdicts|selectattr("passed", "sameas", false)|map(attribute="check")|list -%}
-{%- set passed = st.verdicts|selectattr("passed", "sameas", true)|list|length -%}
-{%- set na = st.verdicts|selectattr("passed", "none")|list|length -%}
-<span class="badge {{ 'bad' if failed else 'ok' }}" title="{% for v in st.verdicts %}{{ v.label }} {{ v.check }}: {{ v.reason }}&#10;{% endfor %}">
-{%- if failed %}<span>NON-COMPLIANT:</span> {{ failed|join(", ") }}{% else %}<span>compliant</span> <span>({{ passed }} pass{% if na %}, {{ na }} n/a{% endif %})</span>{% endif %}</span>
+{% macro badge(st) %}
+{% set failed = st.verdicts|selectattr("passed", "sameas", false)|map(attribute="check")|list %}
+{% set passed = st.verdicts|selectattr("passed", "sameas", true)|list|length %}
+{% set na = st.verdicts|selectattr("passed", "none")|list|length %}
+<span class="badge {{ 'bad' if failed else 'ok' }}"
+ title="{% for v in st.verdicts %}{{ v.label }} {{ v.check }}: {{ v.reason }}&#10;{% endfor %}">
+{%- if failed %}<span>NON-COMPLIANT:</span> {{ failed|join(", ") }}
+{%- else %}<span>compliant</span>
+ <span>({{ passed }} pass{% if na %}, {{ na }} n/a{% endif %})</span>{% endif -%}
+</span>
+{%- endmacro %}
+{% macro delta_cell(row, is_reference, missing) %}
+{% if is_reference %}<span class="ref">reference</span>
+{%- elif row.delta is none %}<span class="na">{{ missing }}</span>
+{%- else %}{{ row.delta|delta }}{% if row.get("se") is not none %} &plusmn; {{ row.se|bpb }}{% endif %}
+{%- if row.ref_compliant is false %}<span class="badge bad">vs a NON-COMPLIANT reference</span>{% endif %}
+{%- endif %}
 {%- endmacro %}
 """
 
@@ -61,6 +73,7 @@ def delta_class(value: float | None) -> str:
 
 
 def environment() -> Environment:
-    env = Environment(autoescape=select_autoescape(default=True))
+    """Autoescaping; a block tag alone on its line leaves no blank line (the templates stay readable)."""
+    env = Environment(autoescape=select_autoescape(default=True), trim_blocks=True, lstrip_blocks=True)
     env.filters.update(bpb=bpb, delta=delta, delta_class=delta_class)
     return env
