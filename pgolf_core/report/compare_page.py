@@ -54,8 +54,8 @@ validation split. Under every number, its compliance verdicts (hover for each ch
  src="data:image/png;base64,{{ figure }}">
 <p class="small">Colour: configuration (group); line style: seed. Training seconds exclude in-loop validation.
 {% if clipped %}
-The y axes{% if clipped|length < 4 %} of {{ clipped|join(", ") }}{% endif %} leave out the first tenth of
-each curve's points (the first steps' loss), so that the runs' differences show.
+The y axes{% if clipped|length < 4 %} of {{ clipped|join(", ") }}{% endif %} are fitted to the curves after their
+first tenth (the first steps' loss lies above), so that the runs' differences show.
 {% endif %}
 </p>
 

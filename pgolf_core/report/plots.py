@@ -119,18 +119,23 @@ def grouped_bars(labels: list[str], series: dict[str, list[float]], ylabel: str,
     return fig
 
 
-def _focus_ylim(ax, series: list[list[float]]) -> bool:
-    """Fit the y axis to all but the first tenth of each series' points (at least the first point of
-    one with 3 or more): the first steps' loss (about ln(vocab)) would squeeze the part where runs
-    differ into a few pixels. Returns whether anything was cut off (the caption says so)."""
-    kept = [ys[max(1, len(ys) // 10):] if len(ys) >= 3 else ys for ys in series if ys]
-    values = [y for ys in kept for y in ys]
+def _focus_ylim(ax, series: list[tuple[list[float], list[float]]]) -> bool:
+    """Fit the y axis to the points after the first tenth of each (x, y) series' x range: the first
+    steps' loss (about ln(vocab), and a warmup spike) would squeeze the part where runs differ into a few
+    pixels. Returns whether a point lies outside the shown range (the caption says so)."""
+    values = []
+    for xs, ys in series:
+        if not xs:
+            continue
+        start = xs[0] + 0.1 * (xs[-1] - xs[0])
+        kept = [y for x, y in zip(xs, ys, strict=True) if x >= start]
+        values += kept if len(kept) >= 2 else ys
     if not values:
         return False
     lo, hi = min(values), max(values)
     pad = max((hi - lo) * 0.06, 1e-3)
     ax.set_ylim(lo - pad, hi + pad)
-    return any(y > hi + pad or y < lo - pad for ys in series for y in ys)
+    return any(y > hi + pad or y < lo - pad for _, ys in series for y in ys)
 
 
 def overlay_curves(runs: list[dict], title: str = ""):
@@ -156,7 +161,7 @@ def overlay_curves(runs: list[dict], title: str = ""):
                     style.setdefault("marker", "o")
                     style.setdefault("ms", 3)
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], label=r["label"], **style)
-                ys_all.append([p[1] for p in pts])
+                ys_all.append(([p[0] for p in pts], [p[1] for p in pts]))
             if _focus_ylim(ax, ys_all):
                 clipped.append(f"{ylabel} vs {'step' if col == 0 else 'seconds'}")
             ax.set(ylabel=ylabel)
