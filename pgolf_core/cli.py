@@ -11,6 +11,7 @@
     pgolf suite DIR             every notebook of DIR/suite.yaml (optionally over several seeds; --only,
                                 --resume)
     pgolf index                 rebuild reports/index.html
+    pgolf compare RUN...        runs side by side: overlaid curves, per-stage bpb with deltas, seed statistics
     pgolf export GROUP --out D  a run group (one config, several seeds) -> the challenge's records folder
     pgolf config show PARAMS    the fully resolved config (with --set overrides)
     pgolf config check PARAMS.. validate params files before launching anything
@@ -233,6 +234,19 @@ def _cmd_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from pgolf_core.report.compare_page import write_compare
+    from pgolf_core.report.index import build_index
+
+    out, data = write_compare(args.runs, args.out, args.reference, args.reports)
+    for r in data["runs"]:
+        print(f"{'reference' if r['label'] == data['reference'] else 'run':<10} {r['label']}: {r['path']}")
+    if out.resolve().is_relative_to(Path(args.reports).resolve()):
+        build_index(args.reports)  # the index links the comparisons under the reports root
+    print(out)
+    return 0
+
+
 def _cmd_config_show(args: argparse.Namespace) -> int:
     from pgolf_core.config import load_config, to_yaml
 
@@ -275,7 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pgolf", description="Parameter Golf research suite.")
     p.add_argument("--version", action="version", version=f"pgolf {__version__}")
     p.add_argument("--debug", action="store_true", help="show an error's traceback (anywhere on the line)")
-    sub = p.add_subparsers(dest="group", required=True, metavar="{data,train,run,suite,index,export,config}")
+    sub = p.add_subparsers(dest="group", required=True,
+                           metavar="{data,train,run,suite,index,compare,export,config}")
 
     data = sub.add_parser("data", help="datasets: smoke corpus, export, official download, checks")
     dsub = data.add_subparsers(dest="cmd", required=True, metavar="{smoke,export,fetch,info,split}")
@@ -360,6 +375,14 @@ def build_parser() -> argparse.ArgumentParser:
     ix = sub.add_parser("index", help="rebuild reports/index.html from the run folders")
     ix.add_argument("--reports", default="reports")
     ix.set_defaults(fn=_cmd_index)
+
+    cm = sub.add_parser("compare", help="runs side by side: curves, per-stage bpb with deltas, seed statistics")
+    cm.add_argument("runs", nargs="+", metavar="RUN",
+                    help="report run folders: reports/<suite>/<run_id> or <suite>/<run_id>")
+    cm.add_argument("--reference", metavar="RUN", help="deltas are to this run (default: the first RUN)")
+    cm.add_argument("--out", help="the HTML page (default: <reports>/_compare/compare-<time>.html)")
+    cm.add_argument("--reports", default="reports", help="reports root (default: %(default)s)")
+    cm.set_defaults(fn=_cmd_compare)
 
     ex = sub.add_parser("export", help="write a records/<date>_<name>/ submission folder from a run group")
     ex.add_argument("group", help="a run group as the index shows it, e.g. h100x8/record_1493")
