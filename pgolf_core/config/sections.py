@@ -362,7 +362,7 @@ class TTTConfig(Section):
         default_factory=list,
         description="lora/phased: [[max_len, chunk], ...] by increasing max_len: a LoRA batch whose longest "
         "document has <= max_len targets uses chunks of that size, else lora_chunk_tokens (#2014: "
-        "[[256, 8], [2000, 24]] with 48; [] off)",
+        "[[256, 8], [2000, 24]] with 48; [] off). It reads where documents end, so T1 fails with it",
     )
     include_tail: bool = Field(
         True,
