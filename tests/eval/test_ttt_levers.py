@@ -180,3 +180,10 @@ def test_short_doc_chunks_read_where_the_document_ends_and_t1_sees_it():
     for rules, passed in (([], True), (SHORT, False)):
         scorer = DocLoRAScorer(tiny_model(), ttt_cfg(**{**LORA, **one_doc, "short_doc_chunks": rules}), spec)
         assert check_future_perturbation(scorer, tokens, cuts=[20], vocab_size=64).passed is passed
+
+
+@pytest.mark.parametrize(("phases", "passes"), [(1, [5]), (2, [2, 5])])
+def test_phase_count_sets_the_global_passes(phases, passes):
+    """#2014 runs one phase (one global SGD pass after the prefix documents), #1953 three."""
+    res = run(phased_ttt, doc_stream(LENGTHS), phased_phases=phases)
+    assert [p["docs"] for p in res.info["passes"]] == passes
