@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from pgolf_core.config import OptimConfig
+from pgolf_core.model import build_model
 from pgolf_core.model.challenge_weights import (
     ChallengeWeightsError,
     embed_storage_dtype,
@@ -31,8 +32,13 @@ K, MLP_MULT, BASE, SOFTCAP = D // H, 2, 10000.0, 30.0
 def challenge_state(num_layers: int, tied: bool = True, seed: int = 0) -> dict[str, torch.Tensor]:
     """Random tensors under the names (and shapes) of the challenge baseline GPT's state_dict()."""
     gen = torch.Generator().manual_seed(seed)
-    randn = lambda *shape: torch.randn(*shape, generator=gen)
-    matrix = lambda rows, cols: randn(rows, cols) / math.sqrt(cols)
+
+    def randn(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=gen)
+
+    def matrix(rows: int, cols: int) -> torch.Tensor:
+        return randn(rows, cols) / math.sqrt(cols)
+
     state = {"tok_emb.weight": 0.3 * randn(V, D)}  # logits of a few units, not saturating the softcap
     n_skip = min(num_layers // 2, num_layers - num_layers // 2)
     state["skip_weights"] = 1.0 + 0.3 * randn(n_skip, D)
@@ -90,7 +96,9 @@ def attention(q_BTHK, k_BTGK, v_BTGK) -> torch.Tensor:
 
 
 def challenge_block(sd: dict, i: int, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-    w = lambda name: sd[f"blocks.{i}.{name}"]
+    def w(name: str) -> torch.Tensor:
+        return sd[f"blocks.{i}.{name}"]
+
     B, T, _ = x.shape
     x = w("resid_mix")[0] * x + w("resid_mix")[1] * x0
     h = rms(x)
@@ -126,8 +134,6 @@ def challenge_loss(sd: dict, ids: torch.Tensor, targets: torch.Tensor) -> torch.
 
 
 def pgolf_model(num_layers: int, tied: bool = True, **overrides):
-    from pgolf_core.model import build_model
-
     cfg = tiny_cfg(num_layers=num_layers, tie_embeddings=tied, mlp_mult=MLP_MULT, **overrides)
     return build_model(cfg, device="cpu").eval()
 
@@ -171,7 +177,7 @@ def test_bf16_tok_emb_as_the_challenge_saves_it_loads_exactly(tmp_path):
 # --------------------------------------------------------------------------------------------------
 
 
-def _load_error(state, model=None, tmp_path=None) -> str:
+def _load_error(state, model=None) -> str:
     with pytest.raises(ChallengeWeightsError) as info:
         load_challenge_state_dict(model or pgolf_model(4), state)
     message = str(info.value)
