@@ -47,6 +47,7 @@ from pgolf_core.data.tokenizer_bytes import build_byte_luts
 from pgolf_core.dist import DistInfo, dist_info_from_env
 from pgolf_core.eval import EvalResult, evaluate_standard, nll_with_temperature
 from pgolf_core.model import build_model, count_parameters
+from pgolf_core.model.challenge_weights import embed_storage_dtype, set_embed_storage_
 from pgolf_core.optim import EMA, build_optimizers, lr_multiplier, muon_momentum_at
 from pgolf_core.quant import calibration_batches, collect_hessians, qat_due, set_qat
 from pgolf_core.quant.classify import QUANT_GROUPS
@@ -177,6 +178,9 @@ class Trainer:
         _seed_everything(tc.seed)
         self._load_data()
         self.model = build_model(cfg.model).to(self.device)
+        # tok_emb in bf16 on CUDA under autocast, as the challenge stores it (train.tok_emb_bf16).
+        embed_dtype = embed_storage_dtype(self.device, self.autocast, tc.tok_emb_bf16)
+        set_embed_storage_(self.model, embed_dtype)
         self.opt = build_optimizers(self.model, cfg.optim, tie_embeddings=cfg.model.tie_embeddings, fused=self.device.type == "cuda")
         self.ema = EMA(self.model, tc.ema_decay) if tc.ema_decay > 0 else None
         self.loader = DistributedTokenLoader(self.train_files, dist.rank, dist.world_size, cfg.model.vocab_size)

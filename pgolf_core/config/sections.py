@@ -137,6 +137,11 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = Field(True, description="torch.compile the model on CUDA (never on CPU)")
     autocast: bool = Field(True, description="bf16 autocast on CUDA (CPU runs in fp32)")
+    tok_emb_bf16: bool = Field(
+        True,
+        description="on CUDA under bf16 autocast, store the token embedding (tied head) in bf16 as the "
+        "challenge's train_gpt.py does (its Adam then updates bf16 weights); CPU and fp32 runs keep fp32",
+    )
     progress: bool = Field(True, description="tqdm bar on rank 0")
     run_dir: str = Field("runs", description="runs/<run_id>/ holds config, metrics, logs, checkpoints")
     run_id: str | None = Field(None, description="None: a timestamped id")
