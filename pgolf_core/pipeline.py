@@ -33,6 +33,7 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 
+from pgolf_core.checkpoint import load_checkpoint
 from pgolf_core.compliance import (
     FINEWEB_VAL_DOCS,
     check_artifact_size,
@@ -48,7 +49,7 @@ from pgolf_core.data.loader import load_validation_tokens
 from pgolf_core.data.shards import list_shards, load_tokens, read_header
 from pgolf_core.data.tokenizer import load_tokenizer
 from pgolf_core.data.tokenizer_bytes import LN2, build_byte_luts
-from pgolf_core.dist import DistInfo, dist_info_from_env
+from pgolf_core.dist import DistInfo, dist_info_from_env, init_process_group, resolve_device
 from pgolf_core.evaluate import (
     EvalResult,
     SlidingScorer,
@@ -61,7 +62,6 @@ from pgolf_core.model import build_model
 from pgolf_core.quant import build_artifact, load_artifact
 from pgolf_core.scoring import Scorer
 from pgolf_core.stages import STAGES, StageRecord, Verdict, write_stages
-from pgolf_core.train import init_process_group, load_checkpoint, resolve_device
 from pgolf_core.ttt import run_ttt, ttt_scorer
 
 TARGET_HARDWARE = "8xH100"
