@@ -288,7 +288,7 @@ class QuantGroupConfig(Section):
 RUNTIME_CODE_FILES = (
     "pgolf_core/__init__.py", "pgolf_core/atomic.py", "pgolf_core/config.py", "pgolf_core/dist.py",
     "pgolf_core/evaluate.py", "pgolf_core/train.py", "pgolf_core/scoring.py", "pgolf_core/stages.py",
-    "pgolf_core/pipeline.py", "pgolf_core/compliance.py", "pgolf_core/ngram.py",
+    "pgolf_core/pipeline/*.py", "pgolf_core/compliance.py", "pgolf_core/ngram.py",
     "pgolf_core/data/__init__.py", "pgolf_core/data/shards.py", "pgolf_core/data/loader.py",
     "pgolf_core/data/tokenizer.py", "pgolf_core/data/tokenizer_bytes.py", "pgolf_core/data/overlap.py",
     "pgolf_core/model/*.py", "pgolf_core/optim/*.py", "pgolf_core/quant/*.py", "pgolf_core/ttt/*.py",

@@ -71,7 +71,11 @@ def train_here(nb: NotebookRun, nproc: int = 1) -> Path:
     else:
         from pgolf_core.launch import run_module
 
-        sets = [a for k, v in over.items() for a in ("--set", f"{k}={json.dumps(v) if not isinstance(v, str) else v}")]
+        sets = [
+            a
+            for k, v in over.items()
+            for a in ("--set", f"{k}={json.dumps(v) if not isinstance(v, str) else v}")
+        ]
         args = [nb.params_file, *sets, "--no-final-stages"]  # run_pipeline evaluates them
         run_module("pgolf_core.train", args, nproc=nproc, log_file=nb.path("launch.log"))
     return nb.train_dir
@@ -123,18 +127,22 @@ def stage_table(records: list[StageRecord]):
     rows = []
     for r in records:
         verdicts = " ".join(
-            f'<span title="{html.escape(v.reason)}" style="color:{color[v.label]}">{html.escape(v.check)}:{v.label}</span>'
+            f'<span title="{html.escape(v.reason)}" style="color:{color[v.label]}">'
+            f"{html.escape(v.check)}:{v.label}</span>"
             for v in r.verdicts
         )
         status = "compliant" if r.compliant else '<b style="color:#b00020">NON-COMPLIANT</b>'
         rows.append(
-            f"<tr><td style='text-align:left'>{html.escape(r.stage)}</td><td>{r.val_bpb:.5f}</td><td>{r.val_loss:.5f}</td>"
+            f"<tr><td style='text-align:left'>{html.escape(r.stage)}</td>"
+            f"<td>{r.val_bpb:.5f}</td><td>{r.val_loss:.5f}</td>"
             f"<td>{r.tokens:,}</td><td>{r.bytes:,}</td><td>{r.seconds:.1f}</td>"
             f"<td>{'' if r.artifact_bytes is None else f'{r.artifact_bytes:,}'}</td><td>{status}</td>"
             f"<td style='text-align:left;font-size:11px'>{verdicts}</td></tr>"
         )
-    head = ("<tr><th>stage</th><th>val bpb</th><th>val loss</th><th>tokens</th><th>bytes</th><th>seconds</th>"
-            "<th>artifact bytes</th><th>compliance</th><th>verdicts (hover for the reason)</th></tr>")
+    head = (
+        "<tr><th>stage</th><th>val bpb</th><th>val loss</th><th>tokens</th><th>bytes</th><th>seconds</th>"
+        "<th>artifact bytes</th><th>compliance</th><th>verdicts (hover for the reason)</th></tr>"
+    )
     return HTML(f"<table>{head}{''.join(rows)}</table>")
 
 
@@ -155,7 +163,9 @@ def summarize_run(nb: NotebookRun, train_dir: Path) -> dict:
     stages = data.get("stages", [])
     return {
         "attn_backend": run.get("attn_backend"),
-        "train_seconds": None if "train_seconds" not in run else run["train_seconds"] + run.get("calib_seconds", 0.0),
+        "train_seconds": None
+        if "train_seconds" not in run
+        else run["train_seconds"] + run.get("calib_seconds", 0.0),
         "eval_seconds": stages[-1]["seconds"] if stages else None,
         "artifact_bytes": (data.get("artifact") or {}).get("total_bytes"),
         "train_dir": train_dir.as_posix(),

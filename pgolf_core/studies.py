@@ -7,25 +7,25 @@ notebook-specific beyond taking a ``NotebookRun``.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from pgolf_core.compliance import check_artifact_size
 from pgolf_core.config import QuantConfig, RunConfig
-from pgolf_core.data.tokenizer_bytes import LN2
 from pgolf_core.evaluate import EvalResult, stream_byte_counts
 from pgolf_core.notebook import NotebookRun
 from pgolf_core.pipeline import (
     Session,
-    _coverage,
-    _evaluate,
-    _record,
-    _standard,
-    _standard_scorer,
+    coverage_verdict,
+    evaluate_guarded,
     quantize_weights,
+    result_from_nll,
     stage_q,
     stage_q_sw,
+    stage_record,
+    standard_eval,
 )
 from pgolf_core.quant import GapRow, build_artifact, load_artifact, quant_gap
 from pgolf_core.quant.calib import train_calibration_batches
@@ -46,7 +46,9 @@ def _saved_hessians(train_dir: Path) -> Hessians | None:
     return h
 
 
-def gap_rows(nb: NotebookRun, train_dir: Path, variants: list[tuple[str, QuantConfig]]) -> tuple[list[GapRow], list[StageRecord]]:
+def gap_rows(
+    nb: NotebookRun, train_dir: Path, variants: list[tuple[str, QuantConfig]]
+) -> tuple[list[GapRow], list[StageRecord]]:
     """The quant-gap table for the run's final weights, and one stage record ``q[<scheme>]`` per row."""
     session = Session.open(nb.cfg, train_dir, nb.run_dir)
     results: list[EvalResult] = []
@@ -55,22 +57,29 @@ def gap_rows(nb: NotebookRun, train_dir: Path, variants: list[tuple[str, QuantCo
         model.to(session.device).eval()
         if nb.cfg.model.num_loops:
             model.set_looping(True)
-        res = _standard(session, model)
+        res = standard_eval(session, model)
         results.append(res)
         return res
 
     rows = quant_gap(
-        session.weights("final"), nb.cfg, variants, evaluate=evaluate,
-        calib_batches=lambda: list(train_calibration_batches(nb.cfg)), hessians=_saved_hessians(train_dir),
+        session.weights("final"),
+        nb.cfg,
+        variants,
+        evaluate=evaluate,
+        calib_batches=lambda: list(train_calibration_batches(nb.cfg)),
+        hessians=_saved_hessians(train_dir),
         device=session.device,
     )
     records = []
-    for row, res in zip(rows, results[1:], strict=True):
-        t7 = check_artifact_size(model_bytes=row.model_bytes, code_bytes=row.artifact_bytes - row.model_bytes)
-        verdicts = [_coverage(res, session.val.size), session.t10(res.bytes), t7]
+    for row, res, (_, qcfg) in zip(rows, results[1:], variants, strict=True):
+        t7 = check_artifact_size(
+            model_bytes=row.model_bytes, code_bytes=row.artifact_bytes - row.model_bytes, cap=qcfg.byte_cap
+        )
+        verdicts = [coverage_verdict(res, session.val.size), session.t10(res.bytes), t7]
         rec = res.stage_record(f"q[{row.scheme}]", artifact_bytes=row.artifact_bytes, verdicts=verdicts)
-        rec.notes = f"{row.bits}; clip {row.clip}; {row.compressor}; gap {row.gap:+.5f}"
-        records.append(rec)
+        records.append(
+            replace(rec, notes=f"{row.bits}; clip {row.clip}; {row.compressor}; gap {row.gap:+.5f}")
+        )
     return rows, records
 
 
@@ -80,7 +89,7 @@ def group_gaps(nb: NotebookRun, train_dir: Path, qcfg: QuantConfig) -> dict[str,
     state = session.weights("final")
     model = session.model_with(state)
     groups = {name: c.group for name, c in classify(model).items()}
-    before = _standard(session, model).bpb
+    before = standard_eval(session, model).bpb
     needs_h = qcfg.scheme == "groups" and any(getattr(qcfg, g).gptq for g in QUANT_GROUPS)
     hessians = None
     if needs_h:
@@ -97,11 +106,13 @@ def group_gaps(nb: NotebookRun, train_dir: Path, qcfg: QuantConfig) -> dict[str,
         if not names:
             continue
         mixed = {k: (deq[k] if k in names else v) for k, v in state.items()}
-        out[group] = _standard(session, session.model_with(mixed)).bpb - before
+        out[group] = standard_eval(session, session.model_with(mixed)).bpb - before
     return out
 
 
-def ngram_records(nb: NotebookRun, train_dir: Path, configs: list[tuple[str, RunConfig]]) -> tuple[list[StageRecord], dict[str, float]]:
+def ngram_records(
+    nb: NotebookRun, train_dir: Path, configs: list[tuple[str, RunConfig]]
+) -> tuple[list[StageRecord], dict[str, float]]:
     """The plain model and each n-gram setting on the q weights; returns (records, cache tokens/s).
 
     The model's sliding-window log-probabilities are computed once and shared by every setting, so
@@ -110,15 +121,17 @@ def ngram_records(nb: NotebookRun, train_dir: Path, configs: list[tuple[str, Run
     from pgolf_core.ngram import FullStreamModel, NgramScorer, WindowedTorchModel
 
     session = Session.open(nb.cfg, train_dir, nb.run_dir)
-    q_state, t7, t6q, accounting = quantize_weights(session, session.weights("final"))
-    total = accounting["total_bytes"]
-    plain = (stage_q_sw if nb.cfg.eval.stride else stage_q)
-    base = plain(session, q_state, t7, total) if plain is stage_q_sw else plain(session, q_state, t7, t6q, total)
-    base.stage = "model only"
-    model = session.model_with(q_state)
+    q = quantize_weights(session, session.weights("final"))
+    base = (stage_q_sw if nb.cfg.eval.stride else stage_q)(session, q, "model only")
+    model = session.model_with(q.state)
     stride = nb.cfg.eval.stride or nb.cfg.eval_seq_len
-    windowed = WindowedTorchModel(model, nb.cfg.eval_seq_len, stride=stride, temperature=nb.cfg.eval.temperature,
-                                  autocast=session.autocast)
+    windowed = WindowedTorchModel(
+        model,
+        nb.cfg.eval_seq_len,
+        stride=stride,
+        temperature=nb.cfg.eval.temperature,
+        autocast=session.autocast,
+    )
 
     def table(tokens: np.ndarray) -> np.ndarray:
         rows = windowed.logprobs(tokens, 1, tokens.size)
@@ -136,15 +149,11 @@ def ngram_records(nb: NotebookRun, train_dir: Path, configs: list[tuple[str, Run
         def evaluate(cfg_v=cfg_v) -> EvalResult:
             t0 = time.perf_counter()
             score = NgramScorer(lm, cfg_v.ngram).score_stream(val)
-            seconds = time.perf_counter() - t0
-            n = int(np.count_nonzero(~np.isnan(score.nll)))
-            loss_sum = float(np.nansum(score.nll))
-            return EvalResult(loss=loss_sum / n, bpb=loss_sum / (LN2 * nbytes), tokens=n, bytes=nbytes, seconds=seconds)
+            return result_from_nll(score.nll, nbytes, time.perf_counter() - t0)
 
-        res, t6 = _evaluate(sv, evaluate)
+        res, t6 = evaluate_guarded(sv, evaluate)
         speeds[name] = res.tokens / res.seconds
-        rec = _record(sv, name, res, lambda cfg_v=cfg_v: NgramScorer(probe_lm, cfg_v.ngram), t6, t7, total)
-        records.append(rec)
+        records.append(
+            stage_record(sv, name, res, lambda cfg_v=cfg_v: NgramScorer(probe_lm, cfg_v.ngram), [t6], q)
+        )
     return records, speeds
-
-

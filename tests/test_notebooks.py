@@ -19,7 +19,11 @@ SUITES = sorted(p.parent for p in (REPO / "params").glob("*/suite.yaml"))
 
 def test_there_are_four_notebooks():
     assert [p.name for p in NOTEBOOKS] == [
-        "00_train.ipynb", "10_quant_gap.ipynb", "20_ttt_ablation.ipynb", "30_ngram_cache.ipynb", "40_submission.ipynb"
+        "00_train.ipynb",
+        "10_quant_gap.ipynb",
+        "20_ttt_ablation.ipynb",
+        "30_ngram_cache.ipynb",
+        "40_submission.ipynb",
     ]
 
 
@@ -59,8 +63,13 @@ def test_every_suite_entry_validates_before_launch(suite, monkeypatch):
 def test_a_bad_sweep_variant_is_refused_before_launch(tmp_path, monkeypatch):
     monkeypatch.chdir(REPO)
     p = tmp_path / "p.yaml"
-    p.write_text(f"extends: {REPO / 'params/smoke/train.yaml'}\nnotebook:\n  schemes:\n    - {{name: x, quant: {{attn: {{bitz: 6}}}}}}\n")
-    with pytest.raises(ConfigError, match=r"(?s)notebook\.schemes\[0\] \('x'\).*quant\.attn\.bitz: unknown key"):
+    p.write_text(
+        f"extends: {REPO / 'params/smoke/train.yaml'}\nnotebook:\n  schemes:\n"
+        "    - {name: x, quant: {attn: {bitz: 6}}}\n"
+    )
+    with pytest.raises(
+        ConfigError, match=r"(?s)notebook\.schemes\[0\] \('x'\).*quant\.attn\.bitz: unknown key"
+    ):
         validate_run(REPO / "notebooks/10_quant_gap.ipynb", p)
 
 
@@ -72,7 +81,8 @@ train: {{iterations: 16, train_batch_tokens: 2048, train_seq_len: 128, grad_accu
         device: cpu, progress: false}}
 eval: {{batch_tokens: 4096, stride: 64, probe_tokens: 512}}
 quant: {{scheme: groups, keep_float_max_numel: 1024, attn: {{bits: 6}}, mlp: {{bits: 6}}, calib_batches: 2}}
-ttt: {{chunk_tokens: 512, epochs: 1, lora_chunk_tokens: 64, lora_window: 128, phased_prefix_docs: 2, prequant_epochs: 1}}
+ttt: {{chunk_tokens: 512, epochs: 1, lora_chunk_tokens: 64, lora_window: 128, phased_prefix_docs: 2,
+      prequant_epochs: 1}}
 ngram: {{table_rows: 512}}
 """
 
@@ -84,17 +94,25 @@ def fast_suite(smoke_dir, tmp_path_factory):
     suite = root / "fast"
     suite.mkdir()
     (suite / "train.yaml").write_text(FAST.format(root=smoke_dir))
-    (suite / "quant_gap.yaml").write_text("extends: train.yaml\nnotebook:\n  schemes:\n"
-                                          "    - {name: base, quant: {scheme: baseline_int8}}\n"
-                                          "    - {name: int6 gptq, quant: {scheme: groups, mlp: {bits: 6, gptq: true}}}\n")
-    (suite / "ttt_ablation.yaml").write_text("extends: train.yaml\nnotebook:\n  variants:\n"
-                                             "    - {name: no TTT, ttt: {enabled: false}}\n"
-                                             "    - {name: chunk SGD, ttt: {enabled: true, mode: chunk}}\n"
-                                             "    - {name: pre-quant (NON-COMPLIANT), ttt: {prequant_ablation: true}}\n")
-    (suite / "ngram_cache.yaml").write_text("extends: train.yaml\nnotebook:\n  settings:\n"
-                                            "    - {name: fixed, ngram: {max_order: 3, alpha_rule: fixed}}\n"
-                                            "    - {name: hedge, ngram: {max_order: 3, alpha_rule: hedge}}\n")
-    (suite / "submission.yaml").write_text(f"extends: train.yaml\nnotebook:\n  sota_bpb: 9.0\n  out_dir: {root / 'record'}\n")
+    (suite / "quant_gap.yaml").write_text(
+        "extends: train.yaml\nnotebook:\n  schemes:\n"
+        "    - {name: base, quant: {scheme: baseline_int8}}\n"
+        "    - {name: int6 gptq, quant: {scheme: groups, mlp: {bits: 6, gptq: true}}}\n"
+    )
+    (suite / "ttt_ablation.yaml").write_text(
+        "extends: train.yaml\nnotebook:\n  variants:\n"
+        "    - {name: no TTT, ttt: {enabled: false}}\n"
+        "    - {name: chunk SGD, ttt: {enabled: true, mode: chunk}}\n"
+        "    - {name: pre-quant (NON-COMPLIANT), ttt: {prequant_ablation: true}}\n"
+    )
+    (suite / "ngram_cache.yaml").write_text(
+        "extends: train.yaml\nnotebook:\n  settings:\n"
+        "    - {name: fixed, ngram: {max_order: 3, alpha_rule: fixed}}\n"
+        "    - {name: hedge, ngram: {max_order: 3, alpha_rule: hedge}}\n"
+    )
+    (suite / "submission.yaml").write_text(
+        f"extends: train.yaml\nnotebook:\n  sota_bpb: 9.0\n  out_dir: {root / 'record'}\n"
+    )
     spec = (REPO / "params/smoke/suite.yaml").read_text()
     (suite / "suite.yaml").write_text(spec)
     reports = root / "reports"
@@ -133,7 +151,10 @@ def test_fast_suite_training_report_has_every_stage_with_verdicts(fast_suite):
     assert names == ["pre", "ema", "q", "q_sw"] and set(names) <= set(STAGES)
     for s in stages["stages"]:
         checks = {v["check"] for v in s["verdicts"]}
-        assert {"T1", "T1b", "T2", "T3", "T4", "T5", "T4 full", "T9", "T10", "T6"} <= checks, (s["stage"], checks)
+        assert {"T1", "T1b", "T2", "T3", "T4", "T5", "T4 full", "T9", "T10", "T6"} <= checks, (
+            s["stage"],
+            checks,
+        )
         assert s["compliant"]
     assert {"T7", "T6 quant"} <= {v["check"] for v in stages["stages"][2]["verdicts"]}
     assert stages["artifact"]["total_bytes"] == stages["stages"][2]["artifact_bytes"]

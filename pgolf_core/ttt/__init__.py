@@ -1,13 +1,17 @@
-"""Legal score-first test-time training (records.md F; compliance.md R6, R8, R12), plus one clearly
-labelled non-compliant ablation.
+"""Legal score-first test-time training, plus one clearly labelled non-compliant ablation.
 
-    result, info = run_ttt(model, val_tokens, luts, cfg, dist=dist, device=device)
+Score-first as PR #461 defined it: a token's loss is committed before any update that uses it (the
+organizers' rulings in issues #402 and #677: adapting on already-scored tokens is legal; training on
+validation tokens before scoring them, or reporting a later pass, is not).
+
+    result, info = run_ttt(TTTInputs.from_config(model, val_tokens, luts, cfg, dist=dist, device=device))
     scorer = ttt_scorer(model, cfg)        # the same evaluation as a pgolf_core.scoring.Scorer
 
 Variants (``cfg.ttt.mode``), one module each:
 - ``chunk`` (chunked.py): score a chunk of sliding windows, then train on it (#461/#549/#1413/#1493);
 - ``lora`` (doc_lora.py): per-document LoRA adapters, score a chunk then one step (LORA0, #1530);
-- ``phased`` (phased.py): LoRA queue plus global SGD passes over already-scored documents (#1610/#1626..#1855);
+- ``phased`` (phased.py): LoRA queue plus global SGD passes over already-scored documents
+  (#1610/#1626..#1855);
 - ``ttt.prequant_ablation`` (prequant.py): NON-COMPLIANT fine-tuning on validation tokens before
   scoring them (#1423 family), for the ablation notebook only.
 
@@ -19,17 +23,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
-import torch
 from torch import nn
 
 from pgolf_core.config import RunConfig
-from pgolf_core.data.tokenizer_bytes import ByteLUTs
-from pgolf_core.dist import DistInfo
 from pgolf_core.evaluate import EvalResult, SlidingScorer, StandardScorer, evaluate_sliding
-from pgolf_core.scoring import ScoreEvents, Scorer
+from pgolf_core.scoring import Scorer
 from pgolf_core.ttt.chunked import ChunkTTTScorer, chunked_ttt
-from pgolf_core.ttt.common import EvalSpec
+from pgolf_core.ttt.common import EvalSpec, TTTInputs
 from pgolf_core.ttt.doc_lora import DocLoRAScorer, doc_lora_ttt, find_documents
 from pgolf_core.ttt.lora import LoRASet
 from pgolf_core.ttt.phased import PhasedTTTScorer, phased_ttt
@@ -39,36 +39,33 @@ _VARIANTS = {"chunk": chunked_ttt, "lora": doc_lora_ttt, "phased": phased_ttt}
 _SCORERS = {"chunk": ChunkTTTScorer, "lora": DocLoRAScorer, "phased": PhasedTTTScorer}
 
 
-def run_ttt(
-    model: nn.Module,
-    val_tokens: np.ndarray,
-    luts: ByteLUTs,
-    cfg: RunConfig,
-    *,
-    dist: DistInfo,
-    device: torch.device,
-    return_streams: bool = False,
-    events: ScoreEvents | None = None,
-) -> tuple[EvalResult, dict]:
-    """Evaluate ``model`` on ``val_tokens`` with the TTT of ``cfg.ttt``; returns (result, info).
+def run_ttt(inputs: TTTInputs) -> tuple[EvalResult, dict]:
+    """Evaluate ``inputs.model`` on ``inputs.tokens`` with the TTT of ``inputs.ttt``; returns (result, info).
 
     ``ttt.prequant_ablation`` runs the NON-COMPLIANT ablation (result marked so); otherwise
     ``ttt.enabled`` picks ``ttt.mode``; with TTT off this is plain sliding-window evaluation (the
     ``q_sw`` number, stride ``eval.stride`` or non-overlapping), so an ablation grid can include it.
-    Scoring windows follow ``cfg.eval`` (seq_len, stride, sliding_batch_seqs, temperature). All ranks
-    must call this together; the model is never modified.
+    Scoring windows follow ``inputs.spec`` (from ``cfg.eval``: seq_len, stride, sliding_batch_seqs,
+    temperature). All ranks must call this together; the model is never modified.
     """
-    spec = EvalSpec.from_config(cfg)
-    kwargs = {"dist": dist, "device": device, "return_streams": return_streams, "events": events}
-    if cfg.ttt.prequant_ablation:
-        result = prequant_ablation(model, val_tokens, luts, cfg.ttt, spec, **kwargs)
-    elif cfg.ttt.enabled:
-        result = _VARIANTS[cfg.ttt.mode](model, val_tokens, luts, cfg.ttt, spec, **kwargs)
+    ttt, spec = inputs.ttt, inputs.spec
+    if ttt.prequant_ablation:
+        result = prequant_ablation(inputs)
+    elif ttt.enabled:
+        result = _VARIANTS[ttt.mode](inputs)
     else:
         result = evaluate_sliding(
-            model, val_tokens, luts, seq_len=spec.seq_len, stride=spec.window_stride, batch_seqs=spec.batch_seqs,
-            dist=dist, device=device, autocast=spec.autocast, temperature=spec.temperature,
-            return_streams=return_streams,
+            inputs.model,
+            inputs.tokens,
+            inputs.luts,
+            seq_len=spec.seq_len,
+            stride=spec.window_stride,
+            batch_seqs=spec.batch_seqs,
+            dist=inputs.dist,
+            device=inputs.device,
+            autocast=spec.autocast,
+            temperature=spec.temperature,
+            return_streams=inputs.return_streams,
         )
         result = replace(result, info={"mode": "off", "stride": spec.window_stride})
     return result, dict(result.info)
@@ -82,9 +79,15 @@ def ttt_scorer(model: nn.Module, cfg: RunConfig) -> Scorer:
     if cfg.ttt.enabled:
         return _SCORERS[cfg.ttt.mode](model, cfg.ttt, spec)
     if spec.window_stride == spec.seq_len:
-        return StandardScorer(model, seq_len=spec.seq_len, batch_seqs=spec.batch_seqs, temperature=spec.temperature)
+        return StandardScorer(
+            model, seq_len=spec.seq_len, batch_seqs=spec.batch_seqs, temperature=spec.temperature
+        )
     return SlidingScorer(
-        model, seq_len=spec.seq_len, stride=spec.window_stride, batch_seqs=spec.batch_seqs, temperature=spec.temperature
+        model,
+        seq_len=spec.seq_len,
+        stride=spec.window_stride,
+        batch_seqs=spec.batch_seqs,
+        temperature=spec.temperature,
     )
 
 
@@ -96,6 +99,7 @@ __all__ = [
     "LoRASet",
     "PhasedTTTScorer",
     "PrequantAblationScorer",
+    "TTTInputs",
     "chunked_ttt",
     "doc_lora_ttt",
     "find_documents",

@@ -1,6 +1,6 @@
-"""Chunked score-first test-time training over the sliding-window evaluation (records.md F1).
+"""Chunked score-first test-time training over the sliding-window evaluation (#461, #549, #1413, #1493).
 
-PR #461 defined it and #549 adopted it (compliance.md R12): the stream is cut into chunks of
+PR #461 defined it and the merged #549 adopted it: the stream is cut into chunks of
 ``chunk_tokens``; each sliding window belongs to the chunk holding the first target it scores. For
 chunk c: (1) score all its windows under no_grad and commit their NLLs; (2) unless c is the last
 chunk, train on chunk c's targets. Measured: #549 -0.0025 bpb (lr 0.002, 3 epochs, ~409 s on
@@ -12,26 +12,18 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import torch
-from torch import nn
 
-from pgolf_core.config import TTTConfig
-from pgolf_core.data.tokenizer_bytes import ByteLUTs
-from pgolf_core.dist import DistInfo
 from pgolf_core.evaluate import (
-    Capture,
     EvalResult,
-    ScoreSums,
     rank_slice,
     resolve_nll,
     score_windows,
     window_plan,
 )
-from pgolf_core.scoring import ScoreEvents
 from pgolf_core.ttt.common import (
-    EvalSpec,
     Timer,
     TrainRange,
+    TTTInputs,
     TTTScorer,
     build_optimizer,
     cosine_lr,
@@ -50,19 +42,7 @@ def chunk_bounds(first_scored: np.ndarray, chunk_tokens: int, n_tokens: int) -> 
     return np.searchsorted(first_scored // chunk_tokens, np.arange(n_chunks + 1), side="left")
 
 
-def chunked_ttt(
-    model: nn.Module,
-    val_tokens: np.ndarray,
-    luts: ByteLUTs | None,
-    ttt: TTTConfig,
-    spec: EvalSpec,
-    *,
-    dist: DistInfo,
-    device: torch.device,
-    return_streams: bool = False,
-    events: ScoreEvents | None = None,
-    capture: Capture | None = None,
-) -> EvalResult:
+def chunked_ttt(inputs: TTTInputs) -> EvalResult:
     """Score-first chunked TTT on a copy of ``model``; returns the sliding-window score of the stream.
 
     Invariant: no update uses a token before it is scored. Chunk c trains on the targets
@@ -72,32 +52,47 @@ def chunked_ttt(
     "lora" (adapters on ``lora_targets``, base frozen, at ``lora_lr``). LR per chunk:
     ``lr * (1 + cos(pi c / (C - 1))) / 2`` (cosine) or constant. All ranks must call this together.
     """
-    t0, device, luts, work, tokens_d = start(model, val_tokens, luts, device)
+    w = start(inputs)
+    ttt, spec, dist, events, capture = inputs.ttt, inputs.spec, inputs.dist, inputs.events, inputs.capture
     if ttt.adapt == "lora":
-        freeze(work)
-        lora = LoRASet(work, ttt.lora_targets, ttt.lora_rank, ttt.lora_alpha)
+        freeze(w.model)
+        lora = LoRASet(w.model, ttt.lora_targets, ttt.lora_rank, ttt.lora_alpha)
         params, base_lr, logits_fn = list(lora.parameters()), ttt.lora_lr, lora.logits
         loss_fn = lora.nll
+        score_fn = resolve_nll(lambda x, y: logits_fn(x), spec.temperature)
     else:
-        params, base_lr, logits_fn = select_parameters(work, ttt.freeze_first_blocks), ttt.lr, work.logits
-        loss_fn = work.nll
-    score_fn = resolve_nll(work, spec.temperature) if ttt.adapt != "lora" else resolve_nll(lambda x, y: logits_fn(x), spec.temperature)
+        params, base_lr, logits_fn = (
+            select_parameters(w.model, ttt.freeze_first_blocks),
+            ttt.lr,
+            w.model.logits,
+        )
+        loss_fn = w.model.nll
+        score_fn = resolve_nll(w.model, spec.temperature)
     if capture is not None:
         capture.logits_fn = logits_fn
-    opt = build_optimizer(params, ttt.optimizer, base_lr, momentum=ttt.momentum, weight_decay=ttt.weight_decay)
+    opt = build_optimizer(
+        params, ttt.optimizer, base_lr, momentum=ttt.momentum, weight_decay=ttt.weight_decay
+    )
 
-    n = int(np.asarray(val_tokens).shape[0])
-    plan = window_plan(n, spec.seq_len, spec.window_stride)
-    bounds = chunk_bounds(plan.first_scored, ttt.chunk_tokens, n)
+    plan = window_plan(w.n, spec.seq_len, spec.window_stride)
+    bounds = chunk_bounds(plan.first_scored, ttt.chunk_tokens, w.n)
     n_chunks = len(bounds) - 1
-    sums = ScoreSums(n, device, return_streams)
     timer, steps, trained = Timer(), 0, 0
     for c in range(n_chunks):
         ids = np.arange(bounds[c], bounds[c + 1])
         ts = time.perf_counter()
         score_windows(
-            score_fn, tokens_d, plan, ids[rank_slice(len(ids), dist)], batch_seqs=spec.batch_seqs, sums=sums,
-            luts=luts, device=device, autocast=spec.autocast, events=events, capture=capture,
+            score_fn,
+            w.tokens_d,
+            plan,
+            ids[rank_slice(len(ids), dist)],
+            batch_seqs=spec.batch_seqs,
+            sums=w.sums,
+            luts=w.luts,
+            device=w.device,
+            autocast=spec.autocast,
+            events=events,
+            capture=capture,
         )
         timer.add("score_seconds", ts)
         if capture is not None and capture.done:
@@ -105,19 +100,36 @@ def chunked_ttt(
         if c == n_chunks - 1 or ttt.epochs == 0:
             continue  # the last chunk is never trained on: nothing is left to score with it
         ts = time.perf_counter()
-        span = TrainRange(max(1, c * ttt.chunk_tokens), min((c + 1) * ttt.chunk_tokens, n), spec.seq_len)
+        span = TrainRange(max(1, c * ttt.chunk_tokens), min((c + 1) * ttt.chunk_tokens, w.n), spec.seq_len)
         steps += train_on_targets(
-            loss_fn, params, opt, tokens_d, span, epochs=ttt.epochs, batch_seqs=ttt.batch_seqs,
-            lr=cosine_lr(base_lr, c, n_chunks - 1, ttt.lr_schedule), grad_clip=ttt.grad_clip, dist=dist,
-            device=device, autocast=spec.autocast, events=events, kind="ttt_step",
+            loss_fn,
+            params,
+            opt,
+            w.tokens_d,
+            span,
+            epochs=ttt.epochs,
+            batch_seqs=ttt.batch_seqs,
+            lr=cosine_lr(base_lr, c, n_chunks - 1, ttt.lr_schedule),
+            grad_clip=ttt.grad_clip,
+            dist=dist,
+            device=w.device,
+            autocast=spec.autocast,
+            events=events,
+            kind="ttt_step",
         )
         trained += 1
         timer.add("train_seconds", ts)
     info = {
-        "mode": "chunk", "adapt": ttt.adapt, "chunks": n_chunks, "trained_chunks": trained, "steps": steps,
-        "windows": plan.num_windows, "stride": plan.stride, **timer.seconds,
+        "mode": "chunk",
+        "adapt": ttt.adapt,
+        "chunks": n_chunks,
+        "trained_chunks": trained,
+        "steps": steps,
+        "windows": plan.num_windows,
+        "stride": plan.stride,
+        **timer.seconds,
     }
-    return sums.finish(val_tokens, luts, dist, t0, info=info)
+    return w.finish(info)
 
 
 class ChunkTTTScorer(TTTScorer):
@@ -126,13 +138,4 @@ class ChunkTTTScorer(TTTScorer):
 
     name = "ttt_chunk"
 
-    def __init__(self, model: nn.Module, ttt: TTTConfig, spec: EvalSpec):
-        super().__init__(model, spec)
-        self.ttt = ttt
-
-    def run(self, tokens, events, capture) -> EvalResult:
-        spec = EvalSpec(self.spec.seq_len, self.spec.stride, self.spec.batch_seqs, self.spec.temperature, False)
-        return chunked_ttt(
-            self.model, tokens, None, self.ttt, spec, dist=DistInfo(), device=self.device,
-            return_streams=True, events=events, capture=capture,
-        )
+    variant = staticmethod(chunked_ttt)

@@ -1,4 +1,4 @@
-"""Pieces every test-time-training variant shares (records.md F).
+"""Pieces every test-time-training variant shares.
 
 - ``EvalSpec``: how scoring windows are cut (sequence length, stride, batch, temperature, autocast).
 - ``select_parameters`` / ``build_optimizer`` / ``cosine_lr``: what adapts and how.
@@ -17,20 +17,21 @@ import copy
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.distributed as tdist
 from torch import nn
 
-from pgolf_core.config import RunConfig
-from pgolf_core.dist import DistInfo
+from pgolf_core.config import RunConfig, TTTConfig
 from pgolf_core.data.tokenizer_bytes import ByteLUTs
+from pgolf_core.dist import DistInfo
 from pgolf_core.evaluate import (
     Capture,
     EvalResult,
     NllFn,
+    ScoreSums,
     autocast_context,
     device_tokens,
     model_device,
@@ -60,8 +61,11 @@ class EvalSpec:
     @classmethod
     def from_config(cls, cfg: RunConfig) -> EvalSpec:
         return cls(
-            seq_len=cfg.eval_seq_len, stride=cfg.eval.stride, batch_seqs=cfg.eval.sliding_batch_seqs,
-            temperature=cfg.eval.temperature, autocast=cfg.train.autocast,
+            seq_len=cfg.eval_seq_len,
+            stride=cfg.eval.stride,
+            batch_seqs=cfg.eval.sliding_batch_seqs,
+            temperature=cfg.eval.temperature,
+            autocast=cfg.train.autocast,
         )
 
 
@@ -72,20 +76,82 @@ def working_copy(model: nn.Module) -> nn.Module:
     return work
 
 
-def start(
-    model: nn.Module, val_tokens: np.ndarray, luts: ByteLUTs | None, device: torch.device
-) -> tuple[float, torch.device, ByteLUTs | None, nn.Module, torch.Tensor]:
-    """What every variant starts from: (start time, device, byte tables on it, the working copy,
-    the validation tokens on it)."""
+LogFn = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class TTTInputs:
+    """Everything a TTT variant (and ``run_ttt``) is given, in one object built once: by
+    ``from_config`` for a run, by ``TTTScorer`` for the compliance checks, by a test by hand.
+
+    ``luts`` None scores tokens only (no bytes, as the Scorer adapters do); ``events`` receives
+    ``scored`` / ``updated`` as they happen; ``capture`` records full distributions at chosen positions;
+    ``log`` takes progress lines (None: print on rank 0).
+    """
+
+    model: nn.Module
+    tokens: np.ndarray
+    luts: ByteLUTs | None
+    ttt: TTTConfig
+    spec: EvalSpec
+    dist: DistInfo
+    device: torch.device
+    return_streams: bool = False
+    events: ScoreEvents | None = None
+    capture: Capture | None = None
+    log: LogFn | None = None
+
+    @classmethod
+    def from_config(
+        cls,
+        model: nn.Module,
+        tokens: np.ndarray,
+        luts: ByteLUTs | None,
+        cfg: RunConfig,
+        *,
+        dist: DistInfo,
+        device: torch.device,
+        return_streams: bool = False,
+        events: ScoreEvents | None = None,
+    ) -> TTTInputs:
+        """The inputs of a run: ``cfg.ttt``; scoring windows per ``cfg.eval`` (``EvalSpec.from_config``)."""
+        return cls(
+            model, tokens, luts, cfg.ttt, EvalSpec.from_config(cfg), dist, device, return_streams, events
+        )
+
+
+@dataclass
+class Work:
+    """What every variant works with, made by ``start``: the start time, the device with the byte tables
+    and the tokens on it, the working copy of the model, and the score sums of the ``n``-token stream."""
+
+    inputs: TTTInputs
+    t0: float
+    device: torch.device
+    luts: ByteLUTs | None
+    model: nn.Module
+    tokens_d: torch.Tensor
+    n: int
+    sums: ScoreSums
+
+    def finish(self, info: dict, **extra) -> EvalResult:
+        """All ranks' sums as the result, with the variant's ``info`` (and ``notes`` / ``compliant``)."""
+        return self.sums.finish(self.inputs.tokens, self.luts, self.inputs.dist, self.t0, info=info, **extra)
+
+
+def start(inputs: TTTInputs) -> Work:
+    """What every variant starts from (the timer starts here)."""
     t0 = time.perf_counter()
-    device = torch.device(device)
-    return t0, device, torch_luts(luts, device), working_copy(model), device_tokens(val_tokens, device)
+    device = torch.device(inputs.device)
+    luts, model = torch_luts(inputs.luts, device), working_copy(inputs.model)
+    tokens_d, n = device_tokens(inputs.tokens, device), int(np.asarray(inputs.tokens).shape[0])
+    return Work(inputs, t0, device, luts, model, tokens_d, n, ScoreSums(n, device, inputs.return_streams))
 
 
 def select_parameters(model: nn.Module, freeze_first_blocks: int = 0) -> list[nn.Parameter]:
     """All parameters but those of the first ``freeze_first_blocks`` blocks; sets ``requires_grad``.
 
-    #461's code froze the first 2 blocks by default; #549 ran with 0 frozen (records.md F1).
+    #461's code froze the first 2 blocks by default; #549 ran with 0 frozen.
     """
     frozen = {id(p) for block in list(model.blocks)[:freeze_first_blocks] for p in block.parameters()}
     params = []
@@ -102,10 +168,17 @@ def freeze(model: nn.Module) -> None:
 
 
 def build_optimizer(
-    params: Sequence[nn.Parameter], kind: str, lr: float, *, momentum: float = 0.9,
-    weight_decay: float = 0.0, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+    params: Sequence[nn.Parameter],
+    kind: str,
+    lr: float,
+    *,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
 ) -> torch.optim.Optimizer:
-    """SGD with momentum (#461/#549/#1413: 0.9) or AdamW."""
+    """SGD with momentum (#461/#549/#1413: 0.9) or AdamW. The defaults are ``TTTConfig``'s (momentum,
+    weight_decay) and torch's AdamW's (betas, eps); tests/eval/test_ttt_chunk.py holds them equal."""
     if kind == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if kind == "adamw":
@@ -180,8 +253,8 @@ def train_on_targets(
     batch's sequences are split across ranks); one optimizer step per batch. Returns the step count.
 
     The caller guarantees every target of ``span`` is already scored. The gradient is the mean NLL
-    over the batch's targets, all-reduced, then clipped to ``grad_clip`` (the averaged gradient, as
-    the DDP records do; records.md I3).
+    over the batch's targets, all-reduced, then clipped to ``grad_clip``: the averaged gradient, as
+    the DDP records (#549) clip it, not each rank's local one as the banked-Muon code does.
     """
     for group in opt.param_groups:
         group["lr"] = lr
@@ -207,7 +280,9 @@ def train_on_targets(
             opt.zero_grad(set_to_none=True)
             steps += 1
             if events is not None:
-                events.updated(np.concatenate([np.arange(s + 1, s + 1 + n) for s, n in zip(gstarts, glens)]), kind)
+                events.updated(
+                    np.concatenate([np.arange(s + 1, s + 1 + n) for s, n in zip(gstarts, glens)]), kind
+                )
     return steps
 
 
@@ -224,18 +299,33 @@ class Timer:
 class TTTScorer(Scorer):
     """``Scorer`` adapter for a TTT variant: single process, on the model's device, no autocast.
 
-    Subclasses implement ``run(tokens, events, capture) -> EvalResult`` (the variant itself, scoring
-    with luts=None so no bytes are needed). ``predictive`` reruns the variant and captures the full
-    distribution at each requested position from the very forward that scored it, stopping once all
-    are captured, so the state is exactly the one scoring saw.
+    Subclasses name their variant (``variant``: a function of ``TTTInputs``, scoring with luts=None so
+    no bytes are needed). ``predictive`` reruns the variant and captures the full distribution at each
+    requested position from the very forward that scored it, stopping once all are captured, so the
+    state is exactly the one scoring saw. The model passed in is never changed.
     """
 
-    def __init__(self, model: nn.Module, spec: EvalSpec):
-        self.model, self.spec = model, spec
+    variant: Callable[[TTTInputs], EvalResult]
+
+    def __init__(self, model: nn.Module, ttt: TTTConfig, spec: EvalSpec):
+        self.model, self.ttt, self.spec = model, ttt, spec
         self.vocab_size = int(model.cfg.vocab_size)
 
     def run(self, tokens: np.ndarray, events: ScoreEvents | None, capture: Capture | None) -> EvalResult:
-        raise NotImplementedError
+        inputs = TTTInputs(
+            self.model,
+            tokens,
+            None,
+            self.ttt,
+            replace(self.spec, autocast=False),
+            DistInfo(),
+            self.device,
+            return_streams=True,
+            events=events,
+            capture=capture,
+            log=lambda _msg: None,
+        )
+        return self.variant(inputs)
 
     @property
     def device(self) -> torch.device:
@@ -251,6 +341,3 @@ class TTTScorer(Scorer):
         capture = Capture(positions, logits_fn=None, temperature=self.spec.temperature)
         self.run(np.asarray(tokens), None, capture)
         return capture.matrix(positions)
-
-
-LogFn = Callable[[str], None]

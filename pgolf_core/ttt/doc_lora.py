@@ -1,4 +1,5 @@
-"""Per-document LoRA test-time training (records.md F2: LORA0, re-added in #1530, inside phased TTT).
+"""Per-document LoRA test-time training (record 2026-03-17_LoRA_TTT "LORA0"; re-added in #1530; inside
+phased TTT).
 
 Documents start at BOS (id 1); a document's targets run from the token after its BOS up to and
 including the next document's BOS (it predicts its own end). Each document is cut into chunks of
@@ -41,7 +42,7 @@ from pgolf_core.evaluate import (
     window_batch,
 )
 from pgolf_core.scoring import ScoreEvents
-from pgolf_core.ttt.common import EvalSpec, Timer, TTTScorer, build_optimizer, freeze, start
+from pgolf_core.ttt.common import EvalSpec, Timer, TTTInputs, TTTScorer, Work, build_optimizer, freeze, start
 from pgolf_core.ttt.lora import LoRASet
 
 
@@ -90,7 +91,9 @@ class DocLoRARunner:
     that step only changes this document's adapters, which are reset before any other document.
     """
 
-    def __init__(self, model: nn.Module, ttt: TTTConfig, spec: EvalSpec, tokens_d: torch.Tensor, device: torch.device):
+    def __init__(
+        self, model: nn.Module, ttt: TTTConfig, spec: EvalSpec, tokens_d: torch.Tensor, device: torch.device
+    ):
         self.model, self.ttt, self.spec, self.tokens_d, self.device = model, ttt, spec, tokens_d, device
         freeze(model)
         self.lora = LoRASet(model, ttt.lora_targets, ttt.lora_rank, ttt.lora_alpha, slots=ttt.lora_batch_docs)
@@ -98,8 +101,13 @@ class DocLoRARunner:
         self.docs_scored = 0
 
     def score(
-        self, docs: Documents, ids: np.ndarray, sums: ScoreSums, luts: ByteLUTs | None,
-        events: ScoreEvents | None, capture: Capture | None,
+        self,
+        docs: Documents,
+        ids: np.ndarray,
+        sums: ScoreSums,
+        luts: ByteLUTs | None,
+        events: ScoreEvents | None,
+        capture: Capture | None,
     ) -> None:
         """Score documents ``ids``, ``lora_batch_docs`` at a time, longest first within this call."""
         ids = np.asarray(ids, dtype=np.int64)
@@ -114,13 +122,21 @@ class DocLoRARunner:
         self.lora.reset()
         self.lora.enabled = True
         opt = build_optimizer(
-            list(self.lora.parameters()), "adamw", ttt.lora_lr, weight_decay=ttt.lora_weight_decay,
+            list(self.lora.parameters()),
+            "adamw",
+            ttt.lora_lr,
+            weight_decay=ttt.lora_weight_decay,
             betas=(ttt.lora_beta1, ttt.lora_beta2),
         )
         n_chunks = -(-docs.lengths[batch] // ttt.lora_chunk_tokens)
         for i in range(int(n_chunks.max())):
             slots = np.flatnonzero(n_chunks > i)
-            geo = [doc_chunk(docs.starts[batch[s]], docs.ends[batch[s]], i, ttt.lora_chunk_tokens, ttt.lora_window) for s in slots]
+            geo = [
+                doc_chunk(
+                    docs.starts[batch[s]], docs.ends[batch[s]], i, ttt.lora_chunk_tokens, ttt.lora_window
+                )
+                for s in slots
+            ]
             ws, lens, firsts, ends = (np.array(v, dtype=np.int64) for v in zip(*geo))
             # Pad to the nominal window length of chunk i, not to the longest row: the shape then
             # depends on i alone, so a document's scores cannot change with its batch-mates (T1).
@@ -132,11 +148,15 @@ class DocLoRARunner:
             self.lora.slot_index = torch.as_tensor(slots, device=device)
             with torch.set_grad_enabled(bool(stepping.any())), autocast_context(device, self.spec.autocast):
                 logits_BTV = self.lora.logits(x).float()
-                train_nll_BT = F.cross_entropy(logits_BTV.flatten(0, 1), y.flatten(), reduction="none").view_as(y)
+                train_nll_BT = F.cross_entropy(
+                    logits_BTV.flatten(0, 1), y.flatten(), reduction="none"
+                ).view_as(y)
             scored_BT = train_nll_BT.detach()
             if T != 1.0:
                 with torch.no_grad():
-                    scored_BT = F.cross_entropy((logits_BTV / T).flatten(0, 1), y.flatten(), reduction="none").view_as(y)
+                    scored_BT = F.cross_entropy(
+                        (logits_BTV / T).flatten(0, 1), y.flatten(), reduction="none"
+                    ).view_as(y)
             positions = (torch.as_tensor(ws, device=device)[:, None] + 1 + offsets_T)[mask_BT]
             nbytes = token_bytes(x[mask_BT], y[mask_BT], luts) if luts is not None else None
             sums.add(positions, scored_BT[mask_BT], nbytes)  # committed: the step below cannot change it
@@ -177,31 +197,33 @@ def split_docs_for_ranks(docs: Documents, ids: np.ndarray, dist: DistInfo) -> np
     return np.sort(order[dist.rank :: dist.world_size])
 
 
-def doc_lora_ttt(
-    model: nn.Module,
-    val_tokens: np.ndarray,
-    luts: ByteLUTs | None,
-    ttt: TTTConfig,
-    spec: EvalSpec,
-    *,
-    dist: DistInfo,
-    device: torch.device,
-    return_streams: bool = False,
-    events: ScoreEvents | None = None,
-    capture: Capture | None = None,
-) -> EvalResult:
-    """Per-document LoRA TTT over the whole stream on a copy of ``model``. All ranks call it together."""
-    t0, device, luts, work, tokens_d = start(model, val_tokens, luts, device)
-    docs = find_documents(val_tokens)
-    n = int(np.asarray(val_tokens).shape[0])
-    runner = DocLoRARunner(work, ttt, spec, tokens_d, device)
-    sums = ScoreSums(n, device, return_streams)
+def start_documents(inputs: TTTInputs) -> tuple[Work, Documents, DocLoRARunner]:
+    """``start`` plus the stream's documents and a LoRA runner on the working copy (doc_lora, phased)."""
+    w = start(inputs)
+    return (
+        w,
+        find_documents(inputs.tokens),
+        DocLoRARunner(w.model, inputs.ttt, inputs.spec, w.tokens_d, w.device),
+    )
+
+
+def doc_lora_ttt(inputs: TTTInputs) -> EvalResult:
+    """Per-document LoRA TTT over the whole stream on a copy of ``inputs.model``. All ranks call it
+    together."""
+    w, docs, runner = start_documents(inputs)
     timer = Timer()
     ts = time.perf_counter()
-    runner.score(docs, split_docs_for_ranks(docs, np.arange(len(docs)), dist), sums, luts, events, capture)
+    mine = split_docs_for_ranks(docs, np.arange(len(docs)), inputs.dist)
+    runner.score(docs, mine, w.sums, w.luts, inputs.events, inputs.capture)
     timer.add("score_seconds", ts)
-    info = {"mode": "lora", "docs": len(docs), "steps": runner.steps, "targets": list(ttt.lora_targets), **timer.seconds}
-    return sums.finish(val_tokens, luts, dist, t0, info=info)
+    info = {
+        "mode": "lora",
+        "docs": len(docs),
+        "steps": runner.steps,
+        "targets": list(inputs.ttt.lora_targets),
+        **timer.seconds,
+    }
+    return w.finish(info)
 
 
 class DocLoRAScorer(TTTScorer):
@@ -210,13 +232,4 @@ class DocLoRAScorer(TTTScorer):
 
     name = "ttt_lora"
 
-    def __init__(self, model: nn.Module, ttt: TTTConfig, spec: EvalSpec):
-        super().__init__(model, spec)
-        self.ttt = ttt
-
-    def run(self, tokens, events, capture) -> EvalResult:
-        spec = EvalSpec(self.spec.seq_len, self.spec.stride, self.spec.batch_seqs, self.spec.temperature, False)
-        return doc_lora_ttt(
-            self.model, tokens, None, self.ttt, spec, dist=DistInfo(), device=self.device,
-            return_streams=True, events=events, capture=capture,
-        )
+    variant = staticmethod(doc_lora_ttt)

@@ -1,4 +1,4 @@
-"""LoRA adapters on chosen projections of a GPT, for test-time training (records.md F2).
+"""LoRA adapters on chosen projections of a GPT, for test-time training (LORA0, #1530).
 
 LoRA(x) = (x A^T) B^T * scale with A ~ U(+-1/sqrt(in)), B = 0, so a fresh (or reset) adapter adds an
 exact zero and the model scores as the base model, bit for bit. scale = alpha / rank when alpha > 0
@@ -11,7 +11,7 @@ the pre-softcap logits. Adapters sit on physical layers, so with depth recurrenc
 every pass over its block (the records keep one per virtual layer slot).
 
 Every adapter has ``slots`` independent copies (a leading batch dimension) so that a batch of
-documents trains one adapter set per document (records F2, 1530+); ``slot_index`` maps the rows of
+documents trains one adapter set per document (#1530 and later); ``slot_index`` maps the rows of
 the current batch to slots. Shapes: B rows, T time, I in, O out, R rank, S slots.
 """
 
@@ -29,7 +29,9 @@ TARGETS = ("q", "k", "v", "o", "mlp", "head")
 class LoRA(nn.Module):
     """``slots`` independent low-rank adapters in -> out of rank ``rank``."""
 
-    def __init__(self, slots: int, in_dim: int, out_dim: int, rank: int, scale: float, generator: torch.Generator):
+    def __init__(
+        self, slots: int, in_dim: int, out_dim: int, rank: int, scale: float, generator: torch.Generator
+    ):
         super().__init__()
         bound = 1.0 / math.sqrt(in_dim)
         # One draw shared by every slot: a document's adapters start the same whatever its slot, batch
@@ -61,7 +63,9 @@ class LoRASet(nn.Module):
     off (the hooks return the base output untouched), e.g. while the phased variant trains the base.
     """
 
-    def __init__(self, model: nn.Module, targets, rank: int, alpha: float = 0.0, slots: int = 1, seed: int = 0):
+    def __init__(
+        self, model: nn.Module, targets, rank: int, alpha: float = 0.0, slots: int = 1, seed: int = 0
+    ):
         super().__init__()
         unknown = set(targets) - set(TARGETS)
         if unknown:
@@ -82,7 +86,9 @@ class LoRASet(nn.Module):
                 if t not in targets:
                     continue
                 module = sites[t]
-                in_dim, out_dim = (module.in_features, module.out_features) if isinstance(module, nn.Linear) else (D, D)
+                in_dim, out_dim = (
+                    (module.in_features, module.out_features) if isinstance(module, nn.Linear) else (D, D)
+                )
                 lora = LoRA(slots, in_dim, out_dim, rank, scale, gen)
                 self.adapters[f"{t}{i}"] = lora
                 self._hooks.append(module.register_forward_hook(self._hook(lora)))

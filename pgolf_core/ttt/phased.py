@@ -1,4 +1,4 @@
-"""Phased TTT: per-document LoRA plus global SGD passes on the base model (records.md F3).
+"""Phased TTT: per-document LoRA plus global SGD passes on the base model (#1610, #1626 ... #1855).
 
 #1610 (one phase) -> #1626 (three phases) -> ... -> #1855 (the top record). Documents are scored with
 per-document LoRA TTT (``doc_lora``) in stream order; at the phase boundaries
@@ -22,23 +22,22 @@ import torch
 from torch import nn
 
 from pgolf_core.config import TTTConfig
-from pgolf_core.data.tokenizer_bytes import ByteLUTs
 from pgolf_core.dist import DistInfo
-from pgolf_core.evaluate import Capture, EvalResult, ScoreSums
+from pgolf_core.evaluate import EvalResult
 from pgolf_core.scoring import ScoreEvents
 from pgolf_core.ttt.common import (
     EvalSpec,
     Timer,
     TrainRange,
+    TTTInputs,
     TTTScorer,
     build_optimizer,
     cosine_lr,
     freeze,
     select_parameters,
-    start,
     train_on_targets,
 )
-from pgolf_core.ttt.doc_lora import DocLoRARunner, find_documents, split_docs_for_ranks
+from pgolf_core.ttt.doc_lora import DocLoRARunner, split_docs_for_ranks, start_documents
 
 
 def phase_boundaries(prefix_docs: int, phases: int, num_docs: int) -> list[int]:
@@ -72,61 +71,72 @@ def global_pass(
         lo = first + c * ttt.chunk_tokens
         span = TrainRange(lo, min(lo + ttt.chunk_tokens, end), spec.seq_len)
         steps += train_on_targets(
-            model.nll, params, opt, tokens_d, span, epochs=1, batch_seqs=ttt.batch_seqs,
-            lr=cosine_lr(ttt.phased_lr, c, n_chunks, ttt.lr_schedule), grad_clip=ttt.grad_clip, dist=dist,
-            device=device, autocast=spec.autocast, events=events, kind="global_sgd",
+            model.nll,
+            params,
+            opt,
+            tokens_d,
+            span,
+            epochs=1,
+            batch_seqs=ttt.batch_seqs,
+            lr=cosine_lr(ttt.phased_lr, c, n_chunks, ttt.lr_schedule),
+            grad_clip=ttt.grad_clip,
+            dist=dist,
+            device=device,
+            autocast=spec.autocast,
+            events=events,
+            kind="global_sgd",
         )
     freeze(model)
     runner.lora.enabled = True
     return n_chunks, steps
 
 
-def phased_ttt(
-    model: nn.Module,
-    val_tokens: np.ndarray,
-    luts: ByteLUTs | None,
-    ttt: TTTConfig,
-    spec: EvalSpec,
-    *,
-    dist: DistInfo,
-    device: torch.device,
-    return_streams: bool = False,
-    events: ScoreEvents | None = None,
-    capture: Capture | None = None,
-) -> EvalResult:
-    """Phased TTT on a copy of ``model``. All ranks call it together.
+def phased_ttt(inputs: TTTInputs) -> EvalResult:
+    """Phased TTT on a copy of ``inputs.model``. All ranks call it together.
 
     Invariant: no update uses a token before it is scored. LoRA steps as in ``doc_lora``; a global
     pass at boundary b trains on the targets of documents 0..b-1, all of which every rank has finished
     scoring (the pass itself is the synchronization point), and on nothing else.
     """
-    t0, device, luts, work, tokens_d = start(model, val_tokens, luts, device)
-    docs = find_documents(val_tokens)
-    n = int(np.asarray(val_tokens).shape[0])
-    runner = DocLoRARunner(work, ttt, spec, tokens_d, device)
-    sums = ScoreSums(n, device, return_streams)
+    w, docs, runner = start_documents(inputs)
+    ttt, dist, events, capture = inputs.ttt, inputs.dist, inputs.events, inputs.capture
     bounds = phase_boundaries(ttt.phased_prefix_docs, ttt.phased_phases, len(docs))
     timer, passes = Timer(), []
     done = 0
     for stop in [*bounds, len(docs)]:
         ts = time.perf_counter()
-        runner.score(docs, split_docs_for_ranks(docs, np.arange(done, stop), dist), sums, luts, events, capture)
+        runner.score(
+            docs, split_docs_for_ranks(docs, np.arange(done, stop), dist), w.sums, w.luts, events, capture
+        )
         timer.add("score_seconds", ts)
         done = stop
         if (capture is not None and capture.done) or stop == len(docs):
             break
         ts = time.perf_counter()
         chunks, steps = global_pass(
-            work, runner, tokens_d, int(docs.starts[0]) + 1, int(docs.ends[stop - 1]) + 1, ttt, spec,
-            dist=dist, device=device, events=events,
+            w.model,
+            runner,
+            w.tokens_d,
+            int(docs.starts[0]) + 1,
+            int(docs.ends[stop - 1]) + 1,
+            ttt,
+            inputs.spec,
+            dist=dist,
+            device=w.device,
+            events=events,
         )
         timer.add("global_seconds", ts)
         passes.append({"docs": stop, "chunks": chunks, "steps": steps, "seconds": time.perf_counter() - ts})
     info = {
-        "mode": "phased", "docs": len(docs), "boundaries": bounds, "lora_steps": runner.steps,
-        "global_steps": sum(p["steps"] for p in passes), "passes": passes, **timer.seconds,
+        "mode": "phased",
+        "docs": len(docs),
+        "boundaries": bounds,
+        "lora_steps": runner.steps,
+        "global_steps": sum(p["steps"] for p in passes),
+        "passes": passes,
+        **timer.seconds,
     }
-    return sums.finish(val_tokens, luts, dist, t0, info=info)
+    return w.finish(info)
 
 
 class PhasedTTTScorer(TTTScorer):
@@ -135,13 +145,4 @@ class PhasedTTTScorer(TTTScorer):
 
     name = "ttt_phased"
 
-    def __init__(self, model: nn.Module, ttt: TTTConfig, spec: EvalSpec):
-        super().__init__(model, spec)
-        self.ttt = ttt
-
-    def run(self, tokens, events, capture) -> EvalResult:
-        spec = EvalSpec(self.spec.seq_len, self.spec.stride, self.spec.batch_seqs, self.spec.temperature, False)
-        return phased_ttt(
-            self.model, tokens, None, self.ttt, spec, dist=DistInfo(), device=self.device,
-            return_streams=True, events=events, capture=capture,
-        )
+    variant = staticmethod(phased_ttt)

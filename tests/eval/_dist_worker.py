@@ -9,7 +9,7 @@ import torch
 
 from pgolf_core.dist import DistInfo
 from pgolf_core.evaluate import evaluate_sliding
-from pgolf_core.ttt import chunked_ttt, doc_lora_ttt
+from pgolf_core.ttt import TTTInputs, chunked_ttt, doc_lora_ttt
 from pgolf_core.ttt.common import EvalSpec
 from tests.eval.helpers import doc_stream, luts, random_stream, repetitive_stream, tiny_model, ttt_cfg
 from tests.gloo import gloo_group
@@ -27,8 +27,12 @@ def run_all(dist_info: DistInfo) -> dict[str, np.ndarray]:
     out = {}
     res = evaluate_sliding(tiny_model(), random_stream(211, seed=7), luts(), dist=dist_info, device=cpu, return_streams=True, **SLIDING)
     out["sliding"] = res
-    out["chunk"] = chunked_ttt(tiny_model(), repetitive_stream(400), luts(), CHUNK_TTT, SPEC, dist=dist_info, device=cpu, return_streams=True)
-    out["lora"] = doc_lora_ttt(tiny_model(), doc_stream(DOC_LENGTHS), luts(), LORA_TTT, SPEC, dist=dist_info, device=cpu, return_streams=True)
+    chunk = TTTInputs(tiny_model(), repetitive_stream(400), luts(), CHUNK_TTT, SPEC, dist_info, cpu,
+                      return_streams=True)
+    out["chunk"] = chunked_ttt(chunk)
+    lora = TTTInputs(tiny_model(), doc_stream(DOC_LENGTHS), luts(), LORA_TTT, SPEC, dist_info, cpu,
+                     return_streams=True)
+    out["lora"] = doc_lora_ttt(lora)
     return {
         f"{k}_{f}": np.asarray(v) for k, r in out.items()
         for f, v in (("loss", r.loss), ("bpb", r.bpb), ("tokens", r.tokens), ("bytes", r.bytes), ("nll", r.nll))

@@ -17,6 +17,7 @@ from pgolf_core.ttt import (
     DocLoRAScorer,
     PhasedTTTScorer,
     PrequantAblationScorer,
+    TTTInputs,
     prequant_ablation,
     run_ttt,
     ttt_scorer,
@@ -43,7 +44,7 @@ def test_prequant_ablation_scores_better_and_says_non_compliant_everywhere(capsy
     tokens = random_stream(600, seed=9)  # i.i.d. tokens: only training on them can beat the model
     model = tiny_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    cheat = prequant_ablation(model, tokens, luts(), PREQUANT, SPEC, dist=ONE, device=CPU)
+    cheat = prequant_ablation(TTTInputs(model, tokens, luts(), PREQUANT, SPEC, dist=ONE, device=CPU))
     plain = evaluate_sliding(model, tokens, luts(), seq_len=32, stride=8, batch_seqs=8, dist=ONE, device=CPU)
     assert cheat.bpb < plain.bpb - 0.3 and cheat.tokens == plain.tokens
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
@@ -76,12 +77,35 @@ def test_prequant_scorer_updates_positions_before_scoring_them():
     "ttt,mode,scorer_cls",
     [
         ({}, "off", SlidingScorer),
-        ({"enabled": True, "mode": "chunk", "chunk_tokens": 128, "epochs": 1, "lr": 0.1, "batch_seqs": 4}, "chunk", ChunkTTTScorer),
-        ({"enabled": True, "mode": "lora", "lora_chunk_tokens": 16, "lora_window": 32, "lora_batch_docs": 4}, "lora", DocLoRAScorer),
         (
-            {"enabled": True, "mode": "phased", "lora_chunk_tokens": 16, "lora_window": 32, "phased_prefix_docs": 2,
-             "phased_phases": 1, "chunk_tokens": 128, "batch_seqs": 4},
-            "phased", PhasedTTTScorer,
+            {"enabled": True, "mode": "chunk", "chunk_tokens": 128, "epochs": 1, "lr": 0.1, "batch_seqs": 4},
+            "chunk",
+            ChunkTTTScorer,
+        ),
+        (
+            {
+                "enabled": True,
+                "mode": "lora",
+                "lora_chunk_tokens": 16,
+                "lora_window": 32,
+                "lora_batch_docs": 4,
+            },
+            "lora",
+            DocLoRAScorer,
+        ),
+        (
+            {
+                "enabled": True,
+                "mode": "phased",
+                "lora_chunk_tokens": 16,
+                "lora_window": 32,
+                "phased_prefix_docs": 2,
+                "phased_phases": 1,
+                "chunk_tokens": 128,
+                "batch_seqs": 4,
+            },
+            "phased",
+            PhasedTTTScorer,
         ),
         ({"prequant_ablation": True, "prequant_epochs": 1}, "prequant_ablation", PrequantAblationScorer),
     ],
@@ -91,7 +115,9 @@ def test_run_ttt_dispatches_on_the_config_and_matches_its_scorer(ttt, mode, scor
     tokens = doc_stream([60, 90, 40, 70])
     model = tiny_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result, info = run_ttt(model, tokens, luts(), cfg, dist=ONE, device=CPU, return_streams=True)
+    result, info = run_ttt(
+        TTTInputs.from_config(model, tokens, luts(), cfg, dist=ONE, device=CPU, return_streams=True)
+    )
     assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # TTT adapts a copy
     assert info["mode"] == mode and result.info == info and result.tokens == len(tokens) - 1
     assert result.compliant == (mode != "prequant_ablation")
@@ -105,10 +131,25 @@ def test_ttt_off_without_stride_is_standard_evaluation():
     cfg = run_cfg(eval={"seq_len": 32})
     assert isinstance(ttt_scorer(tiny_model(), cfg), StandardScorer)
     tokens = repetitive_stream(300)
-    result, info = run_ttt(tiny_model(), tokens, luts(), cfg, dist=ONE, device=CPU)
+    result, info = run_ttt(TTTInputs.from_config(tiny_model(), tokens, luts(), cfg, dist=ONE, device=CPU))
     assert info == {"mode": "off", "stride": 32} and result.tokens == 299
 
 
 def test_ttt_config_rejects_a_lora_window_smaller_than_its_chunk():
     with pytest.raises(ConfigError, match="lora_window"):
         config_from_dict({"ttt": {"lora_window": 64, "lora_chunk_tokens": 128}})
+
+
+def test_the_pipeline_never_records_the_ablation_under_a_standard_stage_name():
+    """The driver names q_ttt's record after the ablation; a stage call with a standard name is refused."""
+    from types import SimpleNamespace
+
+    from pgolf_core.pipeline import StageWeights, stage_name, stage_q_ttt
+
+    cheat, legal = run_cfg(ttt={"prequant_ablation": True}), run_cfg(ttt={"enabled": True})
+    assert (
+        stage_name("q_ttt", cheat) == "q_ttt_prequant_NONCOMPLIANT" and stage_name("q_ttt", legal) == "q_ttt"
+    )
+    assert stage_name("q_sw", cheat) == "q_sw"
+    with pytest.raises(ValueError, match="cannot be recorded as stage 'q_ttt'"):
+        stage_q_ttt(SimpleNamespace(cfg=cheat), StageWeights({}), "q_ttt")

@@ -1,4 +1,4 @@
-"""Per-document LoRA TTT (records F2) and phased TTT (records F3)."""
+"""Per-document LoRA TTT (LORA0, #1530) and phased TTT (#1610, #1626)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import torch
 
 from pgolf_core.dist import DistInfo
 from pgolf_core.evaluate import ScoreSums, device_tokens, evaluate_sliding
-from pgolf_core.ttt import DocLoRAScorer, PhasedTTTScorer, doc_lora_ttt, find_documents, phased_ttt
+from pgolf_core.ttt import DocLoRAScorer, PhasedTTTScorer, TTTInputs, doc_lora_ttt, find_documents, phased_ttt
 from pgolf_core.ttt.common import EvalSpec, working_copy
 from pgolf_core.ttt.doc_lora import DocLoRARunner, doc_chunk
 from pgolf_core.ttt.lora import TARGETS, LoRASet
@@ -21,22 +21,45 @@ SPEC = EvalSpec(seq_len=32, stride=8, batch_seqs=8)
 LENGTHS = [150, 60, 200, 30, 180, 90, 7]
 LORA = {"mode": "lora", "lora_chunk_tokens": 16, "lora_window": 32, "lora_batch_docs": 3, "lora_lr": 0.05}
 PHASED = {
-    **LORA, "mode": "phased", "phased_prefix_docs": 5, "phased_phases": 2, "phased_lr": 0.05, "chunk_tokens": 128,
+    **LORA,
+    "mode": "phased",
+    "phased_prefix_docs": 5,
+    "phased_phases": 2,
+    "phased_lr": 0.05,
+    "chunk_tokens": 128,
     "batch_seqs": 4,
 }
 
 
 def lora_run(tokens, model=None, events=None, **kw):
     return doc_lora_ttt(
-        model or tiny_model(), tokens, luts(), ttt_cfg(**{**LORA, **kw}), SPEC, dist=ONE, device=CPU,
-        return_streams=True, events=events,
+        TTTInputs(
+            model or tiny_model(),
+            tokens,
+            luts(),
+            ttt_cfg(**{**LORA, **kw}),
+            SPEC,
+            dist=ONE,
+            device=CPU,
+            return_streams=True,
+            events=events,
+        )
     )
 
 
 def phased_run(tokens, model=None, events=None, **kw):
     return phased_ttt(
-        model or tiny_model(), tokens, luts(), ttt_cfg(**{**PHASED, **kw}), SPEC, dist=ONE, device=CPU,
-        return_streams=True, events=events,
+        TTTInputs(
+            model or tiny_model(),
+            tokens,
+            luts(),
+            ttt_cfg(**{**PHASED, **kw}),
+            SPEC,
+            dist=ONE,
+            device=CPU,
+            return_streams=True,
+            events=events,
+        )
     )
 
 
@@ -102,7 +125,9 @@ def test_adapters_reset_per_document_and_batching_changes_nothing():
     res = lora_run(twice, lora_batch_docs=2)
     np.testing.assert_allclose(res.nll[len(one) + 1 :], res.nll[1 : len(one)], atol=1e-6)
     tokens = doc_stream(LENGTHS)
-    np.testing.assert_allclose(lora_run(tokens, lora_batch_docs=1).nll[1:], lora_run(tokens).nll[1:], atol=1e-6)
+    np.testing.assert_allclose(
+        lora_run(tokens, lora_batch_docs=1).nll[1:], lora_run(tokens).nll[1:], atol=1e-6
+    )
 
 
 def test_base_weights_stay_frozen_and_lora_ttt_helps():
@@ -127,7 +152,8 @@ def test_phase_boundaries():
 
 
 class PassRecorder(OrderRecorder):
-    """Also snapshots, at the start of each global pass, which positions were scored and what the pass trains on."""
+    """Also snapshots, at the start of each global pass, which positions were scored and what the pass
+    trains on."""
 
     def __init__(self, n_tokens: int):
         super().__init__(n_tokens)
