@@ -15,6 +15,8 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 
+from pgolf_core.runfolder import RunError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -47,7 +49,10 @@ def resolve_device(requested: str, dist: DistInfo) -> torch.device:
     """``train.device`` ("auto", "cpu", "cuda") to this rank's device: its local GPU, or the CPU."""
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError("train.device is 'cuda' but torch.cuda.is_available() is False")
+            raise RunError(
+                "train.device='cuda' but this machine has no usable CUDA device "
+                "(torch.cuda.is_available() is False); expected 'cpu' or 'auto' here"
+            )
         return torch.device("cuda", dist.local_rank)
     return torch.device("cpu")
 
@@ -68,6 +73,16 @@ def init_process_group(dist: DistInfo, device: torch.device) -> None:
         tdist.init_process_group("nccl", device_id=device)
     else:
         tdist.init_process_group("gloo")
+
+
+def wrap_ddp(module: torch.nn.Module, dist: DistInfo, device: torch.device) -> torch.nn.Module:
+    """DDP around the (compiled) model when there are several ranks: gradients averaged across ranks."""
+    if not dist.distributed:
+        return module
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    ids = [device.index] if device.type == "cuda" else None
+    return DDP(module, device_ids=ids, broadcast_buffers=False)
 
 
 def destroy_process_group(dist: DistInfo) -> None:

@@ -10,13 +10,14 @@ skips them here (``Trainer.final_stages`` False); the weights and Hessians are w
 from __future__ import annotations
 
 import copy
+import math
 import time
 from typing import TYPE_CHECKING
 
 from pgolf_core.checkpoint import save_checkpoint
 from pgolf_core.model import count_parameters
 from pgolf_core.quant import calibration_batches, collect_hessians, set_qat
-from pgolf_core.runfolder import RunResult
+from pgolf_core.runfolder import RunResult, TrainingDiverged
 
 if TYPE_CHECKING:
     from pgolf_core.train import Trainer
@@ -49,10 +50,21 @@ def calibrate(t: Trainer) -> None:
     )
 
 
+def require_finite(t: Trainer, results: dict[str, dict]) -> None:
+    """A run whose final numbers are NaN or infinite diverged (on its last steps): never "completed"."""
+    bad = [
+        f"{name} val_bpb {r['bpb']}" for name, r in results.items() if not math.isfinite(r["bpb"] + r["loss"])
+    ]
+    if bad:
+        raise TrainingDiverged(f"non-finite final result after step {t.step} ({', '.join(bad)}); {t.kept()}")
+
+
 def finish_run(t: Trainer) -> RunResult:
     """Checkpoint, final weights, final stages, Hessians, result.json and the completed manifest."""
     files, tc = t.files, t.cfg.train
-    t.checkpoint()
+    t.checkpoint()  # raises TrainingDiverged on non-finite weights
+    if t.last_val is not None:
+        require_finite(t, {"last validation": {"bpb": t.last_val.bpb, "loss": t.last_val.loss}})
     stages: dict[str, dict] = {}
     final_stage(t, "pre", stages)
     if t.dist.is_main:
@@ -67,6 +79,7 @@ def finish_run(t: Trainer) -> RunResult:
         calibrate(t)  # on the weights the artifact will hold (EMA when on, as the records)
     if raw is not None:
         t.model.load_state_dict(raw)
+    require_finite(t, stages)
     result = RunResult(
         run_id=t.run_id,
         run_dir=str(files.root),

@@ -7,7 +7,9 @@ A run writes ``<train.run_dir>/<run_id>/`` (pgolf_core.runfolder): the resolved 
 metrics, the log, checkpoints (pgolf_core.checkpoint: last.pt for resume, final_raw.pt and final_ema.pt)
 and result.json with the final stages (pre, and ema when EMA is on). A caller that evaluates those
 stages itself (the notebooks run the pipeline next) passes ``final_stages=False`` /
-``--no-final-stages`` and skips them here.
+``--no-final-stages`` and skips them here. One run at a time holds the folder (run.lock); however a run
+ends, run.json says how, and a NaN or infinite loss, weight or final result stops it as ``diverged``
+(pgolf_core.handoff has the end of a run, pgolf_core.launch the process entry and its one-line errors).
 
 Semantics follow the challenge baseline (records/.../2026-03-17_NaiveBaseline, kept by every record):
 a wallclock cap that excludes in-loop validation and is agreed across ranks (MAX), LR warmdown by
@@ -20,23 +22,25 @@ checkpoint; on CPU the final weights equal an uninterrupted run's.
 
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from pgolf_core.challenge import WORLD_SIZE
-from pgolf_core.checkpoint import load_checkpoint, save_checkpoint
-from pgolf_core.config import RunConfig, load_config, to_yaml
+from pgolf_core.checkpoint import (
+    load_checkpoint,
+    restore_training_state,
+    save_checkpoint,
+    training_state,
+    weights_finite,
+)
+from pgolf_core.config import RunConfig, to_yaml
 from pgolf_core.data.loader import DistributedTokenLoader, load_validation_tokens
-from pgolf_core.data.shards import list_shards
+from pgolf_core.data.shards import list_shards, read_header
 from pgolf_core.data.tokenizer import load_tokenizer
 from pgolf_core.data.tokenizer_bytes import build_byte_luts
 from pgolf_core.dist import (
@@ -48,6 +52,7 @@ from pgolf_core.dist import (
     init_process_group,
     resolve_device,
     seed_everything,
+    wrap_ddp,
 )
 from pgolf_core.evaluate import EvalResult, evaluate_standard, nll_with_temperature
 from pgolf_core.handoff import finish_run
@@ -55,16 +60,7 @@ from pgolf_core.model import build_model, count_parameters
 from pgolf_core.optim import EMA, build_optimizers, lr_multiplier, muon_momentum_at
 from pgolf_core.quant import qat_due, set_qat
 from pgolf_core.quant.classify import QUANT_GROUPS
-from pgolf_core.runfolder import RunFiles, RunResult, environment
-
-
-class TrainingDiverged(RuntimeError):
-    """The training loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-# --------------------------------------------------------------------------------------------------
-# the trainer
-# --------------------------------------------------------------------------------------------------
+from pgolf_core.runfolder import RunError, RunFiles, RunResult, TrainingDiverged, environment
 
 
 class Trainer:
@@ -81,14 +77,23 @@ class Trainer:
             # the scored run's global batch in WORLD_SIZE micro-batches, whatever this machine's world size
             self.grad_accum = WORLD_SIZE // dist.world_size
         else:
-            raise ValueError(
-                f"WORLD_SIZE={dist.world_size} does not divide {WORLD_SIZE}; "
+            raise RunError(
+                f"world size {dist.world_size} does not divide the scored run's {WORLD_SIZE} GPUs; "
                 "set train.grad_accum_steps explicitly"
             )
         self.autocast = tc.autocast and self.device.type == "cuda"
         run_id = broadcast_str(tc.run_id or time.strftime("%Y%m%d-%H%M%S") + f"-s{tc.seed}", dist)
-        self.files = RunFiles(Path(tc.run_dir) / run_id, dist.is_main)
+        self.files = RunFiles(Path(tc.run_dir), run_id, dist.is_main)
         self.run_id = run_id
+        self.lock_note, self.orphans = self.files.take(lambda refused: broadcast_str(refused, dist))
+        try:
+            self._setup()
+        except BaseException:
+            self.files.unlock()
+            raise
+
+    def _setup(self) -> None:
+        cfg, tc, dist = self.cfg, self.cfg.train, self.dist
         seed_everything(tc.seed)
         self._load_data()
         self.model = build_model(cfg.model).to(self.device)
@@ -112,7 +117,7 @@ class Trainer:
         self.qat_on = False
         self._wrap_model()
         self.step, self.train_time, self.stop_after = 0, 0.0, None
-        self.calib_seconds = 0.0
+        self.calib_seconds, self.ckpt_step, self.last_val = 0.0, None, None
 
     # ----- setup -----
     def _load_data(self) -> None:
@@ -120,15 +125,24 @@ class Trainer:
         root = dc.root_path()
         sp = load_tokenizer(dc.tokenizer_path())
         if sp.vocab_size() != mc.vocab_size:
-            raise ValueError(
-                f"{dc.tokenizer_path()}: tokenizer vocab {sp.vocab_size()} != model.vocab_size {mc.vocab_size}"
+            raise RunError(
+                f"{dc.tokenizer_path()}: tokenizer vocab {sp.vocab_size()} != model.vocab_size "
+                f"{mc.vocab_size}; expected a tokenizer of model.vocab_size pieces (or set model.vocab_size)"
             )
         self.luts = build_byte_luts(sp, mc.vocab_size).to_torch(self.device)
         self.train_files = list_shards(root / dc.train_pattern)
+        if sum(read_header(f).num_tokens for f in self.train_files) == 0:
+            raise RunError(
+                f"{root / dc.train_pattern}: all {len(self.train_files)} training shard(s) hold 0 tokens "
+                "(data.train_pattern); expected tokens to train on"
+            )
         val_files = list_shards(root / dc.val_pattern)
-        self.val_tokens = load_validation_tokens(
-            val_files, self.cfg.eval_seq_len, dc.val_max_tokens, mc.vocab_size
-        )
+        try:
+            self.val_tokens = load_validation_tokens(
+                val_files, self.cfg.eval_seq_len, dc.val_max_tokens, mc.vocab_size
+            )
+        except ValueError as e:  # an empty or too short split: name the files (data.val_pattern)
+            raise RunError(f"{root / dc.val_pattern}: {e}") from None
 
     def _wrap_model(self) -> None:
         base = self.model
@@ -137,47 +151,24 @@ class Trainer:
         self.nll = nll_with_temperature(base, self.cfg.eval.temperature)
         if use_compile:
             self.nll = torch.compile(self.nll, dynamic=False)
-        if self.dist.distributed:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            ids = [self.device.index] if self.device.type == "cuda" else None
-            self.forward = DDP(self.forward, device_ids=ids, broadcast_buffers=False)
+        self.forward = wrap_ddp(self.forward, self.dist, self.device)
 
     # ----- state -----
-    def state_dict(self) -> dict:
-        return {
-            "step": self.step,
-            "train_time": self.train_time,
-            "stop_after": self.stop_after,
-            "looping": self.model.looping,
-            "qat_on": self.qat_on,
-            "model": self.model.state_dict(),
-            "optim": self.opt.state_dict(),
-            "ema": self.ema.state_dict() if self.ema else None,
-            "loader": self.loader.state_dict(),
-            "config": to_yaml(self.cfg),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        if state["config"] != to_yaml(self.cfg):
-            raise ValueError(
-                f"{self.files.ckpt_dir / 'last.pt'} was written by a different config; "
-                "use a new train.run_id or set train.resume false"
-            )
-        self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["optim"])
-        if self.ema:
-            self.ema.load_state_dict(state["ema"])
-        self.loader.load_state_dict(state["loader"])
-        self.model.set_looping(state["looping"])
-        if state.get("qat_on"):
-            set_qat(self.model, True, self.cfg.quant)
-            self.qat_on = True
-        self.step, self.train_time, self.stop_after = state["step"], state["train_time"], state["stop_after"]
-
     def checkpoint(self) -> None:
+        """last.pt, of finite weights only: a diverging run keeps its last good state to go back to."""
+        tensors = [*self.model.state_dict().values(), *(self.ema.shadow.values() if self.ema else [])]
+        (nonfinite,) = any_rank([not weights_finite(tensors)], self.dist, self.device)
+        if nonfinite:
+            raise TrainingDiverged(f"non-finite weights after step {self.step}; stopping. {self.kept()}")
         if self.dist.is_main:
-            save_checkpoint(self.files.ckpt_dir / "last.pt", self.state_dict())
+            save_checkpoint(self.files.ckpt_dir / "last.pt", training_state(self))
+        self.ckpt_step = self.step
+
+    def kept(self) -> str:
+        """Which checkpoint a diverged run leaves to go back to."""
+        if self.ckpt_step is None:
+            return "no checkpoint was written yet"
+        return f"the last finite checkpoint is {self.files.ckpt_dir / 'last.pt'} (step {self.ckpt_step})"
 
     # ----- the steps -----
     def _micro_batches(self):
@@ -217,7 +208,7 @@ class Trainer:
         return self.step / max(tc.iterations, 1)
 
     def warmup(self) -> None:
-        """Run compile-warmup steps, then restore the initial state (as every record does): not an LR warmup."""
+        """Compile-warmup steps, then the initial state restored (as every record does): not an LR warmup."""
         n = self.cfg.train.warmup_steps
         if n <= 0:
             return
@@ -258,9 +249,8 @@ class Trainer:
             and self.training_fraction(elapsed) >= cfg.model.loop_enable_frac
         ):
             self.model.set_looping(True)
-            self.files.log(
-                f"step:{self.step} depth recurrence on (training fraction {self.training_fraction(elapsed):.3f})"
-            )
+            frac = self.training_fraction(elapsed)
+            self.files.log(f"step:{self.step} depth recurrence on (training fraction {frac:.3f})")
         mult = lr_multiplier(self.step, elapsed, self.schedule)
         self.opt.set_lr_multiplier(mult)
         if not self.qat_on and qat_due(cfg.quant, mult):
@@ -276,10 +266,8 @@ class Trainer:
             [not bool(torch.isfinite(loss)), cap > 0 and elapsed >= cap], self.dist, self.device
         )
         if nonfinite:
-            last = self.files.ckpt_dir / "last.pt"
-            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
             raise TrainingDiverged(
-                f"non-finite training loss ({loss.item()}) at step {self.step + 1}; stopping. {kept}"
+                f"non-finite training loss ({loss.item()}) at step {self.step + 1}; stopping. {self.kept()}"
             )
         self._optimizer_step()
         self.step += 1
@@ -304,56 +292,50 @@ class Trainer:
         last = self.files.ckpt_dir / "last.pt"
         if not (self.cfg.train.resume and last.exists()):
             return False
-        self.load_state_dict(load_checkpoint(last))
+        restore_training_state(self, load_checkpoint(last), last)
+        self.ckpt_step = self.step
         self.files.truncate_metrics(self.step)
         self.files.log(f"resumed from {last} at step {self.step} (train time {self.train_time:.1f} s)")
         return True
 
     def _log_start(self) -> None:
         tc = self.cfg.train
-        self.files.log(
-            f"run {self.run_id}: {count_parameters(self.model):,} parameters, attention backend {self.model.attn_backend}"
+        m, log = self.model, self.files.log
+        log(f"run {self.run_id}: {count_parameters(m):,} parameters, attention backend {m.attn_backend}")
+        log(f"world_size:{self.dist.world_size} grad_accum_steps:{self.grad_accum} device:{self.device}")
+        log(
+            f"train_batch_tokens:{tc.train_batch_tokens} train_seq_len:{tc.train_seq_len} "
+            f"iterations:{tc.iterations} max_wallclock_seconds:{tc.max_wallclock_seconds} "
+            f"val_tokens:{self.val_tokens.size - 1}"
         )
-        self.files.log(
-            f"world_size:{self.dist.world_size} grad_accum_steps:{self.grad_accum} device:{self.device}"
-        )
-        self.files.log(
-            f"train_batch_tokens:{tc.train_batch_tokens} train_seq_len:{tc.train_seq_len} iterations:{tc.iterations} "
-            f"max_wallclock_seconds:{tc.max_wallclock_seconds} val_tokens:{self.val_tokens.size - 1}"
-        )
-        self.files.log(self.opt.groups_table())
+        log(self.opt.groups_table())
 
     def run(self) -> RunResult:
-        files = self.files
-        files.write_config(to_yaml(self.cfg))
-        resumed = self._maybe_resume()
-        if not resumed:
-            files.reset()
-        self._describe()
-        files.status("running", resumed_from_step=self.step if resumed else None)
-        self._log_start()
-        if not resumed:
-            self.warmup()
+        """The whole run; however it ends, run.json says how (completed, diverged, failed, interrupted)."""
+        files, started = self.files, False
         try:
+            files.write_config(to_yaml(self.cfg))
+            resumed = self._maybe_resume()
+            if not resumed:
+                files.reset()
+            self._describe()
+            files.status("running", resumed_from_step=self.step if resumed else None)
+            started = True
+            for note in [self.lock_note, *(f"removed orphan temporary file {p}" for p in self.orphans)]:
+                if note:
+                    files.log(note)
+            self._log_start()
+            if not resumed:
+                self.warmup()
             self._loop()
-        except TrainingDiverged as e:
-            files.log(f"DIVERGED: {e}")
-            files.status("diverged", error=str(e), steps=self.step)
+            return finish_run(self)
+        except BaseException as e:
+            files.ended(e, started, steps=self.step)
             raise
-        return finish_run(self)
 
     def _loop(self) -> None:
         tc, files = self.cfg.train, self.files
-        bar = tqdm(
-            total=tc.iterations,
-            initial=self.step,
-            desc="train",
-            unit="step",
-            mininterval=10,
-            disable=not (self.dist.is_main and tc.progress),
-            file=sys.stdout,
-            ascii=True,
-        )
+        bar = files.progress(tc.iterations, self.step, tc.progress)
         self._sync()
         t0 = time.perf_counter()
         while True:
@@ -363,7 +345,7 @@ class Trainer:
             if last or (tc.val_loss_every and self.step % tc.val_loss_every == 0):
                 self._sync()
                 self.train_time += time.perf_counter() - t0
-                res = self.validate()
+                res = self.last_val = self.validate()
                 files.val_event(self.step, tc.iterations, res, self.train_time)
                 self._sync()
                 t0 = time.perf_counter()
@@ -384,7 +366,8 @@ class Trainer:
         bar.close()
         if self.stop_after is not None and self.step < tc.iterations:
             files.log(
-                f"stopping_early: wallclock cap at step {self.step}/{tc.iterations}, train_time {self.train_time:.1f}s"
+                f"stopping_early: wallclock cap at step {self.step}/{tc.iterations}, "
+                f"train_time {self.train_time:.1f}s"
             )
 
 
@@ -395,32 +378,21 @@ def train(cfg: RunConfig, dist: DistInfo | None = None, *, final_stages: bool = 
     caller that runs the pipeline's stages on the saved weights anyway.
     """
     dist = dist or dist_info_from_env()
-    trainer = Trainer(cfg, dist, final_stages=final_stages)
     try:
-        return trainer.run()
+        trainer = Trainer(cfg, dist, final_stages=final_stages)
+        try:
+            return trainer.run()
+        finally:
+            trainer.files.unlock()
     finally:
         destroy_process_group(dist)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from torch.distributed.elastic.multiprocessing.errors import record
+    """``python -m pgolf_core.train``: the process entry lives in pgolf_core.launch."""
+    from pgolf_core.launch import train_main
 
-    ap = argparse.ArgumentParser(prog="python -m pgolf_core.train", description="Train a pgolf model.")
-    ap.add_argument("params", help="a YAML file under params/")
-    ap.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="config override, repeatable"
-    )
-    ap.add_argument(
-        "--no-final-stages",
-        action="store_true",
-        help="skip the final pre / ema evaluation (the caller runs the pipeline's stages next)",
-    )
-    args = ap.parse_args(argv)
-    cfg = load_config(args.params, args.set)  # validated before anything heavy happens
-    result = record(train)(cfg, final_stages=not args.no_final_stages)
-    if dist_info_from_env().is_main:
-        print(json.dumps({"event": "done", **asdict(result)}))
-    return 0
+    return train_main(argv)
 
 
 if __name__ == "__main__":
