@@ -45,7 +45,7 @@ from pgolf_core.data.shards import list_shards
 from pgolf_core.data.tokenizer import load_tokenizer
 from pgolf_core.data.tokenizer_bytes import build_byte_luts
 from pgolf_core.dist import DistInfo, dist_info_from_env
-from pgolf_core.eval import EvalResult, evaluate_standard, nll_with_temperature
+from pgolf_core.eval import EvalResult, evaluate_standard, load_target_bytes, nll_with_temperature
 from pgolf_core.model import build_model, count_parameters
 from pgolf_core.optim import EMA, build_optimizers, lr_multiplier, muon_momentum_at
 from pgolf_core.quant import calibration_batches, collect_hessians, qat_due, set_qat
@@ -202,10 +202,13 @@ class Trainer:
             raise ValueError(
                 f"{dc.tokenizer_path()}: tokenizer vocab {sp.vocab_size()} != model.vocab_size {mc.vocab_size}"
             )
-        self.luts = build_byte_luts(sp, mc.vocab_size).to_torch(self.device)
         self.train_files = list_shards(root / dc.train_pattern)
         val_files = list_shards(root / dc.val_pattern)
         self.val_tokens = load_validation_tokens(val_files, self.cfg.eval_seq_len, dc.val_max_tokens, mc.vocab_size)
+        self.target_bytes = load_target_bytes(  # byte tables, or the CaseOps sidecar (data.caseops)
+            dc, build_byte_luts(sp, mc.vocab_size), val_files, seq_len=self.cfg.eval_seq_len,
+            n_tokens=self.val_tokens.shape[0],
+        ).to(self.device)
 
     def _wrap_model(self) -> None:
         base = self.model
@@ -319,7 +322,7 @@ class Trainer:
     def validate(self) -> EvalResult:
         self.model.eval()
         result = evaluate_standard(
-            self.nll, self.val_tokens, self.luts, seq_len=self.cfg.eval_seq_len,
+            self.nll, self.val_tokens, self.target_bytes, seq_len=self.cfg.eval_seq_len,
             batch_tokens=self.cfg.eval.batch_tokens, dist=self.dist, device=self.device, autocast=self.autocast,
         )
         self.model.train()
