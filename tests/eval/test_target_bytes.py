@@ -205,7 +205,8 @@ def test_every_stage_divides_caseops_by_the_plain_denominator(plain, caseops, tm
 
 def test_the_transformed_bytes_would_give_another_denominator(caseops, smoke_caseops_dir):
     """#2138's error: the CaseOps tokenizer's tables count every marker as its 3-byte character; on
-    the smoke documents that is +9.0% bytes (+8.1% over the whole split: 198,964 vs 183,991), so bpb looks 8-9% better."""
+    the smoke documents that is +9.0% bytes (+8.1% over the whole split: 198,964 vs 183,991), so bpb
+    looks 8-9% better."""
     model = tiny_model(vocab_size=SMOKE_VOCAB)
     kw = {"seq_len": 64, "stride": 32, "batch_seqs": 16, "dist": ONE, "device": CPU}
     right = evaluate_sliding(model, caseops.tokens, SidecarTargetBytes(caseops.side), **kw)
