@@ -22,7 +22,6 @@ from pgolf_core.eval.bpb import (
     nll_with_temperature,
     resolve_nll,
     score_windows,
-    torch_luts,
 )
 from pgolf_core.eval.logprobs import (
     FullStreamModel,
@@ -76,7 +75,6 @@ __all__ = [
     "score_windows",
     "stream_byte_counts",
     "stream_score_from",
-    "torch_luts",
     "window_batch",
     "window_plan",
 ]

@@ -81,12 +81,6 @@ def resolve_nll(fn, temperature: float = 1.0) -> NllFn:
     return nll
 
 
-def torch_luts(luts: ByteLUTs | None, device: torch.device) -> ByteLUTs | None:
-    if luts is None or isinstance(luts.base_bytes, torch.Tensor):
-        return luts
-    return luts.to_torch(device)
-
-
 def device_target_bytes(source: TargetBytes | ByteLUTs | None, device: torch.device) -> TargetBytes | None:
     """``source`` as a ``TargetBytes`` with its tables on ``device`` (None: no bytes counted)."""
     tb = as_target_bytes(source)
