@@ -13,6 +13,10 @@ Stage names are fixed and shared by the core, the notebooks and the reports:
 Ablations that are not one of these (a non-compliant pre-quant TTT, a scheme in a sweep) use a
 descriptive name of their own and are never shown without their verdicts. A record is compliant when no
 verdict failed; a verdict of ``None`` means the check does not apply (and says why).
+
+``bytes_source`` says where the bpb denominator came from: "luts" (the tokenizer byte tables, plain
+tokenizers; also what a stages.json written before the field existed used) or "sidecar" (the CaseOps
+validation byte sidecar: the original text's bytes).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class StageRecord:
     artifact_bytes: int | None = None
     verdicts: list[Verdict] = field(default_factory=list)
     notes: str = ""
+    bytes_source: str = "luts"  # "luts" | "sidecar"
 
     @property
     def compliant(self) -> bool:

@@ -14,7 +14,7 @@ import numpy as np
 
 from pgolf_core.compliance import check_artifact_size
 from pgolf_core.config import QuantConfig, RunConfig
-from pgolf_core.eval import EvalResult, stream_byte_counts
+from pgolf_core.eval import EvalResult
 from pgolf_core.notebook import NotebookRun
 from pgolf_core.pipeline import (
     Session,
@@ -139,7 +139,7 @@ def ngram_records(
     probe_lm = FullStreamModel(table, windowed.vocab_size)  # the compliance probes' perturbed streams
     val = np.asarray(session.val, dtype=np.int64)
     lm.logprobs(val, 1, 2)  # precompute once, outside the timed region of every setting
-    nbytes = int(stream_byte_counts(session.val, session.luts).sum())
+    nbytes = session.target_bytes.total(session.val)
     records, speeds = [base], {}
     for name, cfg_v in configs:
         sv = session.with_config(cfg_v)
@@ -147,7 +147,7 @@ def ngram_records(
         def evaluate(cfg_v=cfg_v) -> EvalResult:
             t0 = time.perf_counter()
             score = NgramScorer(lm, cfg_v.ngram).score_stream(val)
-            return EvalResult.from_stream(score, nbytes, time.perf_counter() - t0)
+            return EvalResult.from_stream(score, nbytes, time.perf_counter() - t0, session.target_bytes.kind)
 
         res, t6 = evaluate_guarded(sv, evaluate)
         speeds[name] = res.tokens / res.seconds

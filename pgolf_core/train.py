@@ -54,7 +54,7 @@ from pgolf_core.dist import (
     seed_everything,
     wrap_ddp,
 )
-from pgolf_core.eval import EvalResult, evaluate_standard, nll_with_temperature
+from pgolf_core.eval import EvalResult, evaluate_standard, load_target_bytes, nll_with_temperature
 from pgolf_core.handoff import finish_run
 from pgolf_core.model import build_model, count_parameters
 from pgolf_core.model.challenge_weights import embed_storage_dtype, set_embed_storage_
@@ -132,7 +132,6 @@ class Trainer:
                 f"{dc.tokenizer_path()}: tokenizer vocab {sp.vocab_size()} != model.vocab_size "
                 f"{mc.vocab_size}; expected a tokenizer of model.vocab_size pieces (or set model.vocab_size)"
             )
-        self.luts = build_byte_luts(sp, mc.vocab_size).to_torch(self.device)
         self.train_files = list_shards(root / dc.train_pattern)
         if sum(read_header(f).num_tokens for f in self.train_files) == 0:
             raise RunError(
@@ -146,6 +145,10 @@ class Trainer:
             )
         except ValueError as e:  # an empty or too short split: name the files (data.val_pattern)
             raise RunError(f"{root / dc.val_pattern}: {e}") from None
+        self.target_bytes = load_target_bytes(  # byte tables, or the CaseOps sidecar (data.caseops)
+            dc, build_byte_luts(sp, mc.vocab_size), val_files, seq_len=self.cfg.eval_seq_len,
+            n_tokens=self.val_tokens.shape[0],
+        ).to(self.device)
 
     def _wrap_model(self) -> None:
         base = self.model
@@ -233,7 +236,7 @@ class Trainer:
         result = evaluate_standard(
             self.nll,
             self.val_tokens,
-            self.luts,
+            self.target_bytes,
             seq_len=self.cfg.eval_seq_len,
             batch_tokens=self.cfg.eval.batch_tokens,
             dist=self.dist,

@@ -23,6 +23,16 @@ def smoke_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def smoke_caseops_dir(tmp_path_factory) -> Path:
+    """The CaseOps smoke dataset (case-transformed shards, CaseOps tokenizer, validation byte sidecar)."""
+    from pgolf_core.data.smoke import build_smoke_dataset
+
+    out = tmp_path_factory.mktemp("smoke_caseops") / "smoke_caseops"
+    build_smoke_dataset(out, progress=False, caseops=True)
+    return out
+
+
+@pytest.fixture(scope="session")
 def smoke_manifest(smoke_dir) -> dict:
     from pgolf_core.data.export import read_manifest
 

@@ -88,12 +88,14 @@ ngram: {{table_rows: 512}}
 
 
 @pytest.fixture(scope="module")
-def fast_suite(smoke_dir, tmp_path_factory):
-    """The smoke suite's four notebooks with tiny params: every notebook, under a minute or two."""
+def fast_suite(smoke_dir, smoke_caseops_dir, tmp_path_factory):
+    """The smoke suite's notebooks with tiny params: every notebook, under a minute or two."""
     root = tmp_path_factory.mktemp("fast")
     suite = root / "fast"
     suite.mkdir()
     (suite / "train.yaml").write_text(FAST.format(root=smoke_dir))
+    caseops = FAST.format(root=smoke_caseops_dir).replace("2048}", "2048, caseops: true}", 1)
+    (suite / "train_caseops.yaml").write_text(caseops)
     (suite / "quant_gap.yaml").write_text(
         "extends: train.yaml\nnotebook:\n  schemes:\n"
         "    - {name: base, quant: {scheme: baseline_int8}}\n"
@@ -129,7 +131,7 @@ def fast_suite(smoke_dir, tmp_path_factory):
 
 def test_fast_suite_every_notebook_completes_with_reports(fast_suite):
     records, reports = fast_suite
-    assert [r.status for r in records] == ["completed"] * 5, [r.error for r in records]
+    assert [r.status for r in records] == ["completed"] * 6, [r.error for r in records]
     for r in records:
         files = {p.name for p in r.run_dir.iterdir()}
         assert {"executed.ipynb", "report.html", "manifest.json", "stages.json", "outputs.json"} <= files
@@ -194,3 +196,28 @@ def test_fast_suite_submission_notebook_tests_and_exports(fast_suite):
     assert json.loads((folder / "submission.json").read_text())["seeds"] == [1337]
     stages = json.loads((records[4].run_dir / "stages.json").read_text())
     assert [s["stage"] for s in stages["stages"]] == ["q_sw seed 1337"] and stages["group"] == "fast/train"
+
+
+def test_fast_suite_caseops_training_scores_over_the_original_bytes(fast_suite, smoke_caseops_dir):
+    """The CaseOps entry trains and evaluates end to end; every stage divides by the sidecar (the
+    original text's bytes), the plain run's by the byte tables; the manifest records data.caseops."""
+    from pgolf_core.data.loader import load_validation_bytes
+    from pgolf_core.data.shards import list_shards
+
+    records, _ = fast_suite
+    run = records[5]
+    assert run.run_id.endswith("train_caseops") and run.status == "completed"
+    manifest = json.loads((run.run_dir / "manifest.json").read_text())
+    assert manifest["params"]["data"]["caseops"] is True
+    plain_manifest = json.loads((records[0].run_dir / "manifest.json").read_text())
+    assert plain_manifest["params"]["data"]["caseops"] is False
+    stages = json.loads((run.run_dir / "stages.json").read_text())["stages"]
+    assert [s["stage"] for s in stages] == ["pre", "ema", "q", "q_sw"]
+    side = load_validation_bytes(list_shards(smoke_caseops_dir / "fineweb_val_*.bin"), 128, 2048)
+    for s in stages:
+        assert s["bytes_source"] == "sidecar" and s["tokens"] == 2048 and s["bytes"] == int(side[1:].sum())
+        # T10 recounts decoded text, which for CaseOps still holds the markers: the CaseOps recount
+        # (original text) belongs to the T10 verdict; every other check passes
+        assert {v["check"] for v in s["verdicts"] if v["passed"] is False} <= {"T10"}, s["stage"]
+    plain = json.loads((records[0].run_dir / "stages.json").read_text())["stages"]
+    assert {s["bytes_source"] for s in plain} == {"luts"}

@@ -10,6 +10,9 @@ With ``return_streams=True`` the result carries the per-position NLL and byte st
 every rank. The NLL stream is gathered with one all-reduce over zeros (each position is written by
 exactly one rank, so the sum is exact); the bytes are recomputed from the tokens locally.
 
+Byte counts come from a ``TargetBytes`` (``eval.target_bytes``): the tokenizer byte tables, or the
+CaseOps validation sidecar; every evaluator also accepts plain ``ByteLUTs`` (wrapped as tables).
+
 Shapes: B windows in a batch, T window length, V vocab.
 """
 
@@ -24,9 +27,10 @@ import torch
 import torch.distributed as tdist
 import torch.nn.functional as F
 
-from pgolf_core.data.tokenizer_bytes import ByteLUTs, token_bytes
+from pgolf_core.data.tokenizer_bytes import ByteLUTs
 from pgolf_core.dist import DistInfo
-from pgolf_core.eval.result import EvalResult, stream_byte_counts
+from pgolf_core.eval.result import EvalResult
+from pgolf_core.eval.target_bytes import TargetBytes, as_target_bytes, bytes_source
 from pgolf_core.eval.windows import WindowPlan, device_tokens, rank_slice, window_batch, window_plan
 from pgolf_core.runtime import autocast_context
 from pgolf_core.scoring import ScoreEvents
@@ -77,10 +81,10 @@ def resolve_nll(fn, temperature: float = 1.0) -> NllFn:
     return nll
 
 
-def torch_luts(luts: ByteLUTs | None, device: torch.device) -> ByteLUTs | None:
-    if luts is None or isinstance(luts.base_bytes, torch.Tensor):
-        return luts
-    return luts.to_torch(device)
+def device_target_bytes(source: TargetBytes | ByteLUTs | None, device: torch.device) -> TargetBytes | None:
+    """``source`` as a ``TargetBytes`` with its tables on ``device`` (None: no bytes counted)."""
+    tb = as_target_bytes(source)
+    return None if tb is None else tb.to(device)
 
 
 class ScoreSums:
@@ -102,9 +106,10 @@ class ScoreSums:
             self.nll[positions] = nll.float()
 
     def finish(
-        self, tokens: np.ndarray, luts: ByteLUTs | None, dist: DistInfo, t0: float, **extra
+        self, tokens: np.ndarray, target_bytes: TargetBytes | None, dist: DistInfo, t0: float, **extra
     ) -> EvalResult:
-        """All-reduce the sums (and the stream) across ranks and build the result."""
+        """All-reduce the sums (and the stream) across ranks and build the result; ``target_bytes``
+        (None: tokens only) gives the byte stream and the result's ``bytes_source``."""
         if dist.distributed and tdist.is_initialized():
             tdist.all_reduce(self.sums)
             if self.nll is not None:
@@ -114,11 +119,18 @@ class ScoreSums:
         if self.nll is not None:
             nll = self.nll.cpu().numpy()
             nll[0] = np.nan
-            if luts is not None:
-                byte_counts = stream_byte_counts(tokens, luts)
+            if target_bytes is not None:
+                byte_counts = target_bytes.stream(tokens)
         seconds = time.perf_counter() - t0
         return EvalResult.from_sums(
-            loss_sum, count, nbytes, seconds, nll=nll, byte_counts=byte_counts, **extra
+            loss_sum,
+            count,
+            nbytes,
+            seconds,
+            nll=nll,
+            byte_counts=byte_counts,
+            bytes_source=bytes_source(target_bytes),
+            **extra,
         )
 
 
@@ -160,13 +172,14 @@ def score_windows(
     *,
     batch_seqs: int,
     sums: ScoreSums,
-    luts: ByteLUTs | None,
+    target_bytes: TargetBytes | None,
     device: torch.device,
     autocast: bool,
     events: ScoreEvents | None = None,
     capture: Capture | None = None,
 ) -> None:
-    """Score windows ``ids`` of ``plan`` in batches of ``batch_seqs`` and commit them to ``sums``.
+    """Score windows ``ids`` of ``plan`` in batches of ``batch_seqs`` and commit them to ``sums``;
+    ``target_bytes`` (on ``device``; None: tokens only) counts the committed targets' bytes.
 
     Not a loop over tokens: each batch is one forward of (B, seq_len) and one masked gather.
     ``events.scored`` is called once per batch, after its NLLs are committed.
@@ -178,6 +191,7 @@ def score_windows(
     geometry = (plan.starts, plan.score_from, plan.lengths)
     starts_W, lo_W, hi_W = (torch.as_tensor(a[ids], device=device) for a in geometry)
     need_positions = sums.nll is not None or events is not None
+    need_positions |= target_bytes is not None and target_bytes.needs_positions
     for b in range(0, len(ids), batch_seqs):
         sl = slice(b, b + batch_seqs)
         x, y = window_batch(tokens_d, starts_W[sl], T)
@@ -185,7 +199,9 @@ def score_windows(
             nll_BT = nll_fn(x, y)
         mask_BT = (offsets_T >= lo_W[sl, None]) & (offsets_T < hi_W[sl, None])
         positions = (starts_W[sl, None] + 1 + offsets_T)[mask_BT] if need_positions else None
-        nbytes = token_bytes(x[mask_BT], y[mask_BT], luts) if luts is not None else None
+        nbytes = None
+        if target_bytes is not None:
+            nbytes = target_bytes.targets(x[mask_BT], y[mask_BT], positions)
         sums.add(positions, nll_BT.float()[mask_BT], nbytes)
         if capture is not None and not capture.done:
             wid = ids[sl]
@@ -199,7 +215,7 @@ def score_windows(
 def evaluate_plan(
     fn,
     val_tokens: np.ndarray,
-    luts: ByteLUTs | None,
+    target_bytes: TargetBytes | ByteLUTs | None,
     plan: WindowPlan,
     *,
     batch_seqs: int,
@@ -211,10 +227,11 @@ def evaluate_plan(
     events: ScoreEvents | None = None,
     capture: Capture | None = None,
 ) -> EvalResult:
-    """Score every window of ``plan`` once, this rank's contiguous share of them, and reduce."""
+    """Score every window of ``plan`` once, this rank's contiguous share of them, and reduce.
+    ``target_bytes``: the byte source (tables or sidecar; None: tokens only, bpb nan)."""
     t0 = time.perf_counter()
     device = torch.device(device)
-    luts = torch_luts(luts, device)
+    target_bytes = device_target_bytes(target_bytes, device)
     nll_fn = resolve_nll(fn, temperature)
     tokens_d = device_tokens(val_tokens, device)
     sums = ScoreSums(plan.n_tokens, device, return_streams)
@@ -226,19 +243,19 @@ def evaluate_plan(
         ids,
         batch_seqs=batch_seqs,
         sums=sums,
-        luts=luts,
+        target_bytes=target_bytes,
         device=device,
         autocast=autocast,
         events=events,
         capture=capture,
     )
-    return sums.finish(val_tokens, luts, dist, t0)
+    return sums.finish(val_tokens, target_bytes, dist, t0)
 
 
 def evaluate_standard(
     nll_fn,
     val_tokens: np.ndarray,
-    luts: ByteLUTs,
+    target_bytes: TargetBytes | ByteLUTs,
     *,
     seq_len: int,
     batch_tokens: int,
@@ -252,7 +269,8 @@ def evaluate_standard(
     challenge baseline's ``eval_val``).
 
     ``nll_fn``: ``model.nll`` (possibly compiled), the model itself, or any ``fn(x, y)`` returning NLL or
-    logits (see ``resolve_nll``); ``luts`` numpy or torch tables. A stream that is not ``k * seq_len + 1``
+    logits (see ``resolve_nll``); ``target_bytes`` the byte source (``TargetBytes``, or numpy / torch
+    byte tables). A stream that is not ``k * seq_len + 1``
     long ends in one shorter window, so no target is skipped. ``batch_tokens`` counts all ranks
     together. All ranks must call this together.
     """
@@ -261,7 +279,7 @@ def evaluate_standard(
     return evaluate_plan(
         nll_fn,
         val_tokens,
-        luts,
+        target_bytes,
         plan,
         batch_seqs=per_batch,
         dist=dist,
@@ -275,7 +293,7 @@ def evaluate_standard(
 def evaluate_sliding(
     nll_or_logits_fn,
     val_tokens: np.ndarray,
-    luts: ByteLUTs,
+    target_bytes: TargetBytes | ByteLUTs,
     *,
     seq_len: int,
     stride: int,
@@ -295,7 +313,7 @@ def evaluate_sliding(
     return evaluate_plan(
         nll_or_logits_fn,
         val_tokens,
-        luts,
+        target_bytes,
         plan,
         batch_seqs=batch_seqs,
         dist=dist,

@@ -5,7 +5,9 @@ bits (the challenge's ``eval_val``). ``EvalResult.from_sums`` is the one place t
 written; ``from_stream`` builds a result from a scorer's per-position NLLs through it.
 
 Per-position streams: ``EvalResult.nll`` (float32 [N], nan at position 0) and
-``EvalResult.byte_counts`` (int16 [N], 0 at position 0). They are kept in memory: for the 62M-token
+``EvalResult.byte_counts`` (int16 [N], 0 at position 0). ``bytes_source`` says where the bytes came
+from: the tokenizer byte tables ("luts") or the CaseOps validation sidecar ("sidecar"; see
+``eval.target_bytes``). They are kept in memory: for the 62M-token
 sp1024 validation set that is 248 MB + 124 MB per process, which a GPU node holds easily; float32
 loses nothing because the model's NLLs are float32 to begin with.
 """
@@ -17,9 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
-from pgolf_core.data.tokenizer_bytes import LN2, ByteLUTs, token_bytes
+from pgolf_core.data.tokenizer_bytes import LN2, ByteLUTs
+from pgolf_core.eval.target_bytes import LUTS, TargetBytes, as_target_bytes
 from pgolf_core.scoring import StreamScore
 from pgolf_core.stages import StageRecord, Verdict
 
@@ -44,6 +46,7 @@ class EvalResult:
     info: dict = field(default_factory=dict, compare=False)  # JSON scalars: TTT chunks, steps, timings
     nll: np.ndarray | None = field(default=None, compare=False, repr=False)  # float32 [N], nan at 0
     byte_counts: np.ndarray | None = field(default=None, compare=False, repr=False)  # int16 [N]
+    bytes_source: str = LUTS  # "luts" | "sidecar" ("none": no bytes counted, the Scorer adapters)
 
     @classmethod
     def from_sums(cls, loss_sum: float, count: float, nbytes: float, seconds: float, **extra) -> EvalResult:
@@ -59,16 +62,21 @@ class EvalResult:
         )
 
     @classmethod
-    def from_stream(cls, score: StreamScore, nbytes: int, seconds: float) -> EvalResult:
+    def from_stream(
+        cls, score: StreamScore, nbytes: int, seconds: float, bytes_source: str = LUTS
+    ) -> EvalResult:
         """The result of a scorer's pass over a stream: its per-position NLLs (nan where not scored),
-        the bytes of the stream's targets (``stream_byte_counts(...).sum()``) and the pass's seconds.
-        The score's JSON-scalar ``info`` entries (ints, floats, strings, dicts) are kept."""
+        the bytes of the stream's targets (``TargetBytes.total``, whose ``kind`` is ``bytes_source``)
+        and the pass's seconds. The score's JSON-scalar ``info`` entries (ints, floats, strings, dicts)
+        are kept."""
         scored = ~np.isnan(score.nll)
         n = int(np.count_nonzero(scored))
         if n == 0:
             raise ValueError("EvalResult.from_stream: the stream score has no scored position (all nan)")
         info = {k: v for k, v in score.info.items() if isinstance(v, (int, float, str, dict))}
-        return cls.from_sums(float(np.nansum(score.nll)), n, nbytes, seconds, info=info)
+        return cls.from_sums(
+            float(np.nansum(score.nll)), n, nbytes, seconds, info=info, bytes_source=bytes_source
+        )
 
     def as_dict(self) -> dict:
         d = {
@@ -77,6 +85,7 @@ class EvalResult:
             "tokens": self.tokens,
             "bytes": self.bytes,
             "seconds": self.seconds,
+            "bytes_source": self.bytes_source,
         }
         if self.notes:
             d["notes"] = self.notes
@@ -103,6 +112,7 @@ class EvalResult:
             artifact_bytes=artifact_bytes,
             verdicts=verdicts,
             notes=self.notes,
+            bytes_source=self.bytes_source,
         )
 
     def stream_score(self) -> StreamScore:
@@ -112,13 +122,7 @@ class EvalResult:
         return StreamScore(self.nll.astype(np.float64), info=dict(self.info))
 
 
-def stream_byte_counts(tokens: np.ndarray, luts: ByteLUTs) -> np.ndarray:
-    """int16 [N]: bytes of the target at each position (0 at position 0)."""
-    np_luts = luts
-    if isinstance(luts.base_bytes, torch.Tensor):
-        tables = (luts.base_bytes, luts.has_leading_space, luts.is_boundary)
-        np_luts = ByteLUTs(*(t.cpu().numpy() for t in tables))
-    tokens = np.asarray(tokens).astype(np.int64)
-    out = np.zeros(tokens.shape[0], dtype=np.int16)
-    out[1:] = token_bytes(tokens[:-1], tokens[1:], np_luts)
-    return out
+def stream_byte_counts(tokens: np.ndarray, source: ByteLUTs | TargetBytes) -> np.ndarray:
+    """int16 [N]: bytes of the target at each position (0 at position 0), from the byte tables or a
+    ``TargetBytes`` (the CaseOps sidecar)."""
+    return as_target_bytes(source).stream(tokens)

@@ -1,5 +1,6 @@
-"""The pipeline's session: what every stage shares (config, validation stream, tokenizer byte tables,
-the training run's own records), loaded once per process."""
+"""The pipeline's session: what every stage shares (config, validation stream, its byte source: the
+tokenizer byte tables, or the CaseOps validation sidecar with data.caseops; the training run's own
+records), loaded once per process."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pgolf_core.data.shards import list_shards
 from pgolf_core.data.tokenizer import load_tokenizer
 from pgolf_core.data.tokenizer_bytes import build_byte_luts
 from pgolf_core.dist import DistInfo, dist_info_from_env, init_process_group, resolve_device
+from pgolf_core.eval import load_target_bytes
 from pgolf_core.model import build_model
 from pgolf_core.pipeline.verdicts import data_split_verdict
 from pgolf_core.stages import Verdict
@@ -38,6 +40,11 @@ class Session:
         val_files = list_shards(dc.root_path() / dc.val_pattern)
         self.val = load_validation_tokens(
             val_files, cfg.eval_seq_len, dc.val_max_tokens, cfg.model.vocab_size
+        )
+        # Every stage's bpb denominator: the byte tables, or with data.caseops the sidecar aligned
+        # with self.val (the original text's bytes; ``target_bytes.kind`` goes on every stage record).
+        self.target_bytes = load_target_bytes(
+            dc, self.luts, val_files, seq_len=cfg.eval_seq_len, n_tokens=self.val.shape[0]
         )
         self.run = (
             json.loads((train_dir / "run.json").read_text()) if (train_dir / "run.json").is_file() else {}

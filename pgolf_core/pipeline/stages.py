@@ -4,7 +4,8 @@ Every stage function has one signature, ``stage(ctx, weights, name) -> StageReco
 the ``StageWeights`` to evaluate (a checkpoint's, or the artifact round trip's from ``quantize_weights``)
 and the record's name (a stage of ``pgolf_core.stages.STAGES``, or an ablation's own descriptive name;
 ``stage_name`` gives the driver's). ``STAGE_FNS`` maps each stage to its function. None only on a rank
-that does not hold the record.
+that does not hold the record. Every stage divides by the session's ``target_bytes`` (byte tables, or
+the CaseOps sidecar), and its record says which (``StageRecord.bytes_source``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ from pgolf_core.eval import (
     StandardScorer,
     evaluate_sliding,
     evaluate_standard,
-    stream_byte_counts,
 )
 from pgolf_core.pipeline.roundtrip import StageWeights
 from pgolf_core.pipeline.session import Session
@@ -50,7 +50,7 @@ def standard_eval(ctx: Session, model) -> EvalResult:
     return evaluate_standard(
         model,
         ctx.val,
-        ctx.luts,
+        ctx.target_bytes,
         seq_len=ctx.cfg.eval_seq_len,
         batch_tokens=ctx.cfg.eval.batch_tokens,
         dist=ctx.dist,
@@ -102,7 +102,7 @@ def stage_q_sw(ctx: Session, weights: StageWeights, name: str) -> StageRecord:
         lambda: evaluate_sliding(
             model,
             ctx.val,
-            ctx.luts,
+            ctx.target_bytes,
             seq_len=cfg.eval_seq_len,
             stride=cfg.eval.stride,
             batch_seqs=cfg.eval.sliding_batch_seqs,
@@ -126,7 +126,9 @@ def stage_q_ttt(ctx: Session, weights: StageWeights, name: str) -> StageRecord:
             f"name it {stage_name('q_ttt', ctx.cfg)!r} (stage_name) or after the ablation"
         )
     model = ctx.model_with(weights.state)
-    inputs = TTTInputs.from_config(model, ctx.val, ctx.luts, ctx.cfg, dist=ctx.dist, device=ctx.device)
+    inputs = TTTInputs.from_config(
+        model, ctx.val, ctx.target_bytes, ctx.cfg, dist=ctx.dist, device=ctx.device
+    )
     res, t6 = evaluate_guarded(ctx, lambda: run_ttt(inputs)[0])
     probe_cfg = probe_config(ctx.cfg, ctx.cfg.eval.probe_tokens)
     return stage_record(ctx, name, res, lambda: ttt_scorer(model, probe_cfg), [t6], weights)
@@ -149,8 +151,8 @@ def stage_q_ngram(ctx: Session, weights: StageWeights, name: str) -> StageRecord
     def evaluate() -> EvalResult:
         t0 = time.perf_counter()
         score = make_scorer().score_stream(np.asarray(ctx.val, dtype=np.int64))
-        nbytes = int(stream_byte_counts(ctx.val, ctx.luts).sum())
-        return EvalResult.from_stream(score, nbytes, time.perf_counter() - t0)
+        nbytes = ctx.target_bytes.total(ctx.val)
+        return EvalResult.from_stream(score, nbytes, time.perf_counter() - t0, ctx.target_bytes.kind)
 
     rec = None
     if ctx.dist.is_main:

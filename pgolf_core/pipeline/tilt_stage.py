@@ -17,7 +17,7 @@ from dataclasses import replace
 import numpy as np
 import torch.distributed as tdist
 
-from pgolf_core.eval import EvalResult, WindowedTorchModel, stream_byte_counts
+from pgolf_core.eval import EvalResult, WindowedTorchModel
 from pgolf_core.eval.tilt import TiltScorer
 from pgolf_core.pipeline.roundtrip import StageWeights
 from pgolf_core.pipeline.session import Session
@@ -52,8 +52,8 @@ def stage_q_tilt(ctx: Session, weights: StageWeights, name: str) -> StageRecord 
     def evaluate() -> EvalResult:
         t0 = time.perf_counter()  # the hints are built inside score_stream, so inside this timer
         score = make_scorer().score_stream(np.asarray(ctx.val, dtype=np.int64))
-        nbytes = int(stream_byte_counts(ctx.val, ctx.luts).sum())
-        res = EvalResult.from_stream(score, nbytes, time.perf_counter() - t0)
+        nbytes = ctx.target_bytes.total(ctx.val)
+        res = EvalResult.from_stream(score, nbytes, time.perf_counter() - t0, ctx.target_bytes.kind)
         return replace(res, notes=tilt_notes(score.info, ctx.val.size - 1))
 
     rec = None

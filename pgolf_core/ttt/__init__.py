@@ -4,7 +4,8 @@ Score-first as PR #461 defined it: a token's loss is committed before any update
 organizers' rulings in issues #402 and #677: adapting on already-scored tokens is legal; training on
 validation tokens before scoring them, or reporting a later pass, is not).
 
-    result, info = run_ttt(TTTInputs.from_config(model, val_tokens, luts, cfg, dist=dist, device=device))
+    inputs = TTTInputs.from_config(model, val_tokens, target_bytes, cfg, dist=dist, device=device)
+    result, info = run_ttt(inputs)         # target_bytes: eval.TargetBytes (or ByteLUTs)
     scorer = ttt_scorer(model, cfg)        # the same evaluation as a pgolf_core.scoring.Scorer
 
 Variants (``cfg.ttt.mode``), one module each:
@@ -57,7 +58,7 @@ def run_ttt(inputs: TTTInputs) -> tuple[EvalResult, dict]:
         result = evaluate_sliding(
             inputs.model,
             inputs.tokens,
-            inputs.luts,
+            inputs.target_bytes,
             seq_len=spec.seq_len,
             stride=spec.window_stride,
             batch_seqs=spec.batch_seqs,

@@ -88,7 +88,7 @@ def chunked_ttt(inputs: TTTInputs) -> EvalResult:
             ids[rank_slice(len(ids), dist)],
             batch_seqs=spec.batch_seqs,
             sums=w.sums,
-            luts=w.luts,
+            target_bytes=w.target_bytes,
             device=w.device,
             autocast=spec.autocast,
             events=events,

@@ -32,10 +32,11 @@ from pgolf_core.eval import (
     EvalResult,
     NllFn,
     ScoreSums,
+    TargetBytes,
+    device_target_bytes,
     device_tokens,
     rank_slice,
     stream_score_from,
-    torch_luts,
     window_batch,
 )
 from pgolf_core.model.logits import asym_softcap_parameters
@@ -84,14 +85,16 @@ class TTTInputs:
     """Everything a TTT variant (and ``run_ttt``) is given, in one object built once: by
     ``from_config`` for a run, by ``TTTScorer`` for the compliance checks, by a test by hand.
 
-    ``luts`` None scores tokens only (no bytes, as the Scorer adapters do); ``events`` receives
+    ``target_bytes``: the byte source of ``tokens`` (``eval.TargetBytes``: the tokenizer tables, or the
+    CaseOps sidecar of the validation stream; plain ``ByteLUTs`` are accepted); None scores tokens only
+    (no bytes, as the Scorer adapters do). ``events`` receives
     ``scored`` / ``updated`` as they happen; ``capture`` records full distributions at chosen positions;
     ``log`` takes progress lines (None: print on rank 0).
     """
 
     model: nn.Module
     tokens: np.ndarray
-    luts: ByteLUTs | None
+    target_bytes: TargetBytes | ByteLUTs | None
     ttt: TTTConfig
     spec: EvalSpec
     dist: DistInfo
@@ -106,7 +109,7 @@ class TTTInputs:
         cls,
         model: nn.Module,
         tokens: np.ndarray,
-        luts: ByteLUTs | None,
+        target_bytes: TargetBytes | ByteLUTs | None,
         cfg: RunConfig,
         *,
         dist: DistInfo,
@@ -116,19 +119,27 @@ class TTTInputs:
     ) -> TTTInputs:
         """The inputs of a run: ``cfg.ttt``; scoring windows per ``cfg.eval`` (``EvalSpec.from_config``)."""
         return cls(
-            model, tokens, luts, cfg.ttt, EvalSpec.from_config(cfg), dist, device, return_streams, events
+            model,
+            tokens,
+            target_bytes,
+            cfg.ttt,
+            EvalSpec.from_config(cfg),
+            dist,
+            device,
+            return_streams,
+            events,
         )
 
 
 @dataclass
 class Work:
-    """What every variant works with, made by ``start``: the start time, the device with the byte tables
+    """What every variant works with, made by ``start``: the start time, the device with the byte source
     and the tokens on it, the working copy of the model, and the score sums of the ``n``-token stream."""
 
     inputs: TTTInputs
     t0: float
     device: torch.device
-    luts: ByteLUTs | None
+    target_bytes: TargetBytes | None
     model: nn.Module
     tokens_d: torch.Tensor
     n: int
@@ -136,16 +147,19 @@ class Work:
 
     def finish(self, info: dict, **extra) -> EvalResult:
         """All ranks' sums as the result, with the variant's ``info`` (and ``notes`` / ``compliant``)."""
-        return self.sums.finish(self.inputs.tokens, self.luts, self.inputs.dist, self.t0, info=info, **extra)
+        return self.sums.finish(
+            self.inputs.tokens, self.target_bytes, self.inputs.dist, self.t0, info=info, **extra
+        )
 
 
 def start(inputs: TTTInputs) -> Work:
     """What every variant starts from (the timer starts here)."""
     t0 = time.perf_counter()
     device = torch.device(inputs.device)
-    luts, model = torch_luts(inputs.luts, device), working_copy(inputs.model)
+    target_bytes, model = device_target_bytes(inputs.target_bytes, device), working_copy(inputs.model)
     tokens_d, n = device_tokens(inputs.tokens, device), int(np.asarray(inputs.tokens).shape[0])
-    return Work(inputs, t0, device, luts, model, tokens_d, n, ScoreSums(n, device, inputs.return_streams))
+    sums = ScoreSums(n, device, inputs.return_streams)
+    return Work(inputs, t0, device, target_bytes, model, tokens_d, n, sums)
 
 
 def select_parameters(
@@ -305,10 +319,10 @@ class Timer:
 class TTTScorer(Scorer):
     """``Scorer`` adapter for a TTT variant: single process, on the model's device, no autocast.
 
-    Subclasses name their variant (``variant``: a function of ``TTTInputs``, scoring with luts=None so
-    no bytes are needed). ``predictive`` reruns the variant and captures the full distribution at each
-    requested position from the very forward that scored it, stopping once all are captured, so the
-    state is exactly the one scoring saw. The model passed in is never changed.
+    Subclasses name their variant (``variant``: a function of ``TTTInputs``, scoring with
+    target_bytes=None: a ``StreamScore`` holds NLLs only, no bytes are needed). ``predictive`` reruns
+    the variant and captures the full distribution at each requested position from the very forward
+    that scored it, stopping once all are captured, so the state is exactly the one scoring saw. The model passed in is never changed.
     """
 
     variant: Callable[[TTTInputs], EvalResult]

@@ -43,12 +43,12 @@ from torch import nn
 
 from pgolf_core.config import TTTConfig
 from pgolf_core.data.tokenizer import BOS_ID
-from pgolf_core.data.tokenizer_bytes import ByteLUTs, token_bytes
 from pgolf_core.dist import DistInfo
 from pgolf_core.eval import (
     Capture,
     EvalResult,
     ScoreSums,
+    TargetBytes,
     window_batch,
 )
 from pgolf_core.runtime import autocast_context
@@ -143,19 +143,22 @@ class DocLoRARunner:
         docs: Documents,
         ids: np.ndarray,
         sums: ScoreSums,
-        luts: ByteLUTs | None,
+        target_bytes: TargetBytes | None,
         events: ScoreEvents | None,
         capture: Capture | None,
     ) -> None:
-        """Score documents ``ids``, ``lora_batch_docs`` at a time, longest first within this call."""
+        """Score documents ``ids``, ``lora_batch_docs`` at a time, longest first within this call;
+        ``target_bytes`` (on the device; None: tokens only) counts the scored targets' bytes."""
         ids = np.asarray(ids, dtype=np.int64)
         ids = ids[np.argsort(-docs.lengths[ids], kind="stable")]
         for b in range(0, len(ids), self.ttt.lora_batch_docs):
-            self._score_batch(docs, ids[b : b + self.ttt.lora_batch_docs], sums, luts, events, capture)
+            self._score_batch(
+                docs, ids[b : b + self.ttt.lora_batch_docs], sums, target_bytes, events, capture
+            )
             if capture is not None and capture.done:
                 return
 
-    def _score_batch(self, docs, batch, sums, luts, events, capture) -> None:
+    def _score_batch(self, docs, batch, sums, target_bytes, events, capture) -> None:
         ttt, device, T = self.ttt, self.device, self.spec.temperature
         self.lora.reset()
         self.lora.enabled = True
@@ -195,7 +198,9 @@ class DocLoRARunner:
                         (logits_BTV / T).flatten(0, 1), y.flatten(), reduction="none"
                     ).view_as(y)
             positions = (torch.as_tensor(ws, device=device)[:, None] + 1 + offsets_T)[mask_BT]
-            nbytes = token_bytes(x[mask_BT], y[mask_BT], luts) if luts is not None else None
+            nbytes = None
+            if target_bytes is not None:
+                nbytes = target_bytes.targets(x[mask_BT], y[mask_BT], positions)
             sums.add(positions, scored_BT[mask_BT], nbytes)  # committed: the step below cannot change it
             if events is not None:
                 events.scored(positions.cpu().numpy())
@@ -266,7 +271,7 @@ def doc_lora_ttt(inputs: TTTInputs) -> EvalResult:
     timer = Timer()
     ts = time.perf_counter()
     mine = split_docs_for_ranks(docs, np.arange(len(docs)), inputs.dist)
-    runner.score(docs, mine, w.sums, w.luts, inputs.events, inputs.capture)
+    runner.score(docs, mine, w.sums, w.target_bytes, inputs.events, inputs.capture)
     timer.add("score_seconds", ts)
     info = {
         "mode": "lora",

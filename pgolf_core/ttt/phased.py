@@ -110,7 +110,12 @@ def phased_ttt(inputs: TTTInputs) -> EvalResult:
     for stop in [*bounds, len(docs)]:
         ts = time.perf_counter()
         runner.score(
-            docs, split_docs_for_ranks(docs, np.arange(done, stop), dist), w.sums, w.luts, events, capture
+            docs,
+            split_docs_for_ranks(docs, np.arange(done, stop), dist),
+            w.sums,
+            w.target_bytes,
+            events,
+            capture,
         )
         timer.add("score_seconds", ts)
         done = stop

@@ -97,7 +97,7 @@ def prequant_ablation(inputs: TTTInputs) -> EvalResult:
         ids,
         batch_seqs=spec.batch_seqs,
         sums=w.sums,
-        luts=w.luts,
+        target_bytes=w.target_bytes,
         device=w.device,
         autocast=spec.autocast,
         events=events,

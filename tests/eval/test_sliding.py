@@ -192,7 +192,8 @@ def test_result_as_dict_is_json_and_streams_are_compact():
         model, tokens, luts(), seq_len=16, stride=8, batch_seqs=4, dist=ONE, device=CPU, return_streams=True
     )
     d = json.loads(json.dumps(res.as_dict()))
-    assert set(d) == {"loss", "bpb", "tokens", "bytes", "seconds"}
+    assert set(d) == {"loss", "bpb", "tokens", "bytes", "seconds", "bytes_source"}
+    assert d["bytes_source"] == "luts"
     assert res.nll.dtype == np.float32 and res.byte_counts.dtype == np.int16 and res.nll.shape == (70,)
     record = res.stage_record("q_sw", artifact_bytes=123)
     assert record.compliant and record.val_bpb == res.bpb and record.tokens == 69

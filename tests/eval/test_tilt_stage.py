@@ -13,6 +13,7 @@ import torch
 
 from pgolf_core.config import ConfigError, config_from_dict
 from pgolf_core.dist import DistInfo
+from pgolf_core.eval.target_bytes import as_target_bytes
 from pgolf_core.pipeline import STAGE_FNS, StageWeights, default_stages, stage_q_sw, stage_q_tilt
 from pgolf_core.pipeline.session import Session
 from pgolf_core.stages import STAGES, Verdict
@@ -39,6 +40,7 @@ def session(cfg, val: np.ndarray) -> Session:
     ctx.cfg, ctx.train_dir, ctx.out_dir = cfg, Path("."), Path(".")
     ctx.dist, ctx.device = DistInfo(), torch.device("cpu")
     ctx.luts, ctx.val, ctx.run = luts(), val, {}
+    ctx.target_bytes = as_target_bytes(ctx.luts)
     ctx.on_target, ctx.hardware = False, "cpu"
     ctx._t10 = Verdict("T10", None, "in-memory stream: no shards to recount")
     ctx._t9 = Verdict("T9", None, "in-memory stream: no split to check")
