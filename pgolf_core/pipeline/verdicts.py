@@ -13,6 +13,7 @@ import numpy as np
 
 from pgolf_core.challenge import VAL_DOCS
 from pgolf_core.compliance import (
+    check_coverage,
     check_data_access,
     check_data_split,
     check_eval_time,
@@ -32,16 +33,39 @@ if TYPE_CHECKING:
 
 
 def coverage_verdict(res: EvalResult, n_tokens: int) -> Verdict:
-    """T4 full: the evaluation scored every target of the ``n_tokens`` stream exactly once."""
+    """T4 full: the evaluation committed every target 1..n_tokens-1 of the stream exactly once, judged
+    position by position from its own record (``EvalResult.committed``: how many times each position
+    entered the loss sum; ``compliance.check_coverage``), not from a count: a plan with one overlap
+    and one gap has the right count. A result without that record is judged by its count, and at
+    best n/a."""
     want = n_tokens - 1
-    ok = res.tokens == want
-    return Verdict(
-        "T4 full",
-        ok,
-        f"{res.tokens:,} targets scored, the stream has {want:,}" + ("" if ok else ": not exactly once"),
-        float(res.tokens),
-        float(want),
-    )
+    if res.committed is None:
+        ok = res.tokens == want
+        return Verdict(
+            "T4 full",
+            None if ok else False,
+            f"{res.tokens:,} targets scored, the stream has {want:,}"
+            + (
+                ": the count matches, but the evaluation kept no per-position record, so an overlap "
+                "offset by a gap cannot be ruled out"
+                if ok
+                else ": not exactly once"
+            ),
+            float(res.tokens),
+            float(want),
+        )
+    verdict = check_coverage(expected=range(1, n_tokens), counts=res.committed, check="T4 full")
+    recorded = int(np.asarray(res.committed, dtype=np.int64).sum())
+    if verdict.passed and recorded != res.tokens:  # the record and the loss's own count disagree
+        return Verdict(
+            "T4 full",
+            False,
+            f"the per-position record holds {recorded:,} commits but the loss averaged over "
+            f"{res.tokens:,} targets",
+            float(res.tokens),
+            float(want),
+        )
+    return verdict
 
 
 # The scorer checks run the stage's own scorer on a probe of the stream; a TTT scorer must update on the
