@@ -67,7 +67,7 @@ def train_here(nb: NotebookRun, nproc: int = 1) -> Path:
     if nproc <= 1:
         from pgolf_core.train import train
 
-        train(load_config(nb.params_file, over))
+        train(load_config(nb.params_file, over), final_stages=False)  # run_pipeline evaluates them
     else:
         from pgolf_core.launch import run_module
 
@@ -76,7 +76,8 @@ def train_here(nb: NotebookRun, nproc: int = 1) -> Path:
             for k, v in over.items()
             for a in ("--set", f"{k}={json.dumps(v) if not isinstance(v, str) else v}")
         ]
-        run_module("pgolf_core.train", [nb.params_file, *sets], nproc=nproc, log_file=nb.path("launch.log"))
+        args = [nb.params_file, *sets, "--no-final-stages"]  # run_pipeline evaluates them
+        run_module("pgolf_core.train", args, nproc=nproc, log_file=nb.path("launch.log"))
     return nb.train_dir
 
 

@@ -35,7 +35,7 @@ from pgolf_core.stages import StageRecord
 
 def _saved_hessians(train_dir: Path) -> Hessians | None:
     """Hessians the training run collected inside its budget (GPTQ configs), if any."""
-    from pgolf_core.train import load_checkpoint
+    from pgolf_core.checkpoint import load_checkpoint
 
     path = train_dir / "checkpoints" / "hessians.pt"
     if not path.is_file():

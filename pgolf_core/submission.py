@@ -10,7 +10,8 @@ run's evaluation pipeline would report.
 
 The export refuses, with the reason, a group in which any run failed, any stage record has a failed
 compliance verdict, or the artifact (model bytes + every counted code file, the entry script and the
-config included) exceeds the decimal 16,000,000-byte cap.
+config included) exceeds the decimal byte cap of the runs' config (``quant.byte_cap``, by default the
+challenge's ``pgolf_core.challenge.BYTE_CAP``).
 
 Significance (the challenge README: a new record must beat the state of the art by at least 0.005 nats
 at p < 0.01, usually over 3 seeds): a one-sided one-sample t-test of the per-seed scores against
@@ -31,14 +32,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pgolf_core.atomic import atomic_write_json, atomic_write_text
+from pgolf_core.code_bytes import CodeFilesError, counted_files, file_bytes
 from pgolf_core.config import load_config, to_yaml
-from pgolf_core.stages import STAGES, StageRecord, read_stages
+from pgolf_core.outdir import UnsafeOutputDir, check_replaceable, staged_replace
+from pgolf_core.record_readme import changes_from_baseline, render_readme
+from pgolf_core.stages import StageRecord, read_stages
 
 RECORD_MARGIN_NATS = 0.005
 RECORD_ALPHA = 0.01
-ARTIFACT_CAP = 16_000_000
 TRACK = "10min_16mb"
 SCORE_STAGES = ("q_ngram", "q_ttt", "q_sw", "q")  # the first present is the submitted score
+#: submission.json field that marks a folder as written by ``pgolf export`` (the one it may replace)
+GENERATOR = "pgolf export"
+_MARKER_WHAT = f"submission.json with generator {GENERATOR!r}"
 
 
 class SubmissionRefused(RuntimeError):
@@ -126,6 +132,16 @@ def margin_bpb(tokens: int, nbytes: int, nats: float = RECORD_MARGIN_NATS) -> fl
 # --------------------------------------------------------------------------------------------------
 
 
+def _manifests(root: Path) -> list:
+    out = []
+    for p in root.glob("*/*/manifest.json"):
+        try:
+            out.append(json.loads(p.read_text(encoding="utf-8")))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
 def collect_group(group: str, reports_root: str | os.PathLike = "reports") -> list[SeedRun]:
     """The completed runs of ``group`` (manifest "group", e.g. "h100x8/record_1493"), one per seed, the
     newest run of each seed. Raises when a run of the group did not complete."""
@@ -135,9 +151,9 @@ def collect_group(group: str, reports_root: str | os.PathLike = "reports") -> li
     for mpath in sorted(root.glob("*/*/manifest.json")):
         try:
             manifest = json.loads(mpath.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):
             continue
-        if manifest.get("group") != group:
+        if not isinstance(manifest, dict) or manifest.get("group") != group:
             continue
         if manifest.get("status") != "completed":
             problems.append(f"{mpath.parent.name}: {manifest.get('status')} ({manifest.get('error') or 'no error recorded'})")
@@ -146,14 +162,19 @@ def collect_group(group: str, reports_root: str | os.PathLike = "reports") -> li
         if not spath.is_file():
             problems.append(f"{mpath.parent.name}: no stages.json")
             continue
-        run = SeedRun(int(manifest.get("seed", 0)), mpath.parent, manifest, read_stages(spath))
+        try:
+            stages = read_stages(spath)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            problems.append(f"{spath}: unreadable ({type(e).__name__}: {e})")
+            continue
+        run = SeedRun(int(manifest.get("seed", 0)), mpath.parent, manifest, stages)
         old = found.get(run.seed)
         if old is None or manifest.get("started_utc", "") > old.manifest.get("started_utc", ""):
             found[run.seed] = run
     if problems:
         raise SubmissionRefused(f"group {group!r} has runs that did not complete: " + "; ".join(problems))
     if not found:
-        groups = sorted({json.loads(p.read_text()).get("group", "?") for p in root.glob("*/*/manifest.json")})
+        groups = sorted({str(m.get("group", "?")) for m in _manifests(root) if isinstance(m, dict)})
         raise SubmissionRefused(f"no completed run of group {group!r} under {root}; groups there: {groups}")
     return [found[s] for s in sorted(found)]
 
@@ -213,68 +234,10 @@ def _refuse_non_compliant(runs: list[SeedRun]) -> None:
 
 
 def _counted_code(cfg, root: Path) -> list[Path]:
-    files: set[Path] = set()
-    for pattern in cfg.quant.code_files:
-        matched = [p for p in root.glob(pattern) if p.is_file() and "__pycache__" not in p.parts]
-        if not matched:
-            raise SubmissionRefused(f"quant.code_files: {pattern!r} matches no file under {root}")
-        files.update(p.relative_to(root) for p in matched)
-    return sorted(files)
-
-
-def _changes_from_baseline(cfg) -> list[str]:
-    """Dotted keys whose values differ from the defaults (the challenge baseline)."""
-    from pgolf_core.config import RunConfig, to_dict
-
-    mine, base = to_dict(cfg), to_dict(RunConfig())
-    out = []
-    for section, values in mine.items():
-        if section in ("report",):
-            continue
-        stack = [(f"{section}.{k}", v, base[section][k]) for k, v in values.items()]
-        while stack:
-            key, v, b = stack.pop(0)
-            if isinstance(v, dict):
-                stack[:0] = [(f"{key}.{k}", vv, b[k]) for k, vv in v.items()]
-            elif v != b:
-                out.append(f"{key}: {b!r} -> {v!r}")
-    return out
-
-
-def _readme(name: str, blurb: str, runs: list[SeedRun], sub: dict, sig: Significance | None, changes: list[str]) -> str:
-    lines = [f"# {name}", "", blurb, "",
-             f"**val_bpb {sub['val_bpb']:.8f}** (mean of {len(runs)} seed(s); val_loss {sub['val_loss']:.8f} nats), "
-             f"artifact {sub['bytes_total']:,} bytes (code {sub['bytes_code']:,} + model "
-             f"{sub['bytes_total'] - sub['bytes_code']:,}), cap 16,000,000.", ""]
-    if sig is not None:
-        lines += ["## Significance", "", sig.summary(), ""]
-    stages = [s for s in STAGES if any(st.stage == s for r in runs for st in r.stages)]
-    lines += ["## Per-stage bpb", "", "| seed | " + " | ".join(stages) + " | train s | eval s |",
-              "|---|" + "---|" * (len(stages) + 2)]
-    for r in runs:
-        by = {st.stage: st for st in r.stages}
-        cells = [f"{by[s].val_bpb:.5f}" if s in by else "" for s in stages]
-        o = r.outputs
-        lines.append(f"| {r.seed} | " + " | ".join(cells)
-                     + f" | {o.get('train_seconds') or 0:.1f} | {o.get('eval_seconds') or 0:.1f} |")
-    if len(runs) > 1:
-        means = [statistics.fmean([st.val_bpb for r in runs for st in r.stages if st.stage == s]) for s in stages]
-        lines.append("| mean | " + " | ".join(f"{m:.5f}" for m in means) + " | | |")
-    lines += ["", "## Compliance", "", "Every stage record of every seed passed every applicable check:", ""]
-    checks = {}
-    for r in runs:
-        for st in r.stages:
-            for v in st.verdicts:
-                checks.setdefault(v.check, set()).add(v.label)
-    lines += [f"- {c}: {', '.join(sorted(labels))}" for c, labels in sorted(checks.items())]
-    final = runs[0].final
-    lines += ["", f"The score is the `{final.stage}` stage. Its verdicts for seed {runs[0].seed}:", ""]
-    lines += [f"- {v.label} {v.check}: {v.reason}" for v in final.verdicts]
-    lines += ["", "## What changed (against the challenge baseline)", ""]
-    lines += [f"- `{c}`" for c in changes] or ["- nothing: this is the baseline configuration"]
-    lines += ["", "## Reproduce", "", "```bash", "torchrun --standalone --nproc_per_node=8 train_gpt.py", "```", "",
-              "Generated by `pgolf export` from the runs " + ", ".join(r.run_dir.name for r in runs) + "."]
-    return "\n".join(lines) + "\n"
+    try:
+        return counted_files(cfg.quant.code_files, root)
+    except (CodeFilesError, FileNotFoundError) as e:
+        raise SubmissionRefused(str(e)) from None
 
 
 def export_submission(
@@ -293,21 +256,22 @@ def export_submission(
     date: str | None = None,
     overwrite: bool = False,
 ) -> ExportResult:
-    """Write the challenge's records folder for ``group``; raise SubmissionRefused with the reason."""
+    """Write the challenge's records folder for ``group``; raise SubmissionRefused with the reason.
+
+    ``out_dir`` may be replaced (``overwrite``) only when an earlier export wrote it (``pgolf_core.outdir``).
+    """
+    out, code_root = Path(out_dir), Path(code_root)
+    _check_out(out, overwrite, code_root)  # before any work: a refused folder is reported at once
     runs = collect_group(group, reports_root)
     _refuse_non_compliant(runs)
     configs = [_portable(load_config(r.train_dir / "config.yaml")) for r in runs]
     if any(to_yaml(c) != to_yaml(configs[0]) for c in configs):
         raise SubmissionRefused(f"group {group!r}: the seeds' configs differ beyond train.seed")
     cfg = configs[0]
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise SubmissionRefused(f"{out} exists and is not empty (pass --force to replace it)")
-    code_root = Path(code_root)
     code_files = _counted_code(cfg, code_root)
     config_text = to_yaml(cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": runs[0].seed})}))
     # (the entry script sets train.run_dir / run_id; reproduce another seed with --set train.seed=N)
-    bytes_code = sum((code_root / f).stat().st_size for f in code_files)
+    bytes_code = file_bytes(code_root / f for f in code_files)
     bytes_code += len(ENTRY_SCRIPT.encode()) + len(config_text.encode())
     model_bytes = []
     for r in runs:
@@ -316,10 +280,11 @@ def export_submission(
             raise SubmissionRefused(f"{r.run_dir}: no artifact.bin (the q stage did not run)")
         model_bytes.append(artifact.stat().st_size)
     bytes_total = bytes_code + max(model_bytes)
-    if bytes_total > ARTIFACT_CAP:
+    cap = cfg.quant.byte_cap
+    if bytes_total > cap:
         raise SubmissionRefused(
             f"over the byte cap: code {bytes_code:,} + largest model {max(model_bytes):,} = {bytes_total:,} bytes "
-            f"> {ARTIFACT_CAP:,} by {bytes_total - ARTIFACT_CAP:,}"
+            f"> {cap:,} (quant.byte_cap) by {bytes_total - cap:,}"
         )
     finals = [r.final for r in runs]
     sig = None
@@ -335,6 +300,7 @@ def export_submission(
         "blurb": blurb,
         "date": date or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "track": track,
+        "generator": GENERATOR,
         "val_bpb": round(statistics.fmean(f.val_bpb for f in finals), 8),
         "val_loss": round(statistics.fmean(f.val_loss for f in finals), 8),
         "val_bpb_std": round(statistics.stdev([f.val_bpb for f in finals]), 8) if len(finals) > 1 else None,
@@ -350,25 +316,45 @@ def export_submission(
     }
     if sig is not None:
         submission["significance"] = {**asdict(sig), "bar_met": sig.bar_met, "margin_nats": RECORD_MARGIN_NATS}
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
     written = []
-    for f in code_files:
-        dest = out / f
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(code_root / f, dest)
-        written.append(f.as_posix())
-    atomic_write_text(out / "train_gpt.py", ENTRY_SCRIPT)
-    atomic_write_text(out / "config.yaml", config_text)
-    for r in runs:
-        log = r.train_dir / "train.log"
-        if log.is_file():
-            shutil.copyfile(log, out / f"train_seed{r.seed}.log")
-            written.append(f"train_seed{r.seed}.log")
-        shutil.copyfile(r.run_dir / "stages.json", out / f"stages_seed{r.seed}.json")
-        written.append(f"stages_seed{r.seed}.json")
-    atomic_write_json(out / "submission.json", submission)
-    atomic_write_text(out / "README.md", _readme(name, blurb, runs, submission, sig, _changes_from_baseline(cfg)))
+    try:
+        with staged_replace(out, overwrite=overwrite, owned=_exported_by_pgolf, what=_MARKER_WHAT,
+                            project_root=code_root) as stage:
+            for f in code_files:
+                dest = stage / f
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(code_root / f, dest)
+                written.append(f.as_posix())
+            atomic_write_text(stage / "train_gpt.py", ENTRY_SCRIPT)
+            atomic_write_text(stage / "config.yaml", config_text)
+            for r in runs:
+                log = r.train_dir / "train.log"
+                if log.is_file():
+                    shutil.copyfile(log, stage / f"train_seed{r.seed}.log")
+                    written.append(f"train_seed{r.seed}.log")
+                shutil.copyfile(r.run_dir / "stages.json", stage / f"stages_seed{r.seed}.json")
+                written.append(f"stages_seed{r.seed}.json")
+            atomic_write_json(stage / "submission.json", submission)
+            readme = render_readme(name, blurb, runs, submission, sig, changes_from_baseline(cfg), cap)
+            atomic_write_text(stage / "README.md", readme)
+    except UnsafeOutputDir as e:
+        raise SubmissionRefused(str(e)) from None
     written += ["train_gpt.py", "config.yaml", "submission.json", "README.md"]
     return ExportResult(out, submission, sig, sorted(written))
+
+
+
+def _exported_by_pgolf(folder: Path) -> bool:
+    try:
+        data = json.loads((folder / "submission.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("generator") == GENERATOR
+
+
+def _check_out(out: Path, overwrite: bool, code_root: Path) -> None:
+    try:
+        check_replaceable(out, overwrite=overwrite, owned=_exported_by_pgolf, what=_MARKER_WHAT,
+                          project_root=code_root)
+    except UnsafeOutputDir as e:
+        raise SubmissionRefused(str(e)) from None

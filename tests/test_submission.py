@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from pgolf_core import submission as sub
+from pgolf_core.challenge import BYTE_CAP
 from pgolf_core.submission import SubmissionRefused, export_submission, margin_bpb, significance
 from pgolf_core.suite import run_suite
 from tests.conftest import REPO
@@ -105,7 +106,7 @@ def test_export_writes_the_challenge_records_folder(group_runs, tmp_path):
     code = [p for p in out.rglob("*") if p.is_file() and p.suffix in (".py", ".yaml")]
     assert s["bytes_code"] == sum(p.stat().st_size for p in code)
     biggest = max((r.run_dir / "artifact.bin").stat().st_size for r in records)
-    assert s["bytes_total"] == s["bytes_code"] + biggest < 16_000_000
+    assert s["bytes_total"] == s["bytes_code"] + biggest < BYTE_CAP
     assert {"README.md", "train_gpt.py", "config.yaml", "train_seed1.log", "train_seed2.log",
             "stages_seed1.json", "stages_seed2.json"} <= {p.name for p in out.iterdir()}
     assert (out / "pgolf_core" / "model" / "gpt.py").is_file() and not (out / "pgolf_core" / "cli.py").exists()
@@ -119,7 +120,7 @@ def test_exported_entry_script_trains_and_scores_from_the_folder(group_runs, tmp
     """train_gpt.py runs from the exported folder alone (its own copy of the counted code)."""
     reports, _ = group_runs
     out = export(reports, tmp_path / "rec").out_dir
-    proc = subprocess.run([sys.executable, "train_gpt.py"], cwd=out, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "train_gpt.py"], check=False, cwd=out, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert '"event": "stages"' in proc.stdout and (out / "runs" / "record" / "artifact.bin").is_file()
     assert f"pgolf_core from {out / 'pgolf_core'}" in proc.stdout  # the folder's own copy, not the checkout
@@ -138,7 +139,13 @@ def test_export_refuses_non_compliant_over_cap_failed_and_unknown(group_runs, tm
             export(reports, tmp_path / "a")
     finally:
         stages_path.write_text(original)
-    monkeypatch.setattr(sub, "ARTIFACT_CAP", 1000)
+    real_load = sub.load_config
+
+    def tight_cap(path):  # the runs' own quant.byte_cap is the cap (the export once used a constant)
+        cfg = real_load(path)
+        return cfg.model_copy(update={"quant": cfg.quant.model_copy(update={"byte_cap": 1000})})
+
+    monkeypatch.setattr(sub, "load_config", tight_cap)
     with pytest.raises(SubmissionRefused, match=r"over the byte cap: code [\d,]+ \+ largest model [\d,]+ = [\d,]+ bytes > 1,000"):
         export(reports, tmp_path / "b")
     monkeypatch.undo()
@@ -153,3 +160,40 @@ def test_export_refuses_non_compliant_over_cap_failed_and_unknown(group_runs, tm
     with pytest.raises(SubmissionRefused, match=r"no completed run of group 'nope'.*tiny/train"):
         export_submission("nope", tmp_path / "d", name="x", author="x", github_id="x", blurb="x", reports_root=reports)
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_export_replaces_only_a_folder_pgolf_exported(group_runs, tmp_path, monkeypatch, capsys):
+    """--force once deleted the working directory; now a folder without pgolf's marker, the working
+    directory, the project, a folder above it and a home directory are refused, and the files survive."""
+    from pgolf_core.cli import main
+
+    reports, _ = group_runs
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "precious.txt").write_text("keep me")
+    with pytest.raises(SubmissionRefused, match=r"mine: exists, is not empty and has no submission\.json with gen"):
+        export(reports, mine, overwrite=True)
+    assert (mine / "precious.txt").read_text() == "keep me"
+    for target, why in [(REPO, "the (project root|working directory)"), (REPO.parent, "a folder above the")]:
+        with pytest.raises(SubmissionRefused, match=f"refusing to write into {why}"):
+            export(reports, target, overwrite=True)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "precious.txt").write_text("keep me")
+    monkeypatch.setenv("HOME", str(home))
+    with pytest.raises(SubmissionRefused, match="refusing to write into a home directory"):
+        export(reports, home, overwrite=True)
+    monkeypatch.chdir(mine)  # `pgolf export G --out . --force` from a folder of one's own
+    args = ["export", "tiny/train", "--out", ".", "--force", "--name", "x", "--author", "x",
+            "--github-id", "x", "--blurb", "x", "--reports", str(reports)]
+    assert main(args) == 2
+    assert "refusing to write into the working directory" in capsys.readouterr().err
+    assert (mine / "precious.txt").is_file() and (home / "precious.txt").is_file()
+    monkeypatch.chdir(REPO)
+    rec = export(reports, tmp_path / "rec").out_dir  # a folder pgolf wrote: replaced with --force only
+    assert json.loads((rec / "submission.json").read_text())["generator"] == "pgolf export"
+    with pytest.raises(SubmissionRefused, match=r"rec: exists \(written by pgolf\); pass --force"):
+        export(reports, rec)
+    (rec / "stale.txt").write_text("from an earlier export")
+    assert export(reports, rec, overwrite=True).out_dir == rec and not (rec / "stale.txt").exists()
+    assert not list(tmp_path.glob(".rec.*")), "no staging folder left behind"

@@ -97,7 +97,7 @@ def section(ctx: Context) -> None:
                 loaded.clear()  # one model on the GPU at a time
                 model = build(cfg, device)
                 randomize_weights(model, seed=2)
-                model.set_looping(True)  # the records evaluate with the loops on
+                model.set_loops(True)  # the records evaluate with the loops on
                 loaded[name] = model.eval()
             model = loaded[name]
             seq = cfg.eval_seq_len

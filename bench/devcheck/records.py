@@ -197,7 +197,7 @@ def run_case(ctx: Context, name: str, table, reserve_s: float = 0.0) -> None:
     model = build(cfg, device)
     randomize_weights(model, seed=1)
     looped = has_loops(model)
-    model.set_looping(True)  # the expensive state; the records switch it on during training
+    model.set_loops(True)  # the expensive state; the records switch it on during training
     seqs, seq = micro_batch(cfg)
     x = random_tokens(vocab_size(model), (seqs, seq), 0, device)
     y = random_tokens(vocab_size(model), (seqs, seq), 1, device)
@@ -219,7 +219,7 @@ def run_case(ctx: Context, name: str, table, reserve_s: float = 0.0) -> None:
                     f"compiling took {compile_s:.0f} s)"
                 )
                 break
-            model.set_looping(False)  # a guard on the flag: the next call compiles the plain plan
+            model.set_loops(False)  # a guard on the flag: the next call compiles the plain plan
         m = time_steps(fwd, model, opt, x, y, clip=cfg.optim.grad_clip_norm)
         ctx.add(
             Check(

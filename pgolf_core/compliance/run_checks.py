@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from pgolf_core.challenge import BYTE_CAP, EVAL_SECONDS, TRAIN_SECONDS, VAL_DOCS
+from pgolf_core.code_bytes import file_bytes
 from pgolf_core.data.byte_recount import recount_bytes
 from pgolf_core.stages import Verdict
 
@@ -19,8 +20,8 @@ TIME_LIMIT_SECONDS = TRAIN_SECONDS
 
 
 def code_bytes(paths: Iterable[str | os.PathLike]) -> int:
-    """Total bytes of the given code files (as shipped: raw file sizes)."""
-    return sum(Path(p).stat().st_size for p in paths)
+    """Total bytes of the given code files (as shipped: raw file sizes; a file named twice counts once)."""
+    return file_bytes(paths)
 
 
 def loaded_local_files(root: str | os.PathLike) -> list[Path]:

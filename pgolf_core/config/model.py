@@ -1,10 +1,11 @@
 """The model section, grouped like the files of pgolf_core/model/ that implement it.
 
     model:                      # the shape: vocab, layers, width, heads, head, softcap, init, kernel
-      attention:  {q_gain_init, xsa_last_n, gate: {kind, width, scale, init_std}, window: {size, layers}}
+      attention:  {q_gain_init, xsa_last_n, gate: {kind, width, scale, init_std}, window: {size, layers},
+                   varlen: {enabled, max_doc_len}, key_offset: {enabled, layers, bos_fix}}
       rotary:     {base, dims, train_seq_len}
       mlp:        {mult, activation, leaky_slope}
-      embeddings: {bigram: {buckets, dim}, value: {dim, layers}, smear: {kind, width, bos_fix}}
+      embeddings: {bigram: {buckets, dim, bos_fix}, value: {dim, layers}, smear: {kind, width, bos_fix}}
       residual:   {ln_scale, skip_gates, loops: {start, end, count, enable_frac},
                    parallel: {kind, start_layer}}
 
@@ -44,13 +45,47 @@ class WindowConfig(Section):
     )
 
 
+class VarlenConfig(Section):
+    """Document-masked attention over packed rows (model.attention.varlen; #1530, pgolf_core/model/varlen.py).
+
+    Each row is cut into segments at every BOS (a leading partial document is a segment too) and every
+    ``max_doc_len`` tokens of a longer document; attention stays inside its segment. #1530 README: ~2%
+    faster and ~0.001 nats better than attention across document boundaries.
+    """
+
+    enabled: bool = Field(False, description="attend within documents only (#1530: ~2% faster, ~0.001 nats)")
+    max_doc_len: int = Field(
+        2048, gt=0, description="longest segment; longer documents are cut (#1530: 2048)"
+    )
+
+
+class KeyOffsetConfig(Section):
+    """Partial key offset (model.attention.key_offset; #1512, from modded-nanogpt).
+
+    After q/k RMS norm and partial RoPE, the key's non-rotary dims at position t take the values of
+    position t - 1 (position 0 keeps its own): a query can find the token AFTER an earlier match, a
+    one-layer induction head, for zero parameters. #1512 (layers 6-10 of 11, with QK gain 2.5):
+    1.1259 -> 1.1226 pre-quant, 1.1165 -> 1.1139 sliding (single seed).
+    """
+
+    enabled: bool = Field(False, description="shift the non-rotary key dims by one position (#1512)")
+    layers: list[int] = Field(
+        default_factory=list, description="physical layers with the offset (empty: all; #1512: 6..10)"
+    )
+    bos_fix: bool = Field(
+        True, description="a document's first key keeps its own values (#1512 did not mask: set false)"
+    )
+
+
 class AttentionConfig(Section):
-    """Causal self-attention: query gain, XSA, output gate, sliding window."""
+    """Causal self-attention: query gain, XSA, output gate, sliding window, varlen, key offset."""
 
     q_gain_init: float = Field(1.5, description="per-head query gain after q/k RMS norm")
     xsa_last_n: int = Field(0, ge=0, description="exclusive self-attention on the last N physical layers")
     gate: AttentionGateConfig = AttentionGateConfig()
     window: WindowConfig = WindowConfig()
+    varlen: VarlenConfig = VarlenConfig()
+    key_offset: KeyOffsetConfig = KeyOffsetConfig()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -86,6 +121,11 @@ class BigramConfig(Section):
 
     buckets: int = Field(0, ge=0, description="table rows (0: off; #549 used 1536)")
     dim: int = Field(128, gt=0, description="table width")
+    bos_fix: bool = Field(
+        False,
+        description="a BOS hashes as a stream start, not with the previous document's last token "
+        "(off: #549/#1019 hashed across documents)",
+    )
 
     @model_validator(mode="after")
     def _buckets(self) -> BigramConfig:
@@ -117,7 +157,16 @@ class SmearConfig(Section):
         "none", description="v1: #549 (after norm); v2: #1667+ (before norm)"
     )
     width: int = Field(12, gt=0, description="v2: input dims of the gate")
-    bos_fix: bool = Field(True, description="v2: no smear into a BOS token (#1851 fix)")
+    bos_fix: bool | None = Field(
+        None,
+        description="no smear into a BOS token (#1851 fix of the #1797 leak); None: as the kind's "
+        "record (v1 off: #549 had no fix; v2 on: #1851/#1855)",
+    )
+
+    @property
+    def bos_fixed(self) -> bool:
+        """Whether the previous-token term is zeroed at a BOS for this kind."""
+        return self.bos_fix if self.bos_fix is not None else self.kind == "v2"
 
 
 class EmbeddingsConfig(Section):
@@ -178,6 +227,11 @@ class ModelConfig(Section):
     tie_embeddings: bool = True
     tied_embed_init_std: float = Field(0.005, ge=0)
     logit_softcap: float = Field(30.0, gt=0, description="logits = c * tanh(z / c)")
+    logit_softcap_asym: bool = Field(
+        False,
+        description="AsymLogit rescale (#1923): eval/TTT logits use two scalars (positive / negative z) "
+        "initialised to logit_softcap, trained only by the phased-TTT global pass; -0.00129 bpb TTT gain",
+    )
     ortho_init: bool = Field(False, description="orthogonal init of matrices with both dims >= 64 (#549)")
     attn_backend: Literal["auto", "fa3", "fa2", "sdpa"] = Field(
         "auto", description="auto: FA3, then FA2, then SDPA"
@@ -216,9 +270,15 @@ class ModelConfig(Section):
             raise ValueError(
                 f"model.residual.loops.start..end ({loops.start}..{loops.end}) must lie in 0..{L - 1}"
             )
+        if attn.key_offset.enabled and not 0 < dims < self.head_dim:
+            raise ValueError(
+                f"model.attention.key_offset shifts the non-rotary key dims: it needs partial RoPE, "
+                f"0 < model.rotary.dims < {self.head_dim} (got {dims}; #1512 used 16 of 64)"
+            )
         for key, layers in (
             ("embeddings.value.layers", emb.value.layers),
             ("attention.window.layers", attn.window.layers),
+            ("attention.key_offset.layers", attn.key_offset.layers),
         ):
             bad = [i for i in layers if not 0 <= i < L]
             if bad:

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from pgolf_core.challenge import BYTE_CAP, TRAIN_SECONDS, WORLD_SIZE
+from pgolf_core.code_bytes import RUNTIME_CODE_FILES  # the default quant.code_files (counted-file policy)
 from pgolf_core.config.model import ModelConfig
 from pgolf_core.config.section import Section
 
@@ -136,6 +137,11 @@ class TrainConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     compile: bool = Field(True, description="torch.compile the model on CUDA (never on CPU)")
     autocast: bool = Field(True, description="bf16 autocast on CUDA (CPU runs in fp32)")
+    tok_emb_bf16: bool = Field(
+        True,
+        description="on CUDA under bf16 autocast, store the token embedding (tied head) in bf16 as the "
+        "challenge's train_gpt.py does (its Adam then updates bf16 weights); CPU and fp32 runs keep fp32",
+    )
     progress: bool = Field(True, description="tqdm bar on rank 0")
     run_dir: str = Field("runs", description="runs/<run_id>/ holds config, metrics, logs, checkpoints")
     run_id: str | None = Field(None, description="None: a timestamped id")
@@ -147,6 +153,34 @@ class TrainConfig(Section):
                 f"train.train_batch_tokens ({self.train_batch_tokens}) must be a multiple of "
                 f"train.train_seq_len ({self.train_seq_len})"
             )
+        return self
+
+
+class TiltConfig(Section):
+    """The token-only n-gram tilt (#2130 -> #2135, leaderboard #1 at 1.05651; the legal tilt is worth about
+    -0.001 bpb in #2130's single-seed notes): where the token that most often followed the same
+    ``order - 1`` tokens earlier in the scored stream has a share of at least ``threshold``, the scored
+    distribution becomes p'(a) = p(a) e^{beta [a = hint]} / Z (stage q_tilt; off by default)."""
+
+    enabled: bool = Field(False, description="stage q_tilt: sliding window + the tilt (#2135, ~-0.001 bpb)")
+    order: int = Field(
+        16, description="context = the previous order - 1 tokens (#2135 TOKEN_ORDER 16; 8 was worse)"
+    )
+    threshold: float = Field(
+        0.8, description="tilt where the hint's share of its context's continuations is >= this (#2135: 0.8)"
+    )
+    beta: float = Field(
+        2.625, description="log-boost of the hint (#2135 TOKEN_BOOST 2.625; 3.0 measured 0.0002 bpb worse)"
+    )
+
+    @model_validator(mode="after")
+    def _ranges(self) -> TiltConfig:
+        if self.order < 2:
+            raise ValueError(f"eval.tilt.order ({self.order}) must be at least 2 (one context token)")
+        if not 0 < self.threshold <= 1:
+            raise ValueError(f"eval.tilt.threshold ({self.threshold}) must be in (0, 1]")
+        if not self.beta > 0:
+            raise ValueError(f"eval.tilt.beta ({self.beta}) must be a finite number > 0")
         return self
 
 
@@ -181,6 +215,7 @@ class EvalConfig(Section):
         description="T9 looks for copied validation documents in this many training tokens (0: skip; "
         "`pgolf data split` scans all)",
     )
+    tilt: TiltConfig = TiltConfig()
 
 
 class QuantGroupConfig(Section):
@@ -199,35 +234,6 @@ class QuantGroupConfig(Section):
     gptq: bool = Field(False, description="Hessian-aware GPTQ rounding (#1019 on)")
 
 
-# What a run imports to train, quantize and score: the challenge counts the submission's code, and the
-# conservative reading (some records count only train_gpt.py, a contested practice) is every such file;
-# tooling that never runs in a submission (CLI, notebook driver, reports, data preparation) is left out.
-RUNTIME_CODE_FILES = (
-    "pgolf_core/__init__.py",
-    "pgolf_core/atomic.py",
-    "pgolf_core/challenge.py",
-    "pgolf_core/config/*.py",
-    "pgolf_core/dist.py",
-    "pgolf_core/eval/*.py",
-    "pgolf_core/runtime.py",
-    "pgolf_core/train.py",
-    "pgolf_core/scoring.py",
-    "pgolf_core/stages.py",
-    "pgolf_core/pipeline/*.py",
-    "pgolf_core/compliance/*.py",
-    "pgolf_core/data/byte_recount.py",
-    "pgolf_core/ngram/*.py",
-    "pgolf_core/data/__init__.py",
-    "pgolf_core/data/shards.py",
-    "pgolf_core/data/loader.py",
-    "pgolf_core/data/tokenizer.py",
-    "pgolf_core/data/tokenizer_bytes.py",
-    "pgolf_core/data/overlap.py",
-    "pgolf_core/model/*.py",
-    "pgolf_core/optim/*.py",
-    "pgolf_core/quant/*.py",
-    "pgolf_core/ttt/*.py",
-)
 
 
 class QuantConfig(Section):
@@ -329,6 +335,27 @@ class TTTConfig(Section):
     lora_chunk_tokens: int = Field(256, gt=0, description="lora: score a chunk of a document, then one step")
     lora_window: int = Field(1024, gt=0, description="lora: context window within the document")
     lora_batch_docs: int = Field(64, gt=0)
+    context_len: int = Field(
+        0,
+        ge=0,
+        description="lora/phased: TTT context length, apart from the training and eval seq lens: the "
+        "per-document window and the global passes' sequence length (#1953: 2560, -0.00058 bpb with "
+        "no_qv; #2014: 3072); 0: lora_window for the windows, the eval seq len for the passes",
+    )
+    local_lr_mult: float = Field(
+        1.0, gt=0, description="lora/phased: the per-document LoRA lr is lora_lr * this (#1953: 0.75)"
+    )
+    short_doc_chunks: list[list[int]] = Field(
+        default_factory=list,
+        description="lora/phased: [[max_len, chunk], ...] by increasing max_len: a LoRA batch whose longest "
+        "document has <= max_len targets uses chunks of that size, else lora_chunk_tokens (#2014: "
+        "[[256, 8], [2000, 24]] with 48; [] off). It reads where documents end, so T1 fails with it",
+    )
+    include_tail: bool = Field(
+        True,
+        description="lora/phased: score every target handed to the TTT (#2014 EVAL_INCLUDE_TAIL=1); false: "
+        "only the first whole multiple of the context length (the older loaders' truncation)",
+    )
     phased_prefix_docs: int = Field(
         2000, gt=0, description="phased: documents scored before the global passes end"
     )
@@ -348,6 +375,20 @@ class TTTConfig(Section):
                 f"ttt.lora_window ({self.lora_window}) must be at least "
                 f"ttt.lora_chunk_tokens ({self.lora_chunk_tokens})"
             )
+        if self.context_len and self.context_len < self.lora_chunk_tokens:
+            raise ValueError(
+                f"ttt.context_len ({self.context_len}) must be 0 or at least "
+                f"ttt.lora_chunk_tokens ({self.lora_chunk_tokens})"
+            )
+        window = self.context_len or self.lora_window
+        last = 0
+        for rule in self.short_doc_chunks:
+            if len(rule) != 2 or rule[0] <= last or not 0 < rule[1] <= window:
+                raise ValueError(
+                    f"ttt.short_doc_chunks entry {rule}: expected [max_len, chunk] with max_len above the "
+                    f"previous entry's ({last}) and 0 < chunk <= the document window ({window})"
+                )
+            last = rule[0]
         return self
 
 

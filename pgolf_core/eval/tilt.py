@@ -14,12 +14,16 @@ whether to emit a hint, are not (#1967): they are not built here.
 The hint builder is one vectorized pass (two stable sorts) instead of the records' sequential hash
 table: at occurrence k of a context, the hint is the continuation that first reached the highest pair
 count among occurrences 0..k-1 (a running arg-max with strict improvement), and its confidence is that
-count / k. ``reference_hints`` is the slow dictionary version the tests compare against.
+count / k. ``reference_hints`` is the slow dictionary version the tests compare against. Contexts
+seen only once are filtered out before the sorts (``_repeated``). bench/tilt.py on 10M tokens, one
+core of the shared 2-core VM at load ~5.5: 2.4-3.0M tokens/s (740k before the doubling hash and the
+iterated filter); 1.08M tokens/s on 47.85M tokens (#2135's pod: 240k-290k).
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -32,7 +36,23 @@ THRESHOLD = 0.8  # #2135 TOKEN_THRESHOLD: tilt only where the hint's share is at
 BETA = 2.625  # #2135 TOKEN_BOOST (3.0 measured 0.0002 bpb worse)
 
 _MULT = np.uint64(0x9E3779B97F4A7C15)  # odd 64-bit multiplier (golden ratio); wraps mod 2^64
-_BUCKET_BITS = 23  # the singleton filter's tables: 2 x 8M int64 counts (64 MiB each, one at a time)
+# The singleton filter: bucket tables of about 2 x the survivors, between 2^16 and 2^26 int64 counts
+# (512 MiB at most, one at a time); a fresh odd multiplier per pass re-draws the buckets.
+_MIN_BUCKET_BITS, _MAX_BUCKET_BITS = 16, 26
+_FILTER_MULTS = tuple(
+    np.uint64(c)
+    for c in (
+        0xD6E8FEB86659FD93,
+        0xA0761D6478BD642F,
+        0xE7037ED1A0B428DB,
+        0x8EBC6AF09C88C6E3,
+        0x589965CC75374CC3,
+        0x1D8E4E27C47D124F,
+        0xC2B2AE3D27D4EB4F,
+        0x94D049BB133111EB,
+    )
+)
+_FILTER_STOP = 0.02  # stop filtering once a pass drops under 2% of the survivors
 
 
 @dataclass(frozen=True)
@@ -49,19 +69,55 @@ class Hints:
 
 
 def _context_hashes(tokens: np.ndarray, order: int) -> np.ndarray:
-    """Position-sensitive hash of x[j-order+1 .. j-1] for j = order-1 .. N-1 (uint64, wrapping)."""
+    """Position-sensitive hash of x[j-order+1 .. j-1] for j = order-1 .. N-1 (uint64, wrapping).
+
+    The polynomial H_L[s] = sum_k (x[s+k] + 1) * MULT^(L-1-k) over the L = order - 1 context tokens,
+    by doubling: H_2b[s] = H_b[s] * MULT^b + H_b[s+b], and the set bits of L joined the same way
+    (H_a+b[s] = H_a[s] * MULT^b + H_b[s+a]), so about 2 log2(L) array passes instead of L. Arithmetic
+    is mod 2^64, so this equals the token-by-token Horner loop exactly."""
     n_ctx = order - 1
-    x = tokens.astype(np.uint64) + np.uint64(1)
-    m = tokens.size - n_ctx
-    h = np.zeros(m, dtype=np.uint64)
+    m = tokens.size - n_ctx  # contexts that predict a token: starts s = 0 .. N - 1 - n_ctx
+    block = tokens.astype(np.uint64) + np.uint64(1)  # H_1
+    width = 1  # block = H_width, of length N - width + 1
+    acc, acc_len = None, 0
     with np.errstate(over="ignore"):
-        for k in range(n_ctx):  # token at offset k of the context, oldest first
-            h = h * _MULT + x[k : k + m]
+        for bit in range(n_ctx.bit_length()):
+            if n_ctx >> bit & 1:
+                right = block[acc_len : acc_len + m]
+                acc = right.copy() if acc is None else acc * (_MULT ** np.uint64(width)) + right
+                acc_len += width
+            if (n_ctx >> (bit + 1)) == 0:
+                break
+            block = block[:-width] * (_MULT ** np.uint64(width)) + block[width:]  # H_2width
+            width *= 2
+        h = acc
         # a final avalanche (splitmix64 finalizer) so the sort below sees well-spread keys
         h ^= h >> np.uint64(31)
         h *= np.uint64(0xBF58476D1CE4E5B9)
         h ^= h >> np.uint64(29)
     return h
+
+
+def _repeated(ctx: np.ndarray) -> np.ndarray:
+    """Indices of ``ctx`` that may occur more than once: all those that do, few that do not.
+
+    Contexts seen once give no hint to anyone; on text almost every order-16 context is unique, so
+    dropping them first leaves the sorts a small fraction of the stream. Each pass counts the
+    survivors' buckets (a multiply-shift hash into about 2 buckets per survivor) and drops those
+    alone in theirs: a repeated context always shares its bucket with its own copies, so it is never
+    dropped; a unique one survives a pass only if another survivor shares its bucket."""
+    keep = np.arange(ctx.size)
+    cur = ctx
+    with np.errstate(over="ignore"):
+        for mult in _FILTER_MULTS:
+            m = keep.size
+            bits = min(max(int(m).bit_length() + 1, _MIN_BUCKET_BITS), _MAX_BUCKET_BITS)
+            bucket = ((cur * mult) >> np.uint64(64 - bits)).astype(np.intp)
+            shared = np.bincount(bucket, minlength=1 << bits)[bucket] > 1
+            keep, cur = keep[shared], cur[shared]
+            if m - keep.size < _FILTER_STOP * m:
+                break
+    return keep
 
 
 def build_hints(tokens: np.ndarray, order: int = ORDER, threshold: float = THRESHOLD) -> Hints:
@@ -74,15 +130,7 @@ def build_hints(tokens: np.ndarray, order: int = ORDER, threshold: float = THRES
     if N <= first:
         return Hints(hint, conf, np.zeros(N, dtype=bool))
     ctx_all = _context_hashes(tokens, order)  # entry i is the context of position first + i
-    # A context seen once gives no hint to anyone: drop those before sorting. Two bincounts over
-    # 2^23 buckets each (the hash's top and bottom bits) find most of them, as a counting Bloom
-    # filter: a bucket shared by two contexts only keeps both, harmlessly. On text almost every
-    # order-16 context is unique, so the sorts below see a small fraction of N.
-    keep = np.ones(ctx_all.size, dtype=bool)
-    for shift in (64 - _BUCKET_BITS, 0):
-        bucket = ((ctx_all >> np.uint64(shift)) & np.uint64((1 << _BUCKET_BITS) - 1)).astype(np.intp)
-        keep &= np.bincount(bucket, minlength=1 << _BUCKET_BITS)[bucket] > 1
-    keep = np.flatnonzero(keep)
+    keep = _repeated(ctx_all)  # in time order
     ctx = ctx_all[keep]
     y = tokens[first:][keep]
     m = ctx.size
@@ -147,8 +195,9 @@ def reference_hints(tokens: Sequence[int], order: int = ORDER, threshold: float 
     return Hints(hint, conf, (hint >= 0) & (conf >= threshold))
 
 
-def tilted_nll(nll: np.ndarray, logp_hint: np.ndarray, target_is_hint: np.ndarray, gated: np.ndarray,
-               beta: float = BETA) -> np.ndarray:
+def tilted_nll(
+    nll: np.ndarray, logp_hint: np.ndarray, target_is_hint: np.ndarray, gated: np.ndarray, beta: float = BETA
+) -> np.ndarray:
     """NLL' = NLL - beta*[y == h] + log1p(p(h)*(e^beta - 1)) where gated, NLL elsewhere (float64).
 
     ``logp_hint`` is log p(h) from the same distribution whose NLL is given (any value where not gated).
@@ -179,8 +228,16 @@ class TiltScorer(Scorer):
     and then reports the block's pairs as entering the count table.
     """
 
-    def __init__(self, model, *, order: int = ORDER, threshold: float = THRESHOLD, beta: float = BETA,
-                 block_tokens: int = 8192, target_gate_ablation: np.ndarray | None = None):
+    def __init__(
+        self,
+        model,
+        *,
+        order: int = ORDER,
+        threshold: float = THRESHOLD,
+        beta: float = BETA,
+        block_tokens: int = 8192,
+        target_gate_ablation: np.ndarray | None = None,
+    ):
         self.model = model
         self.vocab_size = model.vocab_size
         self.order, self.threshold, self.beta = order, threshold, beta
@@ -194,7 +251,9 @@ class TiltScorer(Scorer):
     def score_stream(self, tokens: np.ndarray, events: ScoreEvents | None = None) -> StreamScore:
         tokens = np.asarray(tokens, dtype=np.int64)
         events = events or ScoreEvents()
+        t0 = time.perf_counter()
         hints = build_hints(tokens, self.order, self.threshold)
+        hint_seconds = time.perf_counter() - t0  # #2135 counts this precompute in the eval timer
         nll = np.full(tokens.size, np.nan)
         for lo in range(1, tokens.size, self.block_tokens):
             hi = min(lo + self.block_tokens, tokens.size)
@@ -209,8 +268,12 @@ class TiltScorer(Scorer):
             nll[lo:hi] = tilted_nll(base, lp_h, y == h, gated, self.beta)
             events.scored(np.arange(lo, hi))
             events.updated(np.arange(lo, hi), "tilt_counts")
-        return StreamScore(nll=nll, info={"gated": hints.gated_count, "gated_frac":
-                                          hints.gated_count / max(tokens.size - 1, 1)})
+        info = {
+            "gated": hints.gated_count,
+            "gated_frac": hints.gated_count / max(tokens.size - 1, 1),
+            "hint_seconds": hint_seconds,
+        }
+        return StreamScore(nll=nll, info=info)
 
     def predictive(self, tokens: np.ndarray, positions: Sequence[int]) -> np.ndarray:
         tokens = np.asarray(tokens, dtype=np.int64)

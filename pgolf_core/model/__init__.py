@@ -6,9 +6,11 @@ one sub-section per file (model.attention, model.rotary, model.mlp, model.embedd
     loss = model(input_ids, target_ids)   # mean CE
     nll = model.nll(input_ids, target_ids)
     model.set_loops(True)                 # depth recurrence on (stays off without model.residual.loops)
+    load_challenge_state_dict(model, "final_model.pt")  # a challenge baseline run's weights
 """
 
 from pgolf_core.model.attention import select_attention_backend
+from pgolf_core.model.challenge_weights import load_challenge_state_dict
 from pgolf_core.model.gpt import GPT, build_model, count_parameters
 from pgolf_core.model.residual import LayerPlan, layer_plan, loop_layers
 
@@ -18,6 +20,7 @@ __all__ = [
     "build_model",
     "count_parameters",
     "layer_plan",
+    "load_challenge_state_dict",
     "loop_layers",
     "select_attention_backend",
 ]

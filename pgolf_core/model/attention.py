@@ -1,7 +1,8 @@
 """Causal self-attention and the choice of attention kernel.
 
 Everything a record changed inside attention lives here, each behind a ModelConfig flag: GQA, q/k RMS
-norm, (partial) RoPE, the per-head query gain, XSA, output gates, sliding windows, value embeddings.
+norm, (partial) RoPE, the per-head query gain, XSA, output gates, sliding windows, value embeddings,
+document-masked (varlen) attention, the partial key offset.
 
 Shapes: B batch, T time, D model dim, H query heads, G kv heads, R query heads per kv head (H / G),
 K head dim, C kv dim (G * K), W sparse-gate input width.
@@ -20,6 +21,7 @@ from pgolf_core.config import ModelConfig
 from pgolf_core.model.layers import linear, mark_custom_init, param, rms_norm
 from pgolf_core.model.roles import MATRIX, SCALAR
 from pgolf_core.model.rotary import Rotary, apply_rotary
+from pgolf_core.model.varlen import Segments, segment_mask
 
 # --------------------------------------------------------------------------------------------------
 # Backend selection: #549 and later call FA3 directly on Hopper and no record falls back; we try
@@ -31,13 +33,16 @@ _FLASH_MODULES = {
     "fa3": ("flash_attn_interface", "flash_attn_3.flash_attn_interface"),
     "fa2": ("flash_attn",),
 }
-_FLASH_KERNELS: dict[str, Callable] = {}
+_FLASH_KERNELS: dict[str, Callable] = {}  # "fa3" / "fa2" (dense), "fa3_varlen" / "fa2_varlen"
+DENSE, VARLEN = "flash_attn_func", "flash_attn_varlen_func"
 
 
-def _import_flash(kind: str) -> tuple[Callable | None, str]:
-    """(flash_attn_func, "") or (None, why) for ``kind`` in fa3 / fa2; a found kernel is cached."""
-    if kind in _FLASH_KERNELS:
-        return _FLASH_KERNELS[kind], ""
+def _import_flash(kind: str, fn_name: str = DENSE) -> tuple[Callable | None, str]:
+    """(kernel, "") or (None, why) for ``kind`` in fa3 / fa2; ``fn_name`` is the dense kernel or the
+    varlen one (#1530); a found kernel is cached."""
+    key = kind if fn_name == DENSE else f"{kind}_varlen"
+    if key in _FLASH_KERNELS:
+        return _FLASH_KERNELS[key], ""
     errors = []
     for name in _FLASH_MODULES[kind]:
         try:
@@ -45,11 +50,11 @@ def _import_flash(kind: str) -> tuple[Callable | None, str]:
         except Exception as e:  # noqa: BLE001 - ImportError, or a wheel built for another torch/CUDA
             errors.append(f"import {name}: {type(e).__name__}: {e}")
             continue
-        fn = getattr(module, "flash_attn_func", None)
+        fn = getattr(module, fn_name, None)
         if fn is not None:
-            _FLASH_KERNELS[kind] = fn
+            _FLASH_KERNELS[key] = fn
             return fn, ""
-        errors.append(f"{name} has no flash_attn_func")
+        errors.append(f"{name} has no {fn_name}")
     return None, "; ".join(errors)
 
 
@@ -112,18 +117,62 @@ def _flash(kind: str, q_BTHK: Tensor, k_BTGK: Tensor, v_BTGK: Tensor, window: in
     return out[0] if isinstance(out, tuple) else out  # some FA3 builds also return the log-sum-exp
 
 
-def causal_attention(q_BTHK: Tensor, k_BTGK: Tensor, v_BTGK: Tensor, backend: str, window: int = 0) -> Tensor:
+def _flash_varlen(
+    kind: str, q_BTHK: Tensor, k_BTGK: Tensor, v_BTGK: Tensor, window: int, segments: Segments, bound: int
+) -> Tensor:
+    """The varlen kernel on the flattened rows: causal inside each segment of ``segments.cu_seqlens``.
+
+    ``bound`` is the max_seqlen handed to the kernel. The kernels only need an upper bound of the
+    longest segment (it sizes their grid); a bound fixed by the shape, min(T, max_doc_len), keeps a
+    compiled graph from specializing on the batch's exact longest segment (``segments.max_seqlen``).
+    """
+    fn, why = _import_flash(kind, VARLEN)
+    if fn is None:
+        raise RuntimeError(f"varlen attention on backend {kind} needs {VARLEN}: {why}")
+    B, T, H, K = q_BTHK.shape
+    cu_N = segments.cu_seqlens
+    kwargs = {"causal": True}
+    if window:
+        kwargs["window_size"] = (window - 1, 0)
+    q_NHK, k_NGK, v_NGK = (t.reshape(B * T, t.size(2), K) for t in (q_BTHK, k_BTGK, v_BTGK))
+    out = fn(
+        q_NHK, k_NGK, v_NGK,
+        cu_seqlens_q=cu_N, cu_seqlens_k=cu_N, max_seqlen_q=bound, max_seqlen_k=bound, **kwargs,
+    )  # fmt: skip
+    out = out[0] if isinstance(out, tuple) else out
+    return out.view(B, T, H, K)
+
+
+def causal_attention(
+    q_BTHK: Tensor,
+    k_BTGK: Tensor,
+    v_BTGK: Tensor,
+    backend: str,
+    window: int = 0,
+    segments: Segments | None = None,
+    max_doc_len: int = 0,
+) -> Tensor:
     """softmax(q k^T / sqrt(K)) v over causal (optionally windowed) keys, GQA-aware; returns (B, T, H, K).
 
-    The flash kernels want bf16/fp16 CUDA tensors: they run when v is half precision on CUDA (i.e. under
-    autocast); an fp32 or CPU call takes SDPA, so the same model also evaluates in full precision.
+    With varlen ``segments`` a query sees only keys of its own segment (document-masked, #1530); the
+    window then counts inside the segment. The flash kernels want bf16/fp16 CUDA tensors: they run when
+    v is half precision on CUDA (i.e. under autocast); an fp32 or CPU call takes SDPA (with the dense
+    block-diagonal mask for varlen), so the same model also evaluates in full precision.
     """
     dtype = v_BTGK.dtype
     q_BTHK, k_BTGK = q_BTHK.to(dtype), k_BTGK.to(dtype)
+    varlen = segments is not None and segments.varlen
     if backend != "sdpa" and v_BTGK.is_cuda and dtype in (torch.bfloat16, torch.float16):
+        if varlen:
+            bound = min(q_BTHK.size(1), max_doc_len) if max_doc_len else q_BTHK.size(1)
+            return _flash_varlen(backend, q_BTHK, k_BTGK, v_BTGK, window, segments, bound)
         return _flash(backend, q_BTHK, k_BTGK, v_BTGK, window)
     q_BHTK, k_BGTK, v_BGTK = (t.transpose(1, 2) for t in (q_BTHK, k_BTGK, v_BTGK))
-    if window:
+    if varlen:
+        B, T = q_BTHK.shape[:2]
+        mask_B1TT = segment_mask(segments.cu_seqlens, B, T, window)
+        y_BHTK = F.scaled_dot_product_attention(q_BHTK, k_BGTK, v_BGTK, attn_mask=mask_B1TT, enable_gqa=True)
+    elif window:
         mask_TT = window_mask(q_BHTK.size(2), window, q_BHTK.device)
         y_BHTK = F.scaled_dot_product_attention(q_BHTK, k_BGTK, v_BGTK, attn_mask=mask_TT, enable_gqa=True)
     else:
@@ -145,6 +194,21 @@ def exclusive_self_attention(y_BTHK: Tensor, v_BTGK: Tensor) -> Tensor:
     vn_BTG1K = F.normalize(v_BTGK, dim=-1).unsqueeze(3).to(y_BTHK.dtype)
     y_BTGRK = y_BTGRK - (y_BTGRK * vn_BTG1K).sum(-1, keepdim=True) * vn_BTG1K
     return y_BTGRK.reshape(B, T, H, K)
+
+
+def partial_key_offset(k_BTGK: Tensor, rope_dims: int, starts_BT: Tensor | None = None) -> Tensor:
+    """PKO (#1512): dims >= ``rope_dims`` of the key at t take those of the key at t - 1 (t >= 1).
+
+    Position 0, and every position where ``starts_BT`` is True (a document start in a packed row), keeps
+    its own key, so no key carries the previous document's last token. Built out of place: the in-place
+    overlapping slice assignment k[:, 1:, :, r:] = k[:, :-1, :, r:] is not a shift in eager PyTorch (it
+    copies position 0 forward through the whole row), only under torch.compile's functionalization.
+    """
+    rot_BTGR, rest_BTGP = k_BTGK[..., :rope_dims], k_BTGK[..., rope_dims:]
+    shifted_BTGP = torch.cat((rest_BTGP[:, :1], rest_BTGP[:, :-1]), dim=1)
+    if starts_BT is not None:
+        shifted_BTGP = torch.where(starts_BT[:, :, None, None], rest_BTGP, shifted_BTGP)
+    return torch.cat((rot_BTGR, shifted_BTGP), dim=-1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -203,13 +267,22 @@ class CausalSelfAttention(nn.Module):
         # Sliding window: no studied record uses one (it is an experiment knob, off by default).
         in_window = not ac.window.layers or layer in ac.window.layers
         self.window = ac.window.size if in_window else 0
+        self.max_doc_len = ac.varlen.max_doc_len if ac.varlen.enabled else 0
+        # Partial key offset (#1512: full-attention layers 6..10): split after the rotated dims.
+        ko = ac.key_offset
+        self.key_offset = ko.enabled and (not ko.layers or layer in ko.layers)
+        self.key_offset_dims = self.rotary.rope_dims
+        self.key_offset_bos_fix = ko.bos_fix
         self.gate = None
         if ac.gate.kind != "none":
             g = ac.gate
             self.gate = AttnOutputGate(g.kind, D, H, g.width, g.scale, g.init_std)
 
-    def forward(self, x_BTD: Tensor, ve_BTC: Tensor | None = None) -> Tensor:
-        """x_BTD: the normalized block input; ve_BTC: this layer's value-embedding term or None."""
+    def forward(
+        self, x_BTD: Tensor, ve_BTC: Tensor | None = None, segments: Segments | None = None
+    ) -> Tensor:
+        """x_BTD: the normalized block input; ve_BTC: this layer's value-embedding term or None;
+        segments: the rows' document starts (varlen masking, the key offset's BOS fix) or None."""
         B, T, D = x_BTD.shape
         H, G, K = self.num_heads, self.num_kv_heads, self.head_dim
         q_BTHK = rms_norm(self.q(x_BTD).view(B, T, H, K))
@@ -221,8 +294,13 @@ class CausalSelfAttention(nn.Module):
         cos_TF, sin_TF = self.rotary.cos_sin(T, x_BTD.device)
         q_BTHK = apply_rotary(q_BTHK, cos_TF, sin_TF)
         k_BTGK = apply_rotary(k_BTGK, cos_TF, sin_TF)
+        if self.key_offset:
+            starts_BT = segments.starts_BT if segments is not None and self.key_offset_bos_fix else None
+            k_BTGK = partial_key_offset(k_BTGK, self.key_offset_dims, starts_BT)
         q_BTHK = q_BTHK * self.q_gain.to(q_BTHK.dtype)[:, None]
-        y_BTHK = causal_attention(q_BTHK, k_BTGK, v_BTGK, self.backend, self.window)
+        y_BTHK = causal_attention(
+            q_BTHK, k_BTGK, v_BTGK, self.backend, self.window, segments, self.max_doc_len
+        )
         if self.xsa:
             y_BTHK = exclusive_self_attention(y_BTHK, v_BTGK)
         if self.gate is not None:

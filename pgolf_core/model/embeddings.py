@@ -4,6 +4,11 @@ which turns token ids into the block input x0 (the order of bigram, smear and no
 The token embedding itself (tied with the LM head) is a plain ``nn.Embedding`` owned by gpt.py.
 Config: ``model.embeddings.{bigram, value, smear}``.
 
+BOS safety: in a packed row the token before a BOS is the previous document's last one. Each
+previous-token feature (bigram, smear v1, smear v2) has a ``bos_fix`` that makes a BOS read nothing of
+it, exactly as position 0 does (the #1797 leak, fixed for smear v2 in #1851). Their defaults are the
+records' behaviour (v2 fixed; v1 and bigram not), so existing record configs give identical outputs.
+
 Shapes: B batch, T time, D model dim, E bigram dim, V_b bigram buckets, C kv dim, N value-embedding
 dim, W smear-gate input width.
 """
@@ -31,12 +36,23 @@ VALUE_TABLE_INIT_STD = 0.01
 VALUE_SCALE_INIT = 0.1
 
 
-def bigram_buckets(ids_BT: Tensor, buckets: int) -> Tensor:
-    """(36313 t_i XOR 27191 t_{i-1}) mod (V_b - 1) for i > 0; position 0 gets the reserved bucket V_b - 1."""
+def bigram_buckets(ids_BT: Tensor, buckets: int, bos_fix: bool = False) -> Tensor:
+    """(36313 t_i XOR 27191 t_{i-1}) mod (V_b - 1) for i > 0; position 0 gets the reserved bucket V_b - 1.
+
+    With ``bos_fix`` a BOS also gets the reserved bucket, as if it started the stream: its pair would
+    otherwise be (previous document's last token, BOS), the same cross-document leak as the smear
+    gate's (#1797).
+    """
     ids_BT = ids_BT.long()
     mixed_BT = torch.bitwise_xor(BIGRAM_MUL_CUR * ids_BT[:, 1:], BIGRAM_MUL_PREV * ids_BT[:, :-1])
     first_B1 = torch.full_like(ids_BT[:, :1], buckets - 1)
-    return torch.cat((first_B1, mixed_BT % (buckets - 1)), dim=1)
+    out_BT = torch.cat((first_B1, mixed_BT % (buckets - 1)), dim=1)
+    return torch.where(ids_BT == BOS_ID, buckets - 1, out_BT) if bos_fix else out_BT
+
+
+def not_bos(ids_BT: Tensor, dtype: torch.dtype) -> Tensor:
+    """(B, T, 1): 0 where the token is BOS, 1 elsewhere (multiplies a previous-token term)."""
+    return (ids_BT != BOS_ID).unsqueeze(-1).to(dtype)
 
 
 class BigramHash(nn.Module):
@@ -49,9 +65,9 @@ class BigramHash(nn.Module):
     table and the projection at zero neither would ever receive a gradient.
     """
 
-    def __init__(self, buckets: int, bigram_dim: int, model_dim: int):
+    def __init__(self, buckets: int, bigram_dim: int, model_dim: int, bos_fix: bool = False):
         super().__init__()
-        self.buckets = buckets
+        self.buckets, self.bos_fix = buckets, bos_fix
         self.table = nn.Embedding(buckets, bigram_dim)
         nn.init.zeros_(self.table.weight)
         set_role(self.table.weight, TABLE)
@@ -59,7 +75,7 @@ class BigramHash(nn.Module):
         self.scale = param(torch.tensor(BIGRAM_SCALE_INIT), SCALAR)
 
     def forward(self, ids_BT: Tensor) -> Tensor:
-        e_BTE = self.table(bigram_buckets(ids_BT, self.buckets))
+        e_BTE = self.table(bigram_buckets(ids_BT, self.buckets, self.bos_fix))
         return self.proj(e_BTE) * self.scale
 
 
@@ -95,16 +111,22 @@ class SmearGate(nn.Module):
     """SmearGate v1: x_t <- (1 - s) x_t + s x_{t-1}, s = sigmoid(g), g (D,) zero-init.
 
     Applied after the embedding RMS norm; gives every position a cheap look at the previous token.
-    From 2026-03-20_Int6_MLP3x_SmearGate_BigramHash_MuonWD_SWA, kept by #549/#1019.
+    From 2026-03-20_Int6_MLP3x_SmearGate_BigramHash_MuonWD_SWA, kept by #549/#1019 (without a BOS fix).
+    ``bos_fix``: x_{t-1} counts as zero where the current token is BOS, exactly as at position 0, so a
+    document start reads nothing of the previous document (the #1851 rule applied to v1).
     """
 
-    def __init__(self, dim: int):
+    def __init__(self, dim: int, bos_fix: bool = False):
         super().__init__()
+        self.bos_fix = bos_fix
         self.gate = param(torch.zeros(dim), SCALAR)
 
-    def forward(self, x_BTD: Tensor) -> Tensor:
+    def forward(self, x_BTD: Tensor, ids_BT: Tensor | None = None) -> Tensor:
         s_D = torch.sigmoid(self.gate).to(x_BTD.dtype)
-        return x_BTD + s_D * (shift_right(x_BTD) - x_BTD)
+        prev_BTD = shift_right(x_BTD)
+        if self.bos_fix and ids_BT is not None:
+            prev_BTD = prev_BTD * not_bos(ids_BT, prev_BTD.dtype)
+        return x_BTD + s_D * (prev_BTD - x_BTD)
 
 
 class SmearGateV2(nn.Module):
@@ -126,14 +148,14 @@ class SmearGateV2(nn.Module):
         logit_BT1 = (x_BTD[..., : self.width] * self.weight).sum(-1, keepdim=True)
         term_BTD = (self.lam * torch.sigmoid(logit_BT1)) * shift_right(x_BTD)
         if self.bos_fix:
-            term_BTD = term_BTD * (ids_BT != BOS_ID).unsqueeze(-1).to(term_BTD.dtype)
+            term_BTD = term_BTD * not_bos(ids_BT, term_BTD.dtype)
         return x_BTD + term_BTD
 
 
 def build_bigram(cfg: ModelConfig) -> BigramHash | None:
     """The BigramHash of ``model.embeddings.bigram``, or None when it is off (0 buckets)."""
     bc = cfg.embeddings.bigram
-    return BigramHash(bc.buckets, bc.dim, cfg.model_dim) if bc.buckets else None
+    return BigramHash(bc.buckets, bc.dim, cfg.model_dim, bc.bos_fix) if bc.buckets else None
 
 
 def build_value_embedding(cfg: ModelConfig) -> ValueEmbedding | None:
@@ -148,9 +170,9 @@ def build_smear(cfg: ModelConfig) -> SmearGate | SmearGateV2 | None:
     """The smear gate ``model.embeddings.smear.kind`` asks for, or None."""
     sc = cfg.embeddings.smear
     if sc.kind == "v1":
-        return SmearGate(cfg.model_dim)
+        return SmearGate(cfg.model_dim, sc.bos_fixed)
     if sc.kind == "v2":
-        return SmearGateV2(sc.width, sc.bos_fix)
+        return SmearGateV2(sc.width, sc.bos_fixed)
     return None
 
 
@@ -168,7 +190,7 @@ def embed_tokens(
         x_BTD = smear(x_BTD, ids_BT)
     x_BTD = rms_norm(x_BTD)
     if isinstance(smear, SmearGate):
-        x_BTD = smear(x_BTD)
+        x_BTD = smear(x_BTD, ids_BT)
     return x_BTD
 
 

@@ -22,6 +22,7 @@ from pgolf_core.model.embeddings import (
     value_terms,
 )
 from pgolf_core.model.layers import linear, orthogonal_init_, rms_norm
+from pgolf_core.model.logits import asym_softcap, asym_softcap_params, softcap
 from pgolf_core.model.residual import (
     Block,
     LaneParams,
@@ -33,6 +34,7 @@ from pgolf_core.model.residual import (
     skip_params,
 )
 from pgolf_core.model.roles import EMBED, HEAD, record_roles, set_role
+from pgolf_core.model.varlen import Segments, bos_segments, packed_segments
 
 
 def default_device() -> torch.device:
@@ -72,6 +74,9 @@ class GPT(nn.Module):
         self.skip_weights, self.skip_gates = skip_params(cfg, self.plans[True].num_skips)
         self.parallel_resid_lambdas, self.parallel_post_lambdas = lane_params(cfg)
         self.lm_head = None if cfg.tie_embeddings else linear(D, V, HEAD, zero_init=True)
+        self.softcap_pos = self.softcap_neg = None
+        if cfg.logit_softcap_asym:  # no random draw: every other parameter keeps its init and order
+            self.softcap_pos, self.softcap_neg = asym_softcap_params(cfg.logit_softcap)
         if cfg.ortho_init:
             orthogonal_init_(self)
         record_roles(self)  # roles survive copy.deepcopy (TTT, quantization work on copies)
@@ -89,23 +94,40 @@ class GPT(nn.Module):
         """x0, the block input (embeddings.embed_tokens)."""
         return embed_tokens(input_ids_BT, self.tok_emb, self.bigram, self.smear)
 
+    def segments(self, input_ids_BT: Tensor) -> Segments | None:
+        """The rows' document starts for attention: varlen segments (model.attention.varlen), else the
+        BOS tokens when the key offset masks at them, else None (attention reads no boundaries)."""
+        ac = self.cfg.attention
+        if ac.varlen.enabled:
+            return packed_segments(input_ids_BT, ac.varlen.max_doc_len)
+        if ac.key_offset.enabled and ac.key_offset.bos_fix:
+            return bos_segments(input_ids_BT)
+        return None
+
     def hidden(self, input_ids_BT: Tensor) -> Tensor:
         """The final-normed hidden state (B, T, D) that the head reads."""
         x0_BTD = self.embed(input_ids_BT)
         ve_for = value_terms(self.value_embed, input_ids_BT)
         skips = SkipParams(self.skip_weights, self.skip_gates)
         lanes = LaneParams(self.parallel_resid_lambdas, self.parallel_post_lambdas)
-        return rms_norm(run_blocks(self.blocks, self.plan, x0_BTD, skips, lanes, ve_for))
+        segments = self.segments(input_ids_BT)
+        return rms_norm(run_blocks(self.blocks, self.plan, x0_BTD, skips, lanes, ve_for, segments))
+
+    def softcap(self, z_BTV: Tensor) -> Tensor:
+        """fp32 capped logits: c * tanh(z / c); in eval mode (evaluation, TTT) with logit_softcap_asym,
+        the AsymLogit map of the two scalars (logits.py), identical to c * tanh(z / c) at init."""
+        if self.softcap_pos is not None and not self.training:
+            return asym_softcap(z_BTV, self.softcap_pos, self.softcap_neg)
+        return softcap(z_BTV, self.logit_softcap)
 
     def logits(self, input_ids_BT: Tensor) -> Tensor:
-        """(B, T, V) fp32 logits after the softcap c * tanh(z / c)."""
+        """(B, T, V) fp32 logits after the softcap (``softcap``)."""
         h_BTD = self.hidden(input_ids_BT)
         if self.lm_head is None:
             z_BTV = F.linear(h_BTD, self.tok_emb.weight)
         else:
             z_BTV = self.lm_head(h_BTD)
-        c = self.logit_softcap
-        return c * torch.tanh(z_BTV.float() / c)
+        return self.softcap(z_BTV)
 
     def nll(self, input_ids_BT: Tensor, target_ids_BT: Tensor) -> Tensor:
         """(B, T) fp32 per-token negative log-likelihood in nats."""
@@ -129,5 +151,7 @@ def build_model(cfg: ModelConfig, device: torch.device | str | None = None) -> G
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters (tied embeddings counted once)."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """Number of parameters (tied embeddings counted once), the AsymLogit scalars included: they are
+    parameters the training optimizer never sees (no gradient there), and #2135's logged 35,945,673 is
+    #1855's 35,945,671 plus these two."""
+    return sum(p.numel() for p in model.parameters())

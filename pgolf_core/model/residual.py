@@ -26,6 +26,7 @@ from pgolf_core.model.attention import CausalSelfAttention
 from pgolf_core.model.layers import param, rms_norm
 from pgolf_core.model.mlp import MLP
 from pgolf_core.model.roles import SCALAR
+from pgolf_core.model.varlen import Segments
 
 
 class Block(nn.Module):
@@ -59,18 +60,20 @@ class Block(nn.Module):
         mix_2D = self.resid_mix.to(x_BTD.dtype)
         return mix_2D[0] * x_BTD + mix_2D[1] * x0_BTD
 
-    def _attn_out(self, h_BTD: Tensor, ve_BTC: Tensor | None) -> Tensor:
-        return self.attn_scale * self.attn(h_BTD, ve_BTC)
+    def _attn_out(self, h_BTD: Tensor, ve_BTC: Tensor | None, segments: Segments | None = None) -> Tensor:
+        return self.attn_scale * self.attn(h_BTD, ve_BTC, segments)
 
     def _mlp_out(self, h_BTD: Tensor) -> Tensor:
         return self.mlp_scale * self.mlp(h_BTD)
 
-    def forward(self, x_BTD: Tensor, x0_BTD: Tensor, ve_BTC: Tensor | None = None) -> Tensor:
+    def forward(
+        self, x_BTD: Tensor, x0_BTD: Tensor, ve_BTC: Tensor | None = None, segments: Segments | None = None
+    ) -> Tensor:
         x_in_BTD = self._mix(x_BTD, x0_BTD)
         if self.gptj:
             h_BTD = self._norm(x_in_BTD)
-            return x_in_BTD + self._attn_out(h_BTD, ve_BTC) + self._mlp_out(h_BTD)
-        x_BTD = x_in_BTD + self._attn_out(self._norm(x_in_BTD), ve_BTC)
+            return x_in_BTD + self._attn_out(h_BTD, ve_BTC, segments) + self._mlp_out(h_BTD)
+        x_BTD = x_in_BTD + self._attn_out(self._norm(x_in_BTD), ve_BTC, segments)
         return x_BTD + self._mlp_out(self._norm(x_BTD))
 
     def forward_lanes(
@@ -80,6 +83,7 @@ class Block(nn.Module):
         ve_BTC: Tensor | None,
         resid_2: Tensor,
         post_22: Tensor,
+        segments: Segments | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Two-lane step (#1204, #1530 -> #1855): attention reads mix(lane0, x0), the MLP
         reads lane1; lane_j <- r_j lane_j + P[attn, j] attn_out + P[mlp, j] mlp_out.
@@ -88,7 +92,7 @@ class Block(nn.Module):
         asymmetric (the MLP barely writes to the attention lane).
         """
         lane0_BTD, lane1_BTD = lanes
-        a_BTD = self._attn_out(self._norm(self._mix(lane0_BTD, x0_BTD)), ve_BTC)
+        a_BTD = self._attn_out(self._norm(self._mix(lane0_BTD, x0_BTD)), ve_BTC, segments)
         m_BTD = self._mlp_out(self._norm(lane1_BTD))
         new0_BTD = resid_2[0] * lane0_BTD + post_22[0, 0] * a_BTD + post_22[1, 0] * m_BTD
         new1_BTD = resid_2[1] * lane1_BTD + post_22[0, 1] * a_BTD + post_22[1, 1] * m_BTD
@@ -206,18 +210,20 @@ def run_blocks(
     skips: SkipParams,
     lanes: LaneParams,
     ve_for: Callable[[int], Tensor | None],
+    segments: Segments | None = None,
 ) -> Tensor:
     """Walk ``plan``: encoder outputs are stacked, decoder position i pops one (i < num_skips).
 
     From ``plan.lane_start`` on, two lanes start as copies of x; skips merge into lane 0 (the attention
-    lane); the result is the mean of the lanes. ``ve_for(layer)`` gives a layer's value-embedding term.
+    lane); the result is the mean of the lanes. ``ve_for(layer)`` gives a layer's value-embedding term;
+    ``segments`` (the rows' document starts, or None) reaches every attention.
     """
     x_BTD, lane1_BTD = x0_BTD, None
     encoded: list[Tensor] = []
     for pos, layer in enumerate(plan.layers):
         block, ve_BTC = blocks[layer], ve_for(layer)
         if pos < plan.num_encoder:
-            x_BTD = block(x_BTD, x0_BTD, ve_BTC)
+            x_BTD = block(x_BTD, x0_BTD, ve_BTC, segments)
             encoded.append(x_BTD)
             continue
         if pos == plan.lane_start:
@@ -226,9 +232,9 @@ def run_blocks(
         if i < plan.num_skips:
             x_BTD = merge_skip(x_BTD, encoded.pop(), skips, i)
         if lane1_BTD is None:
-            x_BTD = block(x_BTD, x0_BTD, ve_BTC)
+            x_BTD = block(x_BTD, x0_BTD, ve_BTC, segments)
         else:
             x_BTD, lane1_BTD = block.forward_lanes(
-                (x_BTD, lane1_BTD), x0_BTD, ve_BTC, lanes.resid[layer], lanes.post[layer]
+                (x_BTD, lane1_BTD), x0_BTD, ve_BTC, lanes.resid[layer], lanes.post[layer], segments
             )
     return x_BTD if lane1_BTD is None else 0.5 * (x_BTD + lane1_BTD)

@@ -1,5 +1,10 @@
 """Rotary position embedding: half-split rotation, optionally on only the first dims of each head.
 
+Direction: the challenge's train_gpt.py (openai/parameter-golf) and every record turn each pair by MINUS
+the angle, x1' = x1 cos + x2 sin, x2' = x2 cos - x1 sin. Training does not care which way round it is,
+but weights trained one way score wrongly when evaluated the other way, so pgolf uses the challenge's
+sign to be able to evaluate a record's weights.
+
 Shapes: B batch, T time, H heads, K head dim, F rotated frequency pairs (rotated dims / 2).
 """
 
@@ -12,11 +17,12 @@ from torch import Tensor, nn
 class Rotary(nn.Module):
     """Produces the cos/sin tables of RoPE for a sequence length (no parameters, no buffers).
 
-    Partial RoPE (records.md B2; #549 on): only the first ``rope_dims`` of the ``head_dim`` dims are
-    rotated, the rest stay position-free. ROPE README: partial RoPE + LN scale took 1.1271 -> 1.1248
-    (sliding). NTK-style extension: when ``train_seq_len`` > 0 and the sequence is longer, the base
-    becomes base * (T / train_seq_len) ** (rd / (rd - 2)); #549/#1019 built it with 1024 while training
-    at 2048, so their rescale (x2 length) is active during training.
+    Partial RoPE (#549 on; records use 16 of 64): only the first ``rope_dims`` of the ``head_dim`` dims
+    are rotated, the rest stay position-free. The record 2026-03-21_11L_XSA4_EMA_PartialRoPE_LateQAT_1.1248
+    reports partial RoPE + LN scale took 1.1271 -> 1.1248 bpb (sliding eval). NTK-style extension: when
+    ``train_seq_len`` > 0 and the sequence is longer, the base becomes
+    base * (T / train_seq_len) ** (rd / (rd - 2)); #549/#1019 built it with 1024 while training at 2048,
+    so their rescale (x2 length) is active during training.
     """
 
     def __init__(self, head_dim: int, rope_dims: int = 0, base: float = 10000.0, train_seq_len: int = 0):
@@ -47,10 +53,10 @@ class Rotary(nn.Module):
 
 
 def apply_rotary(x_BTHK: Tensor, cos_TF: Tensor, sin_TF: Tensor) -> Tensor:
-    """Rotate pairs (i, i + F) of the first 2F dims of every head by angle[t, i]; keep the rest."""
+    """Turn pairs (i, i + F) of the first 2F dims of every head by -angle[t, i]; keep the rest."""
     n = cos_TF.size(-1)
     cos_1T1F = cos_TF[None, :, None, :].to(x_BTHK.dtype)
     sin_1T1F = sin_TF[None, :, None, :].to(x_BTHK.dtype)
     x1, x2, rest = x_BTHK[..., :n], x_BTHK[..., n : 2 * n], x_BTHK[..., 2 * n :]
-    rotated = (x1 * cos_1T1F - x2 * sin_1T1F, x1 * sin_1T1F + x2 * cos_1T1F)
+    rotated = (x1 * cos_1T1F + x2 * sin_1T1F, x2 * cos_1T1F - x1 * sin_1T1F)
     return torch.cat((*rotated, rest), dim=-1)

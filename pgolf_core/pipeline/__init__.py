@@ -39,6 +39,7 @@ from pgolf_core.pipeline.stages import (
     standard_eval,
     standard_scorer,
 )
+from pgolf_core.pipeline.tilt_stage import stage_q_tilt
 from pgolf_core.pipeline.verdicts import (
     coverage_verdict,
     data_split_verdict,
@@ -70,6 +71,7 @@ __all__ = [
     "stage_q",
     "stage_q_ngram",
     "stage_q_sw",
+    "stage_q_tilt",
     "stage_q_ttt",
     "stage_record",
     "standard_eval",

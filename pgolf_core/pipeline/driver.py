@@ -54,6 +54,8 @@ def default_stages(cfg: RunConfig, have_ema: bool) -> list[str]:
         stages.append("q_ttt")
     if cfg.ngram.enabled:
         stages.append("q_ngram")
+    if cfg.eval.tilt.enabled:
+        stages.append("q_tilt")
     return stages
 
 

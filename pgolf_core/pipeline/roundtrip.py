@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 
 import torch.distributed as tdist
 
+from pgolf_core.checkpoint import load_checkpoint
 from pgolf_core.compliance import check_artifact_size, check_data_access
 from pgolf_core.model import build_model
 from pgolf_core.pipeline.session import Session
 from pgolf_core.quant import build_artifact, load_artifact
 from pgolf_core.stages import Verdict
-from pgolf_core.train import load_checkpoint
 
 
 @dataclass(frozen=True)

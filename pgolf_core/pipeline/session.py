@@ -10,17 +10,17 @@ from pathlib import Path
 import torch
 
 from pgolf_core.challenge import WORLD_SIZE
+from pgolf_core.checkpoint import load_checkpoint
 from pgolf_core.compliance import check_byte_recount
 from pgolf_core.config import RunConfig
 from pgolf_core.data.loader import load_validation_tokens
 from pgolf_core.data.shards import list_shards
 from pgolf_core.data.tokenizer import load_tokenizer
 from pgolf_core.data.tokenizer_bytes import build_byte_luts
-from pgolf_core.dist import DistInfo, dist_info_from_env
+from pgolf_core.dist import DistInfo, dist_info_from_env, init_process_group, resolve_device
 from pgolf_core.model import build_model
 from pgolf_core.pipeline.verdicts import data_split_verdict
 from pgolf_core.stages import Verdict
-from pgolf_core.train import init_process_group, load_checkpoint, resolve_device
 
 
 class Session:

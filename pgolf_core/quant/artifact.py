@@ -1,7 +1,8 @@
 """Build, account and load the artifact: quantize -> serialize -> compress, always verified by a round trip.
 
-The challenge counts code bytes + compressed model bytes against 16,000,000 decimal bytes (records.md
-D13, I.6: not MiB; #1019's pruning target used MiB). ``Artifact`` carries both numbers, the margin and
+The challenge counts code bytes + compressed model bytes against a decimal cap (``quant.byte_cap``,
+default ``pgolf_core.challenge.BYTE_CAP``; decimal, not MiB: #1019's pruning target used MiB; the code
+counted as in ``pgolf_core.code_bytes``). ``Artifact`` carries both numbers, the margin and
 an over-cap flag; an artifact over the cap is reported with its overage (and a warning), never hidden.
 """
 
@@ -18,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from pgolf_core.atomic import atomic_write_bytes
+from pgolf_core.code_bytes import counted_bytes
 from pgolf_core.config import QuantConfig
 from pgolf_core.quant.compress import COMPRESSORS
 from pgolf_core.quant.format import ArtifactError, decode, encode
@@ -32,19 +34,9 @@ class ArtifactOverCapWarning(UserWarning):
 
 
 def code_bytes(qcfg: QuantConfig, root: str | os.PathLike = ".") -> int:
-    """Bytes of every file matched by ``qcfg.code_files`` (globs relative to ``root``), each counted once.
-
-    Raw file sizes, as the baseline and #549/#1019 counted train_gpt.py (records.md D13). A glob that
-    matches nothing is an error: a typo must not silently shrink the count.
-    """
-    root = Path(root)
-    files: set[Path] = set()
-    for pattern in qcfg.code_files:
-        matched = [p for p in root.glob(pattern) if p.is_file() and "__pycache__" not in p.parts]
-        if not matched:
-            raise FileNotFoundError(f"quant.code_files: {pattern!r} matches no file under {root.resolve()}")
-        files.update(p.resolve() for p in matched)
-    return sum(p.stat().st_size for p in files)
+    """Bytes of every file matched by ``qcfg.code_files`` (globs relative to ``root``), each counted once
+    (``pgolf_core.code_bytes``: raw sizes; a glob that matches nothing or leaves ``root`` is an error)."""
+    return counted_bytes(qcfg.code_files, root)
 
 
 @dataclass
@@ -115,7 +107,7 @@ def build_artifact(
 
     Every (compressor, layout) candidate of ``qcfg.compressor`` / ``qcfg.byte_shuffle`` is built and
     the smallest kept; all sizes go to ``details["candidates"]``. With ``verify`` the chosen blob is
-    decoded and checked bit-identical to the in-memory dequantized weights (style.md G7).
+    decoded and checked bit-identical to the in-memory dequantized weights (tested, not trusted).
     """
     qts, details = quantize_state(model_or_state, qcfg, model=model, hessians=hessians)
     best = None

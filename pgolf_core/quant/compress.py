@@ -1,4 +1,4 @@
-"""Compressors and byte shuffling for the artifact (records.md D12).
+"""Compressors and byte shuffling for the artifact.
 
 zlib level 9 (the baseline), lzma preset 9 (#1019), brotli quality 11 with a 16 MiB window (#1218 on).
 Byte shuffle with stride k writes byte 0 of every k-byte element, then byte 1, ...: the high bytes of

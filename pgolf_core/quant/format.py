@@ -14,17 +14,25 @@ with its element size (stride 1: int8 codes; 2: fp16 scales; 4: fp32). A stored 
 (section, offset, dtype, shape) into the unshuffled bytes of its section. The "plain" layout is one
 section with one unshuffled part in state-dict order, like the challenge's torch.save + zlib; the
 "grouped" layout has one section per tensor group (embed, attn, mlp, gate, other), each with its
-int8 codes first and its wider values shuffled (records.md D12: per-group streams, byte shuffle).
+int8 codes first and its wider values shuffled (per-group streams, as #1855 stores its int8 tensors by
+role; byte shuffle of the wider values, as from #1218 on).
 
 Loading checks, in order: pickle signatures, size, magic, version, header checksum, header JSON and
 schema, section bounds, payload checksum, decompressed sizes, every array's bounds, dtype and shape
 against its tensor's kind. Any failure raises ``ArtifactError`` saying what is wrong.
+
+Nothing is inflated beyond what the header's shapes account for: every section must declare exactly
+the bytes of the arrays stored in it, the sections together at most ``_MAX_RAW_TOTAL``, the tensors'
+dequantized sizes at most ``_MAX_STATE_BYTES``; section and tensor counts, ranks and the header's own
+size are bounded, and each stream is decompressed with an output limit of its declared size (a stream
+that would expand further stops there and is an error).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 import zlib
 
@@ -37,8 +45,14 @@ from pgolf_core.quant.schemes import QTensor
 MAGIC = b"PGOLFART"
 VERSION = 1
 _PREFIX = struct.Struct("<8sHI32s")
-_MAX_HEADER = 64 << 20  # bytes of header JSON we agree to inflate
-_MAX_RAW = 4 << 30  # bytes a section may declare
+# Bounds on what a crafted file can make the loader allocate. The largest pgolf artifact (a 16 MB
+# model) declares a few tens of MB of section bytes and a few hundred tensors; these allow far more.
+_MAX_HEADER = 8 << 20  # bytes of header JSON we agree to inflate
+_MAX_SECTIONS = 64
+_MAX_TENSORS = 1 << 14
+_MAX_NDIM = 8
+_MAX_RAW_TOTAL = 512 << 20  # decompressed bytes, all sections together (32x the cap)
+_MAX_STATE_BYTES = 2 << 30  # bytes of the dequantized state dict the shapes and dtypes declare
 KINDS = ("raw", "float", "row", "tensor")
 DTYPES = {
     "int8": torch.int8,
@@ -157,6 +171,15 @@ def _is_int_list(v, n: int | None = None) -> bool:
     return ok and (n is None or len(v) == n)
 
 
+def _is_shape(v) -> bool:
+    return _is_int_list(v) and len(v) <= _MAX_NDIM
+
+
+def _nbytes(shape: list[int], dtype: str) -> int:
+    """Bytes of an array (Python ints: a crafted shape cannot overflow)."""
+    return math.prod(shape) * _itemsize(dtype)
+
+
 def read_header(blob: bytes) -> tuple[dict, bytes]:
     """(header dict, payload bytes), with the prefix and header fully checked."""
     head = bytes(blob[:4])
@@ -189,7 +212,9 @@ def read_header(blob: bytes) -> tuple[dict, bytes]:
         text = d.decompress(hbytes, _MAX_HEADER)
         _check(d.eof and not d.unconsumed_tail, "header does not inflate to a complete JSON document")
         header = json.loads(text.decode("utf-8"))
-    except (zlib.error, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except RecursionError:
+        raise ArtifactError("header JSON is nested too deeply") from None
+    except (zlib.error, ValueError) as e:  # ValueError: bad UTF-8, bad JSON, an int of too many digits
         raise ArtifactError(f"header is not valid compressed JSON: {e}") from None
     _validate_header(header)
     return header, bytes(blob[_PREFIX.size + hlen :])
@@ -205,12 +230,13 @@ def _validate_header(h) -> None:
     _check(
         isinstance(sections, list) and isinstance(tensors, list), "header: sections / tensors must be lists"
     )
+    _check(len(sections) <= _MAX_SECTIONS, f"header: {len(sections)} sections (at most {_MAX_SECTIONS})")
+    _check(len(tensors) <= _MAX_TENSORS, f"header: {len(tensors)} tensors (at most {_MAX_TENSORS})")
     for i, s in enumerate(sections):
         _check(
             isinstance(s, dict) and _is_int_list([s.get("len"), s.get("raw")]),
             f"header: section {i} lengths invalid",
         )
-        _check(s["raw"] <= _MAX_RAW, f"header: section {i} declares {s['raw']} bytes")
         parts = s.get("parts")
         _check(
             isinstance(parts, list) and all(_is_int_list(p, 2) and p[0] in (1, 2, 4, 8) for p in parts),
@@ -220,7 +246,12 @@ def _validate_header(h) -> None:
             sum(p[1] for p in parts) == s["raw"] and all(p[1] % p[0] == 0 for p in parts),
             f"header: section {i} parts do not tile its {s['raw']} bytes",
         )
-    names = set()
+    raw_total = sum(s["raw"] for s in sections)
+    _check(
+        raw_total <= _MAX_RAW_TOTAL,
+        f"header: sections declare {raw_total:,} decompressed bytes (at most {_MAX_RAW_TOTAL:,})",
+    )
+    names, used, state_bytes = set(), [0] * len(sections), 0
     for t in tensors:
         _check(isinstance(t, dict) and isinstance(t.get("n"), str), "header: a tensor entry has no name")
         name = t["n"]
@@ -228,7 +259,15 @@ def _validate_header(h) -> None:
         names.add(name)
         _check(t.get("k") in KINDS, f"header: {name}: unknown kind {t.get('k')!r}")
         _check(t.get("dt") in DTYPES, f"header: {name}: unknown dtype {t.get('dt')!r}")
-        _check(_is_int_list(t.get("sh")), f"header: {name}: shape must be a list of non-negative ints")
+        _check(
+            _is_shape(t.get("sh")),
+            f"header: {name}: shape must be a list of at most {_MAX_NDIM} non-negative ints",
+        )
+        state_bytes += _nbytes(t["sh"], t["dt"])
+        _check(
+            state_bytes <= _MAX_STATE_BYTES,
+            f"header: tensors declare over {_MAX_STATE_BYTES:,} bytes of weights (at {name})",
+        )
         _check(
             isinstance(t.get("m"), dict) and isinstance(t.get("g"), str),
             f"header: {name}: meta/group invalid",
@@ -240,13 +279,19 @@ def _validate_header(h) -> None:
         )
         for k, ref in arrays.items():
             ok = isinstance(ref, list) and len(ref) == 4 and _is_int_list(ref[:2]) and ref[2] in DTYPES
-            _check(ok and _is_int_list(ref[3]), f"header: {name}.{k}: array reference invalid")
+            _check(ok and _is_shape(ref[3]), f"header: {name}.{k}: array reference invalid")
             _check(ref[0] < len(sections), f"header: {name}.{k}: section {ref[0]} does not exist")
-            nbytes = torch.Size(ref[3]).numel() * _itemsize(ref[2])
+            nbytes = _nbytes(ref[3], ref[2])
             _check(
                 ref[1] + nbytes <= sections[ref[0]]["raw"],
                 f"header: {name}.{k}: bytes {ref[1]}..{ref[1] + nbytes} lie outside section {ref[0]}",
             )
+            used[ref[0]] += nbytes
+    for i, s in enumerate(sections):  # the shapes account for every byte a section may inflate to
+        _check(
+            used[i] == s["raw"],
+            f"header: section {i} declares {s['raw']:,} bytes, its arrays' shapes account for {used[i]:,}",
+        )
 
 
 def _expect(t: dict, key: str, dtype: str, shape: list[int] | None) -> None:
@@ -323,7 +368,7 @@ def decode(blob: bytes) -> tuple[dict, list[QTensor]]:
         _validate_kind(t)
         arrays = {}
         for k, (sec, off, dt, shape) in t["a"].items():
-            n = torch.Size(shape).numel() * _itemsize(dt)
+            n = _nbytes(shape, dt)
             buf = bytearray(raw_sections[sec][off : off + n])
             arr = torch.frombuffer(buf, dtype=torch.uint8) if n else torch.empty(0, dtype=torch.uint8)
             arrays[k] = arr.view(DTYPES[dt]).reshape(shape)

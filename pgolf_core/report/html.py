@@ -1,4 +1,4 @@
-"""Executed notebook -> self-contained HTML report: code hidden, figures embedded (notebooks.md 3)."""
+"""Executed notebook -> self-contained HTML report: code hidden, figures embedded (one file to share)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import nbformat
 from nbconvert import HTMLExporter
 
 from pgolf_core.atomic import atomic_write_text
-
 
 #: cells whose (long, live) log is replaced by a one-line note in the report when they succeeded; a
 #: failed cell keeps its whole output so the report shows what went wrong

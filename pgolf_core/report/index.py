@@ -3,44 +3,96 @@
 Built by globbing reports/<suite>/<run_id>/manifest.json (+ stages.json). Per run: status, per-stage bpb
 with its compliance verdicts, artifact bytes, training and evaluation seconds against their 600 s
 budgets, and links to the report. Runs of the same group (one configuration over several seeds) are
-summarized with mean, standard deviation and each seed. A failed or non-compliant number is shown with
-its status or verdicts beside it, never alone.
+summarized with mean, standard deviation and each seed. Per suite, its configurations are compared to its
+baseline (deltas of the means with their standard errors), with the ``pgolf compare`` command for their
+runs and the comparison pages written under reports/_compare/. A failed or non-compliant number is shown
+with its status or verdicts beside it, never alone.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import statistics
 from pathlib import Path
 
-from jinja2 import Environment, select_autoescape
-
 from pgolf_core.atomic import atomic_write_json, atomic_write_text
+from pgolf_core.challenge import EVAL_SECONDS, TRAIN_SECONDS
+from pgolf_core.errors import PgolfError
+from pgolf_core.report.runs import stale_reason
+from pgolf_core.report.style import BADGE, CSS, environment
 from pgolf_core.stages import STAGES, StageRecord, read_stages
 
-BUDGET_SECONDS = 600.0
+#: where ``pgolf compare`` writes without --out, under the reports root; the leading underscore can
+#: never be a suite's name (``check_name``), so the folder is never taken for runs
+COMPARE_DIR = "_compare"
+
+class UnreadableRun(PgolfError):
+    """A run folder whose manifest.json or stages.json cannot be read; names the file and the reason."""
+
+    def __init__(self, path: Path, cause: Exception, manifest: dict | None = None):
+        super().__init__(f"{path}: {type(cause).__name__}: {cause}")
+        self.path, self.cause, self.manifest = path, cause, manifest
+
+
+def load_run(run_dir: str | os.PathLike) -> dict:
+    """One run folder's manifest with its ``stages`` (StageRecords) and ``has_report``.
+
+    A manifest left "running" by a killed driver is shown as "interrupted" with the reason. Raises
+    UnreadableRun for a manifest or stages.json that cannot be read (corrupt, truncated, from another
+    version); a missing stages.json is no stages.
+    """
+    run_dir = Path(run_dir)
+    manifest_path = run_dir / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if not isinstance(manifest, dict):
+            raise TypeError(f"a JSON {type(manifest).__name__}, not an object")
+    except (OSError, ValueError, TypeError) as e:
+        raise UnreadableRun(manifest_path, e) from None
+    stages_path = run_dir / "stages.json"
+    try:
+        stages: list[StageRecord] = read_stages(stages_path) if stages_path.is_file() else []
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:  # whatever a bad file raises
+        raise UnreadableRun(stages_path, e, manifest) from None
+    stale = stale_reason(manifest)
+    if stale:  # a killed driver's run (settled in the file by the next run)
+        manifest.update(status="interrupted", error=stale)
+    manifest["stages"] = stages
+    manifest["has_report"] = (run_dir / "report.html").is_file()
+    return manifest
+
+
+def _unreadable(path: Path, root: Path, e: Exception) -> dict:
+    what = f"{path.relative_to(root).as_posix()}: {type(e).__name__}: {e}"
+    return {"run_id": path.parent.name, "status": "unreadable", "error": what[:300],
+            "dir": path.parent.relative_to(root).as_posix(), "stages": []}
 
 
 def collect_runs(reports_root: str | os.PathLike) -> list[dict]:
-    """One dict per run folder with a readable manifest, newest first."""
+    """One dict per run folder, newest first. A manifest or stages.json that cannot be read makes its
+    run "unreadable" with the file and the reason: one bad file never stops the index."""
     root = Path(reports_root)
     runs = []
     for manifest_path in sorted(root.glob("*/*/manifest.json")):
         try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            runs.append({"run_id": manifest_path.parent.name, "status": "unreadable", "error": str(e),
-                         "dir": manifest_path.parent.relative_to(root).as_posix(), "stages": []})
+            manifest = load_run(manifest_path.parent)
+        except UnreadableRun as e:
+            bad = _unreadable(e.path, root, e.cause)
+            if e.manifest is not None:
+                bad |= {"notebook": e.manifest.get("notebook"), "suite": e.manifest.get("suite")}
+            runs.append(bad)
             continue
-        stages_path = manifest_path.parent / "stages.json"
-        stages: list[StageRecord] = read_stages(stages_path) if stages_path.is_file() else []
         manifest["dir"] = manifest_path.parent.relative_to(root).as_posix()
-        manifest["stages"] = stages
-        manifest["has_report"] = (manifest_path.parent / "report.html").is_file()
         runs.append(manifest)
-    runs.sort(key=lambda r: r.get("started_utc", ""), reverse=True)
+    runs.sort(key=lambda r: str(r.get("started_utc", "")), reverse=True)
     return runs
+
+
+def group_key(run: dict) -> str:
+    """The configuration a run belongs to: its group (one config over seeds), else the run itself."""
+    return str(run.get("group") or run.get("run_id") or run.get("dir"))
 
 
 def summarize_groups(runs: list[dict]) -> list[dict]:
@@ -48,7 +100,7 @@ def summarize_groups(runs: list[dict]) -> list[dict]:
     groups: dict[str, list[dict]] = {}
     for r in runs:
         if r.get("status") == "completed":
-            groups.setdefault(r.get("group", r["run_id"]), []).append(r)
+            groups.setdefault(group_key(r), []).append(r)
     out = []
     for name, members in sorted(groups.items()):
         stage_names = [s for s in STAGES if any(st.stage == s for m in members for st in m["stages"])]
@@ -72,56 +124,205 @@ def summarize_groups(runs: list[dict]) -> list[dict]:
     return out
 
 
+def group_deltas(groups: list[dict], reference: str | None) -> list[dict]:
+    """``summarize_groups`` output with, per stage, the delta of the mean to the reference group's mean
+    and its standard error ``sqrt(s1^2/n1 + s2^2/n2)`` where both groups have two or more seeds (the
+    seed noise a difference has to exceed; None for the reference itself), and whether the reference's
+    number is compliant.
+    ``reference``: a group name; None or a name not among the groups leaves the deltas None."""
+    ref_rows = next(({row["stage"]: row for row in g["rows"]} for g in groups if g["group"] == reference), {})
+    out = []
+    for g in groups:
+        rows = []
+        for row in g["rows"]:
+            base = ref_rows.get(row["stage"])
+            se = None
+            if base is not None and row["n"] > 1 and base["n"] > 1 and g["group"] != reference:
+                se = math.sqrt(row["std"] ** 2 / row["n"] + base["std"] ** 2 / base["n"])
+            rows.append({**row, "delta": row["mean"] - base["mean"] if base is not None else None, "se": se,
+                         "ref_compliant": base["compliant"] if base is not None else None})
+        out.append({**g, "is_reference": g["group"] == reference, "rows": rows})
+    return out
+
+
+def suite_comparisons(runs: list[dict], groups: list[dict], root: Path) -> list[dict]:
+    """Per suite with two or more configurations measured at the standard stages: each one's means
+    with deltas to the suite's baseline (the group ``<suite>/baseline``, else the first by name), the
+    ``pgolf compare`` command for their completed runs and its page when it exists."""
+    completed = [r for r in runs if r.get("status") == "completed"]
+    suite_of = {group_key(r): r.get("suite") for r in completed}
+    by_suite: dict[str, list[dict]] = {}
+    for g in groups:
+        rows = [row for row in g["rows"] if row["stage"] in STAGES]
+        if rows:
+            by_suite.setdefault(str(suite_of.get(g["group"])), []).append({**g, "rows": rows})
+    out = []
+    for suite, members in sorted(by_suite.items()):
+        if len(members) < 2:
+            continue
+        names = [g["group"] for g in members]
+        reference = f"{suite}/baseline" if f"{suite}/baseline" in names else names[0]
+        # the reference group's runs first (the first run is compare's reference), then by group and seed
+        chosen = sorted((r for r in completed if group_key(r) in names),
+                        key=lambda r: (group_key(r) != reference, group_key(r), str(r.get("seed")), r["dir"]))
+        page = f"{COMPARE_DIR}/{suite}.html"
+        command = " ".join(["pgolf compare", *(r["dir"] for r in chosen), "--out", (root / page).as_posix()]
+                           + ([] if root.name == "reports" else ["--reports", str(root)]))
+        out.append({"suite": suite, "reference": reference, "command": command,
+                    "page": page if (root / page).is_file() else None,
+                    "stages": [s for s in STAGES
+                               if any(row["stage"] == s for g in members for row in g["rows"])],
+                    "groups": [{**g, "by_stage": {row["stage"]: row for row in g["rows"]}}
+                               for g in group_deltas(members, reference)]})
+    return out
+
+
+def comparison_pages(root: Path) -> list[dict]:
+    """The pages ``pgolf compare`` wrote under <root>/_compare/ (their JSON sidecars), newest first."""
+    pages = []
+    for sidecar in sorted((root / COMPARE_DIR).glob("*.json")):
+        try:
+            data = json.loads(sidecar.read_text(encoding="utf-8"))
+            runs, reference = [str(r["label"]) for r in data["runs"]], str(data["reference"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a comparison's sidecar (or a half-written one): nothing to link
+        if sidecar.with_suffix(".html").is_file():
+            pages.append({"href": f"{COMPARE_DIR}/{sidecar.stem}.html", "runs": runs, "reference": reference,
+                          "mtime": sidecar.stat().st_mtime})
+    return sorted(pages, key=lambda p: -p["mtime"])
+
+
 _TEMPLATE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>pgolf reports</title>
-<style>
-body{font:14px/1.45 system-ui,sans-serif;margin:2em;color:#222;max-width:1500px}
-h1{margin-bottom:.2em}table{border-collapse:collapse;margin:.6em 0 1.6em}
-th,td{border:1px solid #d4d4d4;padding:4px 8px;text-align:right;vertical-align:top}
-th{background:#f3f3f3;font-weight:600}td.l,th.l{text-align:left}
-.ok{color:#176c2a}.bad{color:#b00020;font-weight:600}.na{color:#888}
-.badge{display:block;font-size:11px;white-space:nowrap}
-.st-completed{color:#176c2a}.st-failed,.st-timeout,.st-dead_kernel,.st-unreadable{color:#b00020;font-weight:600}
-.st-running{color:#a60}.small{font-size:12px;color:#555}.num{font-variant-numeric:tabular-nums}
-</style></head><body>
-{% macro badge(st) -%}
-{%- set failed = st.verdicts|selectattr("passed", "sameas", false)|map(attribute="check")|list -%}
-{%- set passed = st.verdicts|selectattr("passed", "sameas", true)|list|length -%}
-{%- set na = st.verdicts|selectattr("passed", "none")|list|length -%}
-<span class="badge {{ 'bad' if failed else 'ok' }}" title="{% for v in st.verdicts %}{{ v.label }} {{ v.check }}: {{ v.reason }}&#10;{% endfor %}">
-{%- if failed %}NON-COMPLIANT: {{ failed|join(", ") }}{% else %}compliant ({{ passed }} pass{% if na %}, {{ na }} n/a{% endif %}){% endif %}</span>
-{%- endmacro %}
+<style>{{ css|safe }}</style></head><body>
+<!--BADGE-->
 <h1>pgolf reports</h1>
-<p class="small">{{ runs|length }} run(s). bpb: bits per byte on the validation split. Under every number, its compliance
-verdicts (hover for each check's reason): T1 future perturbation, T1b target independence, T2 normalization, T3 uniform
-floor, T4 exactly once, T5 score before update, T6 data tripwires, T7 artifact size, T8 time, T9 data split, T10 byte recount.
-Times are seconds against the 600 s budgets, which are defined on 8xH100 SXM.</p>
-{% if groups %}<h2>Configurations (mean over seeds)</h2>
-<table><tr><th class="l">group</th><th>runs</th><th class="l">stage</th><th>mean bpb</th><th>std</th><th class="l">per seed</th><th class="l">compliance</th></tr>
-{% for g in groups %}{% for row in g.rows %}<tr>{% if loop.first %}<td class="l" rowspan="{{ g.rows|length }}">{{ g.group }}</td><td rowspan="{{ g.rows|length }}">{{ g.runs }}</td>{% endif %}
-<td class="l">{{ row.stage }}</td><td class="num">{{ "%.5f"|format(row.mean) }}</td><td class="num">{{ "%.5f"|format(row.std) if row.std is not none else "" }}</td>
-<td class="l num">{% for seed, v in row.seeds %}{{ seed }}: {{ "%.5f"|format(v) }}{% if not loop.last %}, {% endif %}{% endfor %}</td>
-<td class="l {{ 'ok' if row.compliant else 'bad' }}">{{ "compliant" if row.compliant else "NON-COMPLIANT" }}</td></tr>{% endfor %}{% endfor %}
-</table>{% endif %}
+<p class="small">{{ runs|length }} run(s). bpb: bits per byte on the validation split. Under every number, its
+compliance verdicts (hover for each check's reason): T1 future perturbation, T1b target independence, T2
+normalization, T3 uniform floor, T4 exactly once, T5 score before update, T6 data tripwires, T7 artifact size,
+T8 time, T9 data split, T10 byte recount. Times are seconds against the {{ train_budget|int }} s training and
+{{ eval_budget|int }} s evaluation budgets, which are defined on 8xH100 SXM.</p>
+
+{% if comparisons or pages %}<h2>Comparison</h2>{% endif %}
+{% for c in comparisons %}
+<h3>suite {{ c.suite }}: &Delta; to {{ c.reference }}</h3>
+<table class="fit">
+<tr><th class="l">configuration</th>{% for s in c.stages %}<th>{{ s }}</th>{% endfor %}</tr>
+{% for g in c.groups %}
+<tr><td class="l">{{ g.group }}{% if g.is_reference %} <span class="ref">(reference)</span>{% endif %}
+<span class="small" style="display:block">{{ g.runs }} run(s)</span></td>
+{% for s in c.stages %}
+{% set row = g.by_stage.get(s) %}
+<td class="num">
+{% if row %}
+{{ row.mean|bpb }}<span class="small" style="display:block">n={{ row.n }}
+  {%- if row.std is not none %}, std {{ row.std|bpb }}{% endif %}</span>
+{% if not g.is_reference %}
+<span class="{{ row.delta|delta_class }}" style="display:block">
+  {%- if row.delta is not none %}&Delta; {% endif %}{{ delta_cell(row, false, "no reference") }}</span>
+{% endif %}
+<span class="badge {{ 'ok' if row.compliant else 'bad' }}">
+  {{- "compliant" if row.compliant else "NON-COMPLIANT" }}</span>
+{% endif %}
+</td>
+{% endfor %}
+</tr>
+{% endfor %}
+</table>
+{% if c.page %}
+<details class="small"><summary><a href="{{ c.page }}">comparison page with curves and seed statistics</a>
+(the command that updates it)</summary><code>{{ c.command }}</code></details>
+{% else %}
+<p class="small">Curves and per-seed detail: <code>{{ c.command }}</code></p>
+{% endif %}
+{% endfor %}
+{% if pages %}
+<p>Comparison pages:</p>
+<ul class="small">
+{% for p in pages %}
+<li><a href="{{ p.href }}">{{ p.href.split("/")[-1] }}</a>: {{ p.runs|join(", ") }}
+(reference {{ p.reference }})</li>
+{% endfor %}
+</ul>
+{% endif %}
+
+{% if groups %}
+<h2>Configurations (mean over seeds)</h2>
+<table>
+<tr><th class="l">group</th><th>runs</th><th class="l">stage</th><th>mean bpb</th><th>std</th>
+<th class="l">per seed</th><th class="l">compliance</th></tr>
+{% for g in groups %}
+{% for row in g.rows %}
+<tr>
+{% if loop.first %}
+<td class="l" rowspan="{{ g.rows|length }}">{{ g.group }}</td>
+<td rowspan="{{ g.rows|length }}">{{ g.runs }}</td>
+{% endif %}
+<td class="l">{{ row.stage }}</td><td class="num">{{ row.mean|bpb }}</td>
+<td class="num">{{ row.std|bpb }}</td>
+<td class="l num">
+  {%- for seed, v in row.seeds %}{{ seed }}: {{ v|bpb }}{% if not loop.last %}, {% endif %}{% endfor %}</td>
+<td class="l {{ 'ok' if row.compliant else 'bad' }}">
+  {{- "compliant" if row.compliant else "NON-COMPLIANT" }}</td>
+</tr>
+{% endfor %}
+{% endfor %}
+</table>
+{% endif %}
+{% set bad = runs|selectattr("status", "equalto", "unreadable")|list %}
+{% if bad %}
+<p class="bad">{{ bad|length }} unreadable record(s), shown without numbers:</p>
+<ul class="small">
+{% for r in bad %}<li>{{ r.error }}</li>{% endfor %}
+</ul>
+{% endif %}
+
 <h2>Runs</h2>
-<table><tr><th class="l">run</th><th class="l">notebook</th><th class="l">status</th><th>seed</th>
-{% for s in stages %}<th>{{ s }}</th>{% endfor %}<th>artifact bytes</th><th>train s</th><th>eval s</th><th class="l">backend</th><th class="l">links</th></tr>
-{% for r in runs %}<tr><td class="l">{{ r.suite }}/<br>{{ r.run_id }}</td><td class="l">{{ (r.notebook or "").split("/")[-1] }}</td>
-<td class="l st-{{ r.status }}" title="{{ r.error or '' }}">{{ r.status }}{% if r.error %}<span class="badge bad">{{ r.error.splitlines()[0][:80] }}</span>{% endif %}</td>
-<td>{{ r.seed if r.seed is not none else "" }}</td>
-{% for s in stages %}<td class="num">{% for st in r.stages if st.stage == s %}{{ "%.4f"|format(st.val_bpb) }}{{ badge(st) }}{% endfor %}</td>{% endfor %}
-<td class="num">{{ "{:,}".format(r.artifact_bytes) if r.artifact_bytes else "" }}</td>
-<td class="num">{{ "%.1f"|format(r.train_seconds) if r.train_seconds is not none else "" }}</td><td class="num">{{ "%.1f"|format(r.eval_seconds) if r.eval_seconds is not none else "" }}</td>
-<td class="l">{{ r.attn_backend or "" }}</td>
-<td class="l">{% if r.has_report %}<a href="{{ r.dir }}/report.html">report</a><br>{% endif %}<a href="{{ r.dir }}/manifest.json">manifest</a></td></tr>
-{% if r.extra_stages %}<tr><td></td><td class="l small" colspan="{{ 3 + stages|length }}"><table style="margin:0">{% for st in r.extra_stages %}<tr><td class="l">{{ st.stage }}</td><td class="num">{{ "%.4f"|format(st.val_bpb) }}</td><td class="l">{{ badge(st) }}</td><td class="l small">{{ st.notes[:90] }}</td></tr>{% endfor %}</table></td><td colspan="5"></td></tr>{% endif %}
-{% endfor %}</table>
+<table class="fit">
+<tr><th class="l">run</th><th class="l">status</th>{% for s in stages %}<th>{{ s }}</th>{% endfor %}
+<th class="l">bytes, seconds</th></tr>
+{% for r in runs %}
+<tr><td class="l runid"><span class="id">{{ r.suite }}/{{ r.run_id }}</span>
+<span class="small" style="display:block">{{ (r.notebook or "").split("/")[-1] }}
+  {%- if r.seed is not none %} &middot; seed {{ r.seed }}{% endif %}
+  {%- if r.attn_backend %} &middot; {{ r.attn_backend }}{% endif %} &middot;
+  {% if r.has_report %}<a href="{{ r.dir }}/report.html">report</a>, {% endif %}
+  <a href="{{ r.dir }}/manifest.json">manifest</a></span></td>
+<td class="l st-{{ r.status }}" title="{{ r.error or '' }}">{{ r.status }}
+  {%- if r.error %}<span class="err">{{ r.error.splitlines()[0][:160] }}</span>{% endif %}</td>
+{% for s in stages %}
+<td class="num">
+  {%- for st in r.stages if st.stage == s %}{{ "%.4f"|format(st.val_bpb) }}{{ badge(st) }}{% endfor %}</td>
+{% endfor %}
+<td class="l num small">
+  {%- if r.artifact_bytes %}{{ "{:,}".format(r.artifact_bytes) }} B<br>{% endif %}
+  {%- if r.train_seconds is not none %}train {{ "%.1f"|format(r.train_seconds) }} s<br>{% endif %}
+  {%- if r.eval_seconds is not none %}eval {{ "%.1f"|format(r.eval_seconds) }} s{% endif %}</td></tr>
+{% if r.extra_stages %}
+{% set failed = r.extra_stages|rejectattr("compliant")|map(attribute="stage")|list %}
+<tr><td></td><td class="l small" colspan="{{ 2 + stages|length }}">
+<details><summary>{{ r.extra_stages|length }} further stage(s),
+{% if failed %}
+<span class="bad">{{ failed|length }} NON-COMPLIANT: {{ failed|join(", ") }}</span>
+{% else %}
+all compliant
+{% endif %}
+</summary>
+<table class="sub">
+{% for st in r.extra_stages %}
+<tr><td class="l">{{ st.stage }}</td><td class="num">{{ "%.4f"|format(st.val_bpb) }}</td>
+<td class="l">{{ badge(st) }}</td><td class="l small">{{ st.notes }}</td></tr>
+{% endfor %}
+</table></details></td></tr>
+{% endif %}
+{% endfor %}
+</table>
 </body></html>
 """
 
 
-def _run_view(r: dict) -> dict:
-    outputs = r.get("outputs") or {}
+def run_view(r: dict) -> dict:
+    outputs = r.get("outputs") if isinstance(r.get("outputs"), dict) else {}
     artifact = next((st.artifact_bytes for st in r["stages"] if st.artifact_bytes), None)
     return {
         **r,
@@ -137,13 +338,20 @@ def build_index(reports_root: str | os.PathLike = "reports") -> Path:
     """Rebuild reports/index.html and reports/index.json; returns the HTML path."""
     root = Path(reports_root)
     root.mkdir(parents=True, exist_ok=True)
-    runs = [_run_view(r) for r in collect_runs(root)]
+    runs = [run_view(r) for r in collect_runs(root)]
     groups = summarize_groups(runs)
-    env = Environment(autoescape=select_autoescape(default=True))
-    html = env.from_string(_TEMPLATE).render(runs=runs, groups=groups, stages=STAGES)
+    # stage columns only for the standard stages some run has: empty columns pushed the table wide
+    shown = [s for s in STAGES if any(st.stage == s for r in runs for st in r["stages"])]
+    comparisons = suite_comparisons(runs, groups, root)
+    html = environment().from_string(_TEMPLATE.replace("<!--BADGE-->", BADGE)).render(
+        css=CSS, runs=runs, groups=groups, stages=shown, comparisons=comparisons,
+        pages=comparison_pages(root), train_budget=TRAIN_SECONDS, eval_budget=EVAL_SECONDS)
     atomic_write_text(root / "index.html", html)
     atomic_write_json(root / "index.json", {
-        "runs": [{k: v for k, v in r.items() if k not in ("stages", "extra_stages")} | {"stages": [s.as_dict() for s in r["stages"]]} for r in runs],
+        "runs": [{k: v for k, v in r.items() if k not in ("stages", "extra_stages")}
+                 | {"stages": [s.as_dict() for s in r["stages"]]} for r in runs],
         "groups": [{**g, "rows": [{k: v for k, v in row.items()} for row in g["rows"]]} for g in groups],
+        "comparisons": [{**c, "groups": [{k: v for k, v in g.items() if k != "by_stage"}
+                                         for g in c["groups"]]} for c in comparisons],
     })
     return root / "index.html"

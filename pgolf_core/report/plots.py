@@ -6,15 +6,15 @@ Every function returns a matplotlib Figure; ``save`` writes it as PNG next to th
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt  # headless machines fall back to Agg by themselves; kernels keep inline
 from matplotlib.ticker import FuncFormatter
 
+from pgolf_core.challenge import BYTE_CAP
 from pgolf_core.stages import StageRecord
-
-CAP_BYTES = 16_000_000
 
 
 def save(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
@@ -78,8 +78,9 @@ def stage_bars(records: list[StageRecord], title: str = "bpb per stage"):
     return fig
 
 
-def pareto(points: list[dict], cap: int = CAP_BYTES, title: str = "artifact bytes vs bpb"):
-    """Scatter of (artifact bytes, bpb) per scheme with the Pareto front and the 16,000,000-byte line.
+def pareto(points: list[dict], cap: int = BYTE_CAP, title: str = "artifact bytes vs bpb"):
+    """Scatter of (artifact bytes, bpb) per scheme with the Pareto front and the cap's line (pass the
+    config's ``quant.byte_cap``; the default is the challenge's).
 
     ``points``: dicts with name, bytes, bpb. Lower-left is better.
     """
@@ -115,4 +116,66 @@ def grouped_bars(labels: list[str], series: dict[str, list[float]], ylabel: str,
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
+    return fig
+
+
+def _focus_ylim(ax, series: list[tuple[list[float], list[float]]]) -> bool:
+    """Fit the y axis to the points after the first tenth of each (x, y) series' x range: the first
+    steps' loss (about ln(vocab), and a warmup spike) would squeeze the part where runs differ into a few
+    pixels. Returns whether a point lies outside the shown range (the caption says so)."""
+    values = []
+    for xs, ys in series:
+        if not xs:
+            continue
+        start = xs[0] + 0.1 * (xs[-1] - xs[0])
+        kept = [y for x, y in zip(xs, ys, strict=True) if x >= start]
+        values += kept if len(kept) >= 2 else ys
+    if not values:
+        return False
+    lo, hi = min(values), max(values)
+    pad = max((hi - lo) * 0.06, 1e-3)
+    ax.set_ylim(lo - pad, hi + pad)
+    return any(y > hi + pad or y < lo - pad for _, ys in series for y in ys)
+
+
+def overlay_curves(runs: list[dict], title: str = ""):
+    """Training loss and validation bpb of several runs in one figure, against steps (left column) and
+    against training seconds (right; in-loop validation excluded, as the wallclock cap counts it).
+
+    ``runs``: dicts with ``label``, ``metrics`` (metrics.jsonl records) and optional matplotlib
+    ``style`` (color, linestyle). Points without ``train_time_s`` are left out of the right column.
+    The figure's ``clipped`` attribute lists the panels whose early points lie above the shown range.
+    """
+    fig, axes = plt.subplots(2, 2, figsize=(12, 7.2), sharex="col")
+    panels = [("train", "train_loss", "train loss (nats/token)"), ("val", "val_bpb", "val bpb")]
+    clipped = []
+    for row, (event, key, ylabel) in enumerate(panels):
+        for col, xkey in enumerate(("step", "train_time_s")):
+            ax = axes[row][col]
+            ys_all = []
+            for r in runs:
+                pts = [(m[xkey], m[key]) for m in r["metrics"]
+                       if m.get("event") == event and m.get(xkey) is not None and m.get(key) is not None]
+                style = {"lw": 1.1, **r.get("style", {})}
+                if event == "val":
+                    style.setdefault("marker", "o")
+                    style.setdefault("ms", 3)
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], label=r["label"], **style)
+                ys_all.append(([p[0] for p in pts], [p[1] for p in pts]))
+            if _focus_ylim(ax, ys_all):
+                clipped.append(f"{ylabel} vs {'step' if col == 0 else 'seconds'}")
+            ax.set(ylabel=ylabel)
+            ax.grid(alpha=0.3)
+    axes[1][0].set(xlabel="step")
+    axes[1][1].set(xlabel="training seconds (validation excluded)")
+    axes[0][0].set_title("against steps")
+    axes[0][1].set_title("against wallclock")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(3, max(1, len(labels))), fontsize=8,
+               frameon=False)
+    if title:
+        fig.suptitle(title)
+    rows_of_legend = math.ceil(len(labels) / 3)
+    fig.tight_layout(rect=(0, 0.035 * rows_of_legend + 0.01, 1, 1))
+    fig.clipped = clipped
     return fig

@@ -1,4 +1,4 @@
-"""Where a number came from: git state, package versions, hardware (notebooks.md section 3)."""
+"""Where a number came from: git state, package versions, hardware (recorded in every run manifest)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ PACKAGES = (
 
 def _run(cmd: list[str], cwd: Path | None = None) -> str | None:
     try:
-        out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=20)
+        out = subprocess.run(cmd, check=False, cwd=cwd, capture_output=True, text=True, timeout=20)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None

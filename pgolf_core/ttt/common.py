@@ -38,6 +38,7 @@ from pgolf_core.eval import (
     torch_luts,
     window_batch,
 )
+from pgolf_core.model.logits import asym_softcap_parameters
 from pgolf_core.runtime import autocast_context, model_device
 from pgolf_core.scoring import ScoreEvents, Scorer, StreamScore
 
@@ -147,12 +148,18 @@ def start(inputs: TTTInputs) -> Work:
     return Work(inputs, t0, device, luts, model, tokens_d, n, ScoreSums(n, device, inputs.return_streams))
 
 
-def select_parameters(model: nn.Module, freeze_first_blocks: int = 0) -> list[nn.Parameter]:
+def select_parameters(
+    model: nn.Module, freeze_first_blocks: int = 0, *, softcap_scalars: bool = False
+) -> list[nn.Parameter]:
     """All parameters but those of the first ``freeze_first_blocks`` blocks; sets ``requires_grad``.
 
-    #461's code froze the first 2 blocks by default; #549 ran with 0 frozen.
+    #461's code froze the first 2 blocks by default; #549 ran with 0 frozen. The AsymLogit scalars
+    (model.logit_softcap_asym, #1923) are left out unless ``softcap_scalars``: only the phased global
+    SGD pass trains them.
     """
     frozen = {id(p) for block in list(model.blocks)[:freeze_first_blocks] for p in block.parameters()}
+    if not softcap_scalars:
+        frozen |= {id(p) for p in asym_softcap_parameters(model)}
     params = []
     for p in model.parameters():
         p.requires_grad_(id(p) not in frozen)

@@ -14,10 +14,21 @@ are right-padded to chunk i's nominal window length (a causal model never looks 
 never depends on the batch-mates), the summed per-document mean losses give each slot exactly its own
 gradient, and Adam is elementwise, so a batch equals the documents one by one.
 
-Window placement: chunk i's window starts at max(doc start, nominal chunk end - lora_window), where the
+Window placement: chunk i's window starts at max(doc start, nominal chunk end - window), where the
 nominal end ignores where the document actually ends. The records end the window at the true chunk
 end, which lets a target's context depend on whether a later token is a BOS; this way it depends on
 the prefix only (compliance T1b).
+
+Long-context and short-document levers (#1953, #2014; the defaults leave everything as above):
+``context_len`` sets the window (#1953: 2560, with the no_qv adapter mask ``lora_targets: [k, o, mlp,
+head]`` -0.00058 bpb on #1855; #2014: 3072); ``local_lr_mult`` scales the LoRA lr (#1953: 0.75, the
+best of a 0.5-2.0 sweep); ``short_doc_chunks`` picks a batch's chunk size from its longest document
+(#2014: <= 256 targets -> 8, <= 2000 -> 24, else 48; more, smaller score-then-update steps for short
+documents). The chunk size so depends on where the batch's documents end, i.e. on later tokens: each
+target is still scored before any update that uses it (T5 passes), but a document's first scores
+change with its length, and the future-perturbation checks fail (T1, T1b, T1c on a probe): the rule,
+as #2014 runs it, is not causal in the strict sense those checks test. ``include_tail`` false scores only the
+first whole multiple of the context length (the older loaders' truncation; #2014 scores the tail).
 """
 
 from __future__ import annotations
@@ -62,6 +73,30 @@ class Documents:
         return self.ends - self.starts
 
 
+def batch_chunk_tokens(longest: int, ttt: TTTConfig) -> int:
+    """The chunk size of a LoRA batch whose longest document has ``longest`` targets: the first
+    ``short_doc_chunks`` rule [max_len, chunk] with longest <= max_len, else ``lora_chunk_tokens``."""
+    for max_len, chunk in ttt.short_doc_chunks:
+        if longest <= max_len:
+            return chunk
+    return ttt.lora_chunk_tokens
+
+
+def scored_length(n: int, ttt: TTTConfig, seq_len: int) -> int:
+    """Tokens of an ``n``-token stream whose targets the TTT scores: all of them with ``include_tail``;
+    else a whole number of context lengths (``context_len``, or ``seq_len``) plus one."""
+    if ttt.include_tail:
+        return n
+    ctx = ttt.context_len or seq_len
+    keep = (n - 1) // ctx * ctx + 1
+    if keep < 2:
+        raise ValueError(
+            f"ttt.include_tail false: the {n - 1:,} targets do not fill one {ctx}-token context, so none "
+            "would be scored"
+        )
+    return keep
+
+
 def find_documents(tokens: np.ndarray, bos_id: int = BOS_ID) -> Documents:
     """Documents of a stream by BOS; every target 1..N-1 belongs to exactly one of them. Tokens before
     the first BOS (a stream cut mid-document) form a document of their own."""
@@ -97,8 +132,11 @@ class DocLoRARunner:
         self.model, self.ttt, self.spec, self.tokens_d, self.device = model, ttt, spec, tokens_d, device
         freeze(model)
         self.lora = LoRASet(model, ttt.lora_targets, ttt.lora_rank, ttt.lora_alpha, slots=ttt.lora_batch_docs)
+        self.window = ttt.context_len or ttt.lora_window
+        self.lr = ttt.lora_lr * ttt.local_lr_mult  # x 1.0 is exact: the default changes nothing
         self.steps = 0
         self.docs_scored = 0
+        self.chunk_batches: dict[str, int] = {}  # chunk size -> LoRA batches scored with it
 
     def score(
         self,
@@ -124,23 +162,22 @@ class DocLoRARunner:
         opt = build_optimizer(
             list(self.lora.parameters()),
             "adamw",
-            ttt.lora_lr,
+            self.lr,
             weight_decay=ttt.lora_weight_decay,
             betas=(ttt.lora_beta1, ttt.lora_beta2),
         )
-        n_chunks = -(-docs.lengths[batch] // ttt.lora_chunk_tokens)
+        chunk = batch_chunk_tokens(int(docs.lengths[batch].max()), ttt)
+        self.chunk_batches[str(chunk)] = self.chunk_batches.get(str(chunk), 0) + 1
+        n_chunks = -(-docs.lengths[batch] // chunk)
         for i in range(int(n_chunks.max())):
             slots = np.flatnonzero(n_chunks > i)
             geo = [
-                doc_chunk(
-                    docs.starts[batch[s]], docs.ends[batch[s]], i, ttt.lora_chunk_tokens, ttt.lora_window
-                )
-                for s in slots
+                doc_chunk(docs.starts[batch[s]], docs.ends[batch[s]], i, chunk, self.window) for s in slots
             ]
             ws, lens, firsts, ends = (np.array(v, dtype=np.int64) for v in zip(*geo))
             # Pad to the nominal window length of chunk i, not to the longest row: the shape then
             # depends on i alone, so a document's scores cannot change with its batch-mates (T1).
-            x, y = window_batch(self.tokens_d, ws, min((i + 1) * ttt.lora_chunk_tokens, ttt.lora_window))
+            x, y = window_batch(self.tokens_d, ws, min((i + 1) * chunk, self.window))
             offsets_T = torch.arange(x.shape[1], device=device)
             lo_B1 = torch.as_tensor(firsts - ws - 1, device=device)[:, None]
             mask_BT = (offsets_T >= lo_B1) & (offsets_T < torch.as_tensor(lens, device=device)[:, None])
@@ -198,13 +235,28 @@ def split_docs_for_ranks(docs: Documents, ids: np.ndarray, dist: DistInfo) -> np
 
 
 def start_documents(inputs: TTTInputs) -> tuple[Work, Documents, DocLoRARunner]:
-    """``start`` plus the stream's documents and a LoRA runner on the working copy (doc_lora, phased)."""
+    """``start`` plus the documents to score (those of the whole stream, or of its first
+    ``scored_length`` tokens) and a LoRA runner on the working copy (doc_lora, phased)."""
     w = start(inputs)
+    keep = scored_length(w.n, inputs.ttt, inputs.spec.seq_len)
     return (
         w,
-        find_documents(inputs.tokens),
+        find_documents(np.asarray(inputs.tokens)[:keep]),
         DocLoRARunner(w.model, inputs.ttt, inputs.spec, w.tokens_d, w.device),
     )
+
+
+def finish_documents(w: Work, docs: Documents, runner: DocLoRARunner, info: dict) -> EvalResult:
+    """``w.finish`` with the levers in the info; positions past the scored documents (the tail left out
+    by ``include_tail`` false) are nan in the kept stream and carry no bytes."""
+    info = {**info, "window": runner.window, "lora_lr": runner.lr, "chunk_batches": runner.chunk_batches}
+    res = w.finish(info)
+    end = int(docs.ends[-1]) + 1
+    if res.nll is not None and end < w.n:
+        res.nll[end:] = np.nan
+        if res.byte_counts is not None:
+            res.byte_counts[end:] = 0
+    return res
 
 
 def doc_lora_ttt(inputs: TTTInputs) -> EvalResult:
@@ -223,7 +275,7 @@ def doc_lora_ttt(inputs: TTTInputs) -> EvalResult:
         "targets": list(inputs.ttt.lora_targets),
         **timer.seconds,
     }
-    return w.finish(info)
+    return finish_documents(w, docs, runner, info)
 
 
 class DocLoRAScorer(TTTScorer):

@@ -124,8 +124,7 @@ class LoRASet(nn.Module):
         h_BTD = model.hidden(x_BT)
         z_BTV = F.linear(h_BTD, model.tok_emb.weight) if model.lm_head is None else model.lm_head(h_BTD)
         z_BTV = z_BTV + self.head(h_BTD, self.slot_index).to(z_BTV.dtype)
-        c = model.logit_softcap
-        return c * torch.tanh(z_BTV.float() / c)
+        return model.softcap(z_BTV)  # after the head adapter, as #1923 applies AsymLogit
 
     def nll(self, x_BT: Tensor, y_BT: Tensor) -> Tensor:
         logits_BTV = self.logits(x_BT)

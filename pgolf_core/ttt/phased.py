@@ -37,7 +37,7 @@ from pgolf_core.ttt.common import (
     select_parameters,
     train_on_targets,
 )
-from pgolf_core.ttt.doc_lora import DocLoRARunner, split_docs_for_ranks, start_documents
+from pgolf_core.ttt.doc_lora import DocLoRARunner, finish_documents, split_docs_for_ranks, start_documents
 
 
 def phase_boundaries(prefix_docs: int, phases: int, num_docs: int) -> list[int]:
@@ -60,16 +60,20 @@ def global_pass(
     device: torch.device,
     events: ScoreEvents | None,
 ) -> tuple[int, int]:
-    """One SGD epoch on the base model over targets [first, end): chunks of ``chunk_tokens``, LR
-    ``phased_lr`` cosine-decayed over the chunks, momentum, clip; LoRA off. Returns (chunks, steps)."""
+    """One SGD epoch on the base model over targets [first, end): chunks of ``chunk_tokens`` in
+    sequences of ``context_len`` (0: the eval seq len), LR ``phased_lr`` cosine-decayed over the chunks,
+    momentum, clip; LoRA off. Returns (chunks, steps).
+
+    The only optimizer that trains the AsymLogit scalars (#1923: they are in the base model's
+    parameters, which the per-document LoRA optimizers never see)."""
     runner.lora.enabled = False
-    params = select_parameters(model, ttt.freeze_first_blocks)
+    params = select_parameters(model, ttt.freeze_first_blocks, softcap_scalars=True)
     opt = build_optimizer(params, "sgd", ttt.phased_lr, momentum=ttt.momentum)
     n_chunks = -(-(end - first) // ttt.chunk_tokens)
     steps = 0
     for c in range(n_chunks):
         lo = first + c * ttt.chunk_tokens
-        span = TrainRange(lo, min(lo + ttt.chunk_tokens, end), spec.seq_len)
+        span = TrainRange(lo, min(lo + ttt.chunk_tokens, end), ttt.context_len or spec.seq_len)
         steps += train_on_targets(
             model.nll,
             params,
@@ -136,7 +140,7 @@ def phased_ttt(inputs: TTTInputs) -> EvalResult:
         "passes": passes,
         **timer.seconds,
     }
-    return w.finish(info)
+    return finish_documents(w, docs, runner, info)
 
 
 class PhasedTTTScorer(TTTScorer):

@@ -44,6 +44,7 @@ FLAG_CASES = {
     },
     "window": {"attention.window.size": 4},
     "window_layers": {"attention.window.size": 4, "attention.window.layers": [0]},
+    "key_offset": {"rotary.dims": 8, "attention.key_offset.enabled": True},
     "kitchen_sink": {
         "mlp.activation": "leaky_relu2",
         "rotary.dims": 8,
@@ -58,6 +59,8 @@ FLAG_CASES = {
         "embeddings.value.dim": 16,
         "embeddings.value.layers": [3],
         "attention.window.size": 6,
+        "attention.varlen.enabled": True,
+        "attention.key_offset.enabled": True,
         "ortho_init": True,
         **LOOP,
     },
@@ -75,6 +78,32 @@ DEPENDENT_CASES = {
     "attention.window.layers": ({"attention.window.size": 4}, "attention.window.layers", [], [0]),
     "embeddings.smear.width": ({"embeddings.smear.kind": "v2"}, "embeddings.smear.width", 4, 12),
     "embeddings.smear.bos_fix": ({"embeddings.smear.kind": "v2"}, "embeddings.smear.bos_fix", True, False),
+    "embeddings.smear.bos_fix[v1]": ({"embeddings.smear.kind": "v1"}, "embeddings.smear.bos_fix", None, True),
+    "embeddings.bigram.bos_fix": (
+        {"embeddings.bigram.buckets": 32},
+        "embeddings.bigram.bos_fix",
+        False,
+        True,
+    ),
+    "attention.varlen.enabled": ({}, "attention.varlen.enabled", False, True),
+    "attention.varlen.max_doc_len": (
+        {"attention.varlen.enabled": True},
+        "attention.varlen.max_doc_len",
+        16,
+        4,
+    ),
+    "attention.key_offset.layers": (
+        {"rotary.dims": 8, "attention.key_offset.enabled": True},
+        "attention.key_offset.layers",
+        [],
+        [1],
+    ),
+    "attention.key_offset.bos_fix": (
+        {"rotary.dims": 8, "attention.key_offset.enabled": True},
+        "attention.key_offset.bos_fix",
+        True,
+        False,
+    ),
     "embeddings.bigram.dim": ({"embeddings.bigram.buckets": 32}, "embeddings.bigram.dim", 16, 8),
     "embeddings.bigram.buckets": ({}, "embeddings.bigram.buckets", 32, 16),
     "embeddings.value.dim": ({"embeddings.value.layers": [1]}, "embeddings.value.dim", 16, 8),
@@ -111,6 +140,7 @@ OTHER_FIELDS = {
     "attention.gate.kind",  # gptj, smear_v1, ...
     "residual.loops.enable_frac",  # a training schedule knob: the model never reads it
     "attn_backend",  # test_attention_backend
+    "logit_softcap_asym",  # test_asym_logit: its scalars are trained by TTT only, so no gradient here
 }
 
 

@@ -1,4 +1,4 @@
-"""Fast model code equals slow, obvious reference implementations (style.md G11)."""
+"""Fast model code equals slow, obvious reference implementations written independently of it."""
 
 from __future__ import annotations
 
@@ -18,22 +18,26 @@ def rms(x: torch.Tensor) -> torch.Tensor:
     return x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + EPS)
 
 
-def rotation_matrices(seq_len: int, head_dim: int, rope_dims: int, base: float) -> torch.Tensor:
-    """(T, K, K): position t rotates the pair (i, i + rd/2) by t * base^(-2i/rd); other dims untouched."""
-    R = torch.eye(head_dim).repeat(seq_len, 1, 1)
+def challenge_rope(x_BTHK: torch.Tensor, rope_dims: int, base: float, start: int = 0) -> torch.Tensor:
+    """RoPE as the challenge's train_gpt.py (openai/parameter-golf) and its records state it, one
+    position, head and frequency at a time in Python floats.
+
+    The first ``rope_dims`` dims of a head split into halves x1 | x2; pair (x1[i], x2[i]) at position t
+    turns by angle t / base^(2i / rope_dims) as x1' = x1 cos + x2 sin, x2' = x2 cos - x1 sin (a turn
+    by MINUS the angle); the remaining dims pass through unchanged. ``start``: position of x[:, 0].
+    """
+    out = x_BTHK.clone()
+    _, T, H, _ = x_BTHK.shape
     half = rope_dims // 2
-    for t in range(seq_len):
-        for i in range(half):
-            angle = t * base ** (-2 * i / rope_dims)
-            c, s = math.cos(angle), math.sin(angle)
-            R[t, i, i], R[t, i, i + half] = c, -s
-            R[t, i + half, i], R[t, i + half, i + half] = s, c
-    return R
-
-
-def rope_reference(x_BTHK: torch.Tensor, rope_dims: int, base: float) -> torch.Tensor:
-    R = rotation_matrices(x_BTHK.size(1), x_BTHK.size(-1), rope_dims, base)
-    return torch.einsum("tij,bthj->bthi", R, x_BTHK)
+    for t in range(T):
+        for h in range(H):
+            for i in range(half):
+                angle = (start + t) / base ** (2 * i / rope_dims)
+                c, s = math.cos(angle), math.sin(angle)
+                x1, x2 = x_BTHK[:, t, h, i], x_BTHK[:, t, h, half + i]
+                out[:, t, h, i] = x1 * c + x2 * s
+                out[:, t, h, half + i] = x2 * c - x1 * s
+    return out
 
 
 def softmax_attention(q, k, v, window: int = 0) -> torch.Tensor:
@@ -48,7 +52,8 @@ def softmax_attention(q, k, v, window: int = 0) -> torch.Tensor:
 
 
 def baseline_reference_logits(model, cfg, ids: torch.Tensor) -> torch.Tensor:
-    """The challenge baseline written out by hand from records.md B1/B2/B6 and the model's weights."""
+    """The challenge baseline (openai/parameter-golf train_gpt.py: U-Net skips, resid mix, q/k RMS norm,
+    q gain, RoPE, relu^2 MLP, softcapped tied head) written out by hand over the model's weights."""
     w = dict(model.named_parameters())
     B, T = ids.shape
     D, H, G = cfg.model_dim, cfg.num_heads, cfg.num_kv_heads
@@ -65,8 +70,8 @@ def baseline_reference_logits(model, cfg, ids: torch.Tensor) -> torch.Tensor:
         q = rms((h @ p("attn.q.weight").T).view(B, T, H, K))
         k = rms((h @ p("attn.k.weight").T).view(B, T, G, K))
         v = (h @ p("attn.v.weight").T).view(B, T, G, K)
-        q = rope_reference(q, K, cfg.rotary.base) * p("attn.q_gain")[:, None]
-        k = rope_reference(k, K, cfg.rotary.base)
+        q = challenge_rope(q, K, cfg.rotary.base) * p("attn.q_gain")[:, None]
+        k = challenge_rope(k, K, cfg.rotary.base)
         y = softmax_attention(q, k, v).reshape(B, T, D)
         x = x + p("attn_scale") * (y @ p("attn.proj.weight").T)
         u = torch.relu(rms(x) @ p("mlp.up.weight").T) ** 2
@@ -137,20 +142,30 @@ def test_partial_rope_matches_explicit_rotation(rope_dims):
     x = torch.randn(2, 9, 3, 16, generator=torch.Generator().manual_seed(rope_dims))
     rotary = Rotary(16, rope_dims, base=10000.0)
     got = apply_rotary(x, *rotary.cos_sin(9, x.device))
-    torch.testing.assert_close(got, rope_reference(x, rope_dims or 16, 10000.0), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got, challenge_rope(x, rope_dims or 16, 10000.0), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(got[..., rope_dims or 16 :], x[..., rope_dims or 16 :])
 
 
 def test_rope_ntk_rescale_beyond_train_length():
     """Past train_seq_len the base becomes base * (T / train) ** (rd / (rd - 2)); not before."""
     rotary = Rotary(64, 16, base=10000.0, train_seq_len=1024)
+    ntk_base = 10000.0 * (2048 / 1024) ** (16 / 14)
     assert rotary.base_for(1024) == 10000.0
-    assert rotary.base_for(2048) == pytest.approx(10000.0 * 2 ** (16 / 14))
-    x = torch.randn(1, 2048, 1, 64, generator=torch.Generator().manual_seed(0))[:, :, :, :]
+    assert rotary.base_for(2048) == pytest.approx(ntk_base)
+    x = torch.randn(1, 2048, 1, 64, generator=torch.Generator().manual_seed(0))
     cos, sin = rotary.cos_sin(2048, x.device)
-    R = rotation_matrices(3, 64, 16, rotary.base_for(2048))
-    expected = torch.einsum("tij,bthj->bthi", R, x[:, :3])
-    torch.testing.assert_close(apply_rotary(x, cos, sin)[:, :3], expected, atol=1e-5, rtol=1e-5)
+    got = apply_rotary(x, cos, sin)
+    torch.testing.assert_close(got[:, :3], challenge_rope(x[:, :3], 16, ntk_base), atol=1e-5, rtol=1e-5)
+    # The table's end, also under the rescaled base; fp32 angles near 2047 rad carry ~2e-4 rounding.
+    tail = challenge_rope(x[:, -3:], 16, ntk_base, start=2045)
+    torch.testing.assert_close(got[:, -3:], tail, atol=1e-3, rtol=0)
+
+
+def test_rope_turns_by_minus_theta():
+    """The challenge's sign: at position 1 with one frequency pair, (1, 0) -> (cos 1, -sin 1)."""
+    x = torch.tensor([1.0, 0.0]).expand(1, 2, 1, 2)
+    got = apply_rotary(x, *Rotary(2).cos_sin(2, x.device))[0, 1, 0]
+    torch.testing.assert_close(got, torch.tensor([math.cos(1.0), -math.sin(1.0)]))
 
 
 def test_rope_relative_scores_depend_only_on_offset():

@@ -1,4 +1,4 @@
-"""EMA of the weights (records.md C8): fixed point, closed form, copy-back and resume."""
+"""EMA of the weights : fixed point, closed form, copy-back and resume."""
 
 from __future__ import annotations
 

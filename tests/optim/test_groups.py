@@ -1,4 +1,4 @@
-"""Optimizer routing by role: exhaustive, exclusive, logged, resumable (style.md G6)."""
+"""Optimizer routing by role: exhaustive, exclusive, logged, resumable."""
 
 from __future__ import annotations
 

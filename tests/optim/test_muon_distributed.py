@@ -1,4 +1,4 @@
-"""Muon's rank-strided update sharing (records.md C2, BASE) on a real 2-process gloo group."""
+"""Muon's rank-strided update sharing (the challenge baseline's Muon) on a real 2-process gloo group."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""LR multiplier and Muon momentum schedules, checked at hand-computed points (records.md C6, C7)."""
+"""LR multiplier and Muon momentum schedules, checked at hand-computed points."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
-"""Slow, obvious references the quant tests compare against (style.md G11); not collected by pytest.
+"""Slow, obvious references the quant tests compare against; not collected by pytest.
 
-``challenge_int8`` is the challenge baseline's export written from its description (records.md D1 and
-the brief's facts), independently of pgolf_core.quant: torch.quantile directly, one entry at a time.
+``challenge_int8`` is the challenge baseline's export written from its description (the challenge's
+train_gpt.py int8 export), independently of pgolf_core.quant: torch.quantile directly, one entry at a time.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from pgolf_core.challenge import BYTE_CAP
 from pgolf_core.config import QuantConfig, QuantGroupConfig
 from pgolf_core.quant import (
     ArtifactError,
@@ -185,6 +186,34 @@ def good_blob() -> bytes:
             "parts do not tile",
         ),
         (lambda b: resign(b, lambda h: h["tensors"].append(h["tensors"][0])), "appears twice"),
+        (
+            lambda b: resign(b, lambda h: None, raw_header=zlib.compress(b"[" * 200_000 + b"]" * 200_000)),
+            "header JSON is nested too deeply",
+        ),
+        (
+            lambda b: resign(b, lambda h: None, raw_header=zlib.compress(b'{"a": 1' + b"0" * 5000 + b"}")),
+            "header is not valid compressed JSON",
+        ),
+        (
+            lambda b: resign(b, lambda h: h["tensors"][1].__setitem__("sh", [2**62, 2**62])),
+            r"tensors declare over 2,147,483,648 bytes of weights \(at tok_emb",
+        ),
+        (
+            lambda b: resign(b, lambda h: h["tensors"][1]["a"]["q"].__setitem__(3, [2**40, 2**40])),
+            "lie outside section 0",
+        ),
+        (lambda b: resign(b, lambda h: h["tensors"][1].__setitem__("sh", [-1, 64])), "non-negative ints"),
+        (lambda b: resign(b, lambda h: h["tensors"][1].__setitem__("sh", [1] * 9)), "at most 8 non-negative"),
+        (lambda b: resign(b, lambda h: h["sections"].extend(h["sections"] * 64)), r"65 sections \(at most 64\)"),
+        (
+            lambda b: resign(b, lambda h: h["sections"][0].update(raw=600 << 20, parts=[[1, 600 << 20]])),
+            r"sections declare 629,145,600 decompressed bytes \(at most 536,870,912\)",
+        ),
+        (
+            lambda b: resign(b, lambda h: h["sections"][0].update(
+                raw=h["sections"][0]["raw"] + 64, parts=[[1, h["sections"][0]["raw"] + 64]])),
+            r"section 0 declares [\d,]+ bytes, its arrays' shapes account for [\d,]+",
+        ),
     ],
     ids=[
         "short-prefix",
@@ -201,6 +230,15 @@ def good_blob() -> bytes:
         "dtype",
         "section-size",
         "duplicate",
+        "deep-nesting",
+        "huge-int",
+        "shape-overflow",
+        "array-shape-overflow",
+        "negative-dim",
+        "rank",
+        "section-count",
+        "total-size",
+        "unaccounted-bytes",
     ],
 )
 def test_artifact_malformed_input_raises_a_clear_error(good_blob, mutate, message):
@@ -221,7 +259,7 @@ def test_artifact_accounting_flags_an_artifact_over_the_cap():
     art = build_artifact(model, QuantConfig())
     code = code_bytes(QuantConfig(), REPO_ROOT)
     assert art.code_bytes == code > 100_000 and art.total_bytes == len(art.blob) + code
-    assert art.margin == 16_000_000 - art.total_bytes and not art.over_cap
+    assert art.margin == BYTE_CAP - art.total_bytes and not art.over_cap
     tight = QuantConfig(byte_cap=art.total_bytes - 1234)
     with pytest.warns(ArtifactOverCapWarning, match="OVER THE CAP by 1,234 bytes"):
         over = build_artifact(model, tight)
@@ -241,3 +279,91 @@ def test_code_bytes_counts_each_matched_file_once_and_rejects_empty_globs(tmp_pa
     assert code_bytes(QuantConfig(code_files=["pkg/**/*.py", "pkg/a.py"]), tmp_path) == 123
     with pytest.raises(FileNotFoundError, match="matches no file"):
         code_bytes(QuantConfig(code_files=["pkg/**/*.py", "train_gpt.py"]), tmp_path)
+
+
+def test_code_bytes_refuses_files_outside_the_root(tmp_path):
+    """`../x`, absolute globs and links that resolve outside the root are errors, never counted."""
+    from pgolf_core.code_bytes import CodeFilesError, counted_files
+
+    (tmp_path / "secret").mkdir()
+    (tmp_path / "secret" / "key.py").write_bytes(b"k" * 50)
+    root = tmp_path / "proj"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "a.py").write_bytes(b"x" * 100)
+    for pattern in ("../secret/*.py", str(tmp_path / "secret" / "key.py"), "pkg/../../secret/key.py"):
+        with pytest.raises(CodeFilesError, match="leaves the project"):
+            code_bytes(QuantConfig(code_files=[pattern]), root)
+    (root / "pkg" / "link.py").symlink_to(tmp_path / "secret" / "key.py")
+    with pytest.raises(CodeFilesError, match=r"link\.py, which resolves to .*secret/key\.py, outside the"):
+        counted_files(["pkg/*.py"], root)
+    (root / "pkg" / "link.py").unlink()
+    assert counted_files(["pkg/*.py", "pkg/a.py"], root) == [Path("pkg/a.py")]
+
+
+def test_artifact_loader_inflates_nothing_past_the_declared_bounds(good_blob, monkeypatch):
+    """A valid-looking 8 KB file whose one tensor inflates to 8 MB: with the total bound at 1 MB it is
+    refused before any decompression (the loader once inflated whatever the sections declared: a 4 MB
+    file took 4.3 GB); a stream that expands past its section's declared size stops at that size."""
+    import tracemalloc
+
+    from pgolf_core.quant import format as fmt
+
+    big = 8 << 20
+    payload = zlib.compress(bytes(big), 9)
+    assert len(payload) < 10_000
+
+    def one_tensor(h):
+        h["sections"] = [{"name": "all", "len": len(payload), "raw": big, "parts": [[1, big]]}]
+        h["tensors"] = [{"n": "t", "k": "raw", "g": "other", "dt": "uint8", "sh": [big], "m": {},
+                         "a": {"data": [0, 0, "uint8", [big]]}}]
+
+    bomb = resign(good_blob, one_tensor, payload=payload)
+    assert load_artifact(bomb)["t"].numel() == big  # a well-formed file: it does inflate 1000x
+    monkeypatch.setattr(fmt, "_MAX_RAW_TOTAL", 1 << 20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ArtifactError, match=r"sections declare 8,388,608 decompressed bytes \(at most 1,048"):
+            load_artifact(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"{peak:,} bytes allocated for a refused file"
+    monkeypatch.undo()
+    # The same stream behind a section that declares 1,000 bytes: inflation stops at 1,001 bytes.
+    def declares_1000(h):
+        one_tensor(h)
+        h["sections"][0].update(raw=1000, parts=[[1, 1000]])
+        h["tensors"][0].update(sh=[1000], a={"data": [0, 0, "uint8", [1000]]})
+
+    small = resign(good_blob, declares_1000, payload=payload)
+    tracemalloc.start()
+    try:
+        with pytest.raises(ArtifactError, match=r"section 0 \(all\): zlib stream expands to 1001\+ bytes, header says"):
+            load_artifact(small)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"{peak:,} bytes allocated"
+
+
+def test_code_bytes_are_counted_one_way_and_the_policy_is_light():
+    """The artifact, compliance T7 and the export count through pgolf_core.code_bytes (they had three
+    implementations); the config takes its default file list from there without importing torch."""
+    import subprocess
+    import sys
+
+    from pgolf_core import compliance
+    from pgolf_core.code_bytes import RUNTIME_CODE_FILES, counted_files
+    from pgolf_core.config import RUNTIME_CODE_FILES as from_config
+
+    assert from_config is RUNTIME_CODE_FILES and QuantConfig().code_files == list(RUNTIME_CODE_FILES)
+    files = counted_files(RUNTIME_CODE_FILES, REPO_ROOT)
+    assert Path("pgolf_core/code_bytes.py") in files and Path("pgolf_core/cli.py") not in files
+    by_hand = sum((REPO_ROOT / f).stat().st_size for f in files)
+    twice = [REPO_ROOT / f for f in files] + [REPO_ROOT / files[0]]
+    assert code_bytes(QuantConfig(), REPO_ROOT) == compliance.code_bytes(twice) == by_hand
+    heavy = "('torch', 'numpy', 'pgolf_core.quant')"
+    probe = f"import sys, pgolf_core.config; print(sorted(m for m in {heavy} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True,
+                         cwd=REPO_ROOT)
+    assert out.stdout.strip() == "[]"
