@@ -40,7 +40,7 @@ def session(cfg, val: np.ndarray) -> Session:
     ctx.dist, ctx.device = DistInfo(), torch.device("cpu")
     ctx.luts, ctx.val, ctx.run = luts(), val, {}
     ctx.on_target, ctx.hardware = False, "cpu"
-    ctx._t10 = Verdict("T10", None, "in-memory stream: no shards to recount")
+    ctx.t10 = lambda table_bytes: Verdict("T10", None, "in-memory stream: no shards to recount")
     ctx._t9 = Verdict("T9", None, "in-memory stream: no split to check")
     return ctx
 
