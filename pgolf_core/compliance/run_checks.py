@@ -180,8 +180,12 @@ def check_data_split(
     official shards; a leaky 10k-document build is the known failure), training shard count against
     ``expected_train_shards``, and verbatim overlap by hashed ``k``-token shingles
     (``pgolf_core.data.overlap``). ``max_train_tokens`` samples the training data (said in the reason).
+    A split with a fingerprint of the known CaseOps leak (#2127: 1,499 training shards, a 10,000-document
+    validation split where ``expected_val_docs`` (default the canonical 50,000) are expected, or the scan
+    finding the tail of the canonical split in training; ``overlap.known_leak``) fails with that
+    explanation first.
     """
-    from pgolf_core.data.overlap import val_train_overlap
+    from pgolf_core.data.overlap import known_leak, val_train_overlap
 
     report = val_train_overlap(
         val_tokens,
@@ -193,7 +197,12 @@ def check_data_split(
         max_train_tokens=max_train_tokens,
         progress=progress,
     )
-    problems = []
+    leak = known_leak(
+        report,
+        train_shards=len(train_files),
+        canonical_val_docs=VAL_DOCS if expected_val_docs is None else expected_val_docs,
+    )
+    problems = [] if leak is None else [leak]
     if expected_val_docs is not None and report.val_docs != expected_val_docs:
         problems.append(f"validation has {report.val_docs:,} documents, expected {expected_val_docs:,}")
     if expected_train_shards is not None and len(train_files) != expected_train_shards:
