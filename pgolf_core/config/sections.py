@@ -196,8 +196,18 @@ class EvalConfig(Section):
     probe_tokens: int = Field(
         4096,
         ge=0,
-        description="compliance checks T1-T5 run each stage's scorer on this many validation tokens "
-        "(0: skip)",
+        description="compliance checks T1-T5 run each stage's scorer on a probe of this many validation "
+        "tokens in all, drawn from probe_windows places (0: skip)",
+    )
+    probe_windows: int = Field(
+        4,
+        ge=1,
+        description="the probe's windows, at seeded random offsets across the whole validation stream "
+        "(each starts at a document where its part of the stream has one), scored as one stream",
+    )
+    probe_seed: int = Field(0, ge=0, description="seeds the probe's offsets, T1 cuts and T1b/T2 positions")
+    probe_cuts: int = Field(
+        16, ge=1, description="T1 future-perturbation cuts over the probe (one pass of the probe each)"
     )
     split_check_tokens: int = Field(
         20_000_000,

@@ -88,18 +88,27 @@ def device_target_bytes(source: TargetBytes | ByteLUTs | None, device: torch.dev
 
 
 class ScoreSums:
-    """float64 loss / token / byte sums on the device, plus the optional per-position NLL stream."""
+    """float64 loss / token / byte sums on the device, the optional per-position NLL stream, and how
+    many times each target position was committed (``committed``, int32 [N]; T4 judges it)."""
 
     def __init__(self, n_tokens: int, device: torch.device, streams: bool):
         self.device = device
         self.sums = torch.zeros(3, dtype=torch.float64, device=device)
         self.nll = torch.zeros(n_tokens, dtype=torch.float32, device=device) if streams else None
+        # The evaluation's own record of what entered the loss sum, position by position: a count
+        # cannot tell one overlap plus one gap from exactly once. int32, 4 bytes a token (190 MB for
+        # the 47M-token CaseOps validation set), one scatter-add per batch.
+        self.committed: torch.Tensor | None = torch.zeros(n_tokens, dtype=torch.int32, device=device)
 
     def add(self, positions: torch.Tensor | None, nll: torch.Tensor, nbytes: torch.Tensor | None) -> None:
-        """Commit the NLLs of target ``positions`` (1-D tensors of equal length; positions are needed
-        only when the stream is kept)."""
+        """Commit the NLLs of target ``positions`` (1-D tensors of equal length; without positions the
+        commits go unrecorded and ``committed`` becomes None)."""
         self.sums[0] += nll.double().sum()
         self.sums[1] += nll.numel()
+        if positions is None:
+            self.committed = None
+        elif self.committed is not None:  # index_add_ accumulates repeats within a batch too
+            self.committed.index_add_(0, positions, torch.ones_like(positions, dtype=torch.int32))
         if nbytes is not None:
             self.sums[2] += nbytes.double().sum()
         if self.nll is not None:
@@ -112,9 +121,12 @@ class ScoreSums:
         (None: tokens only) gives the byte stream and the result's ``bytes_source``."""
         if dist.distributed and tdist.is_initialized():
             tdist.all_reduce(self.sums)
+            if self.committed is not None:
+                tdist.all_reduce(self.committed)
             if self.nll is not None:
                 tdist.all_reduce(self.nll)
         loss_sum, count, nbytes = self.sums.tolist()
+        extra.setdefault("committed", None if self.committed is None else self.committed.cpu().numpy())
         nll = byte_counts = None
         if self.nll is not None:
             nll = self.nll.cpu().numpy()
@@ -190,7 +202,7 @@ def score_windows(
     # This rank's window geometry goes to the device once; batches slice it (no per-batch copies).
     geometry = (plan.starts, plan.score_from, plan.lengths)
     starts_W, lo_W, hi_W = (torch.as_tensor(a[ids], device=device) for a in geometry)
-    need_positions = sums.nll is not None or events is not None
+    need_positions = sums.nll is not None or sums.committed is not None or events is not None
     need_positions |= target_bytes is not None and target_bytes.needs_positions
     for b in range(0, len(ids), batch_seqs):
         sl = slice(b, b + batch_seqs)

@@ -44,6 +44,8 @@ class EvalResult:
     notes: str = ""
     compliant: bool = True
     info: dict = field(default_factory=dict, compare=False)  # JSON scalars: TTT chunks, steps, timings
+    # int32 [N]: how many times each target position entered the loss sum (T4 judges it per position)
+    committed: np.ndarray | None = field(default=None, compare=False, repr=False)
     nll: np.ndarray | None = field(default=None, compare=False, repr=False)  # float32 [N], nan at 0
     byte_counts: np.ndarray | None = field(default=None, compare=False, repr=False)  # int16 [N]
     bytes_source: str = LUTS  # "luts" | "sidecar" ("none": no bytes counted, the Scorer adapters)
@@ -74,8 +76,10 @@ class EvalResult:
         if n == 0:
             raise ValueError("EvalResult.from_stream: the stream score has no scored position (all nan)")
         info = {k: v for k, v in score.info.items() if isinstance(v, (int, float, str, dict))}
+        committed = scored.astype(np.int32)  # nansum adds each scored position once
         return cls.from_sums(
-            float(np.nansum(score.nll)), n, nbytes, seconds, info=info, bytes_source=bytes_source
+            float(np.nansum(score.nll)), n, nbytes, seconds, info=info, bytes_source=bytes_source,
+            committed=committed,
         )
 
     def as_dict(self) -> dict:

@@ -14,8 +14,9 @@ legal n-gram cache (ngram.enabled; computed on rank 0).
 Every record carries verdicts: T4 exactly-once and T10 byte recount on the real evaluation; T6 (no
 training shard opened during evaluation; no validation shard during quantization); T7 artifact size
 (q stages); T8 train and eval time (n/a off 8xH100, with the measured seconds); and T1, T1b, T2, T3,
-T4, T5 measured by running the stage's own scorer on a probe: the first ``eval.probe_tokens``
-validation tokens (TTT chunk sizes scaled so the probe holds four chunks, so that updates happen).
+T4, T5 measured by running the stage's own scorer on a probe: ``eval.probe_tokens`` validation tokens
+from ``eval.probe_windows`` seeded random places across the stream, reported in the reasons (TTT chunk
+sizes scaled so the probe holds four chunks, so that updates happen).
 
 Rooms: ``session`` (config, data, byte tables, the run's records), ``roundtrip`` (the weights a stage
 evaluates, and the artifact round trip), ``verdicts`` (the checks every stage shares, and the record),

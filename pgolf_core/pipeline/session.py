@@ -13,10 +13,11 @@ import torch
 from pgolf_core.challenge import WORLD_SIZE
 from pgolf_core.checkpoint import load_checkpoint
 from pgolf_core.compliance import check_byte_recount
+from pgolf_core.compliance.run_checks import OFFICIAL_SIDECAR_REL_TOL, byte_reference
 from pgolf_core.config import RunConfig
 from pgolf_core.data.loader import load_validation_tokens
 from pgolf_core.data.shards import list_shards
-from pgolf_core.data.tokenizer import load_tokenizer
+from pgolf_core.data.tokenizer import is_caseops_tokenizer, load_tokenizer
 from pgolf_core.data.tokenizer_bytes import build_byte_luts
 from pgolf_core.dist import DistInfo, dist_info_from_env, init_process_group, resolve_device
 from pgolf_core.eval import load_target_bytes
@@ -51,7 +52,8 @@ class Session:
         )
         self.on_target = self._on_target()
         self.hardware = self.run.get("device_name") or str(device)
-        self._t10: Verdict | None = None
+        # T10's count of self.val, made once; a dict, so that with_config's copies share it
+        self._byte_reference: dict[bool, tuple[int, str]] = {}
         self._t9: Verdict | None = None
 
     @classmethod
@@ -92,10 +94,26 @@ class Session:
         return "H100" in torch.cuda.get_device_name(self.device)
 
     def t10(self, table_bytes: int) -> Verdict:
-        """T10 once per pipeline: the same stream and tables serve every stage."""
-        if self._t10 is None:
-            self._t10 = check_byte_recount(self.val, self.sp, table_bytes=table_bytes)
-        return self._t10
+        """T10 for one stage: the bytes its bpb divided by (``table_bytes``) against an independent count
+        of the validation text, judged afresh for every stage. For CaseOps data (``data.caseops``, or a
+        CaseOps tokenizer) the count undoes the transform, so a stage that divides by the transformed
+        text's bytes fails (#2138); against the official CaseOps export's sidecar the count may differ
+        by ``OFFICIAL_SIDECAR_REL_TOL`` (its raw spans against the normalized text).
+
+        Every stage scores the same stream (``self.val``), so the count, a decode of it, is made once
+        per session and reused, as the reason says; the verdict is never reused."""
+        caseops = bool(self.cfg.data.caseops or is_caseops_tokenizer(self.sp))
+        if caseops not in self._byte_reference:
+            self._byte_reference[caseops] = byte_reference(self.val, self.sp, caseops=caseops)
+        ref, what = self._byte_reference[caseops]
+        official = caseops and self.cfg.data.source == "official"
+        return check_byte_recount(
+            self.val,
+            table_bytes=table_bytes,
+            reference_bytes=ref,
+            reference=f"{what} (the stream every stage scores, decoded once per session)",
+            rel_tol=OFFICIAL_SIDECAR_REL_TOL if official else 0.0,
+        )
 
     def t9(self) -> Verdict:
         """T9 once per pipeline: the whole validation split (not the evaluated, possibly capped stream)

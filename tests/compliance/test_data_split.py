@@ -212,3 +212,45 @@ def test_t9_recognises_the_known_caseops_leak(leaky_caseops_split, planted):
     ten_late_docs = write_shard(files[0].parent / "fineweb_train_few.bin", val[20_000 * 21 : 20_010 * 21])
     few = val_train_overlap(val, [ten_late_docs], k=8, stride=4, min_doc_tokens=16)
     assert few.leaked == list(range(20_000, 20_010)) and known_leak(few) is None
+
+
+def test_check_data_split_names_the_known_leak_first(leaky_caseops_split):
+    """T9 on the #2127 shape: the verdict fails and its reason begins with the known leak, before the
+    list of copied documents."""
+    val, files = leaky_caseops_split
+    v = check_data_split(val, files, expected_val_docs=50_000, k=8, stride=4)
+    assert v.passed is False
+    assert v.reason.startswith("the known CaseOps leak (#2127)"), v.reason[:200]
+    assert v.reason.index("--val-docs 10000") < v.reason.index("appear in the training data")
+
+
+def test_a_1499_shard_training_set_is_the_known_leak_even_without_a_copy(tmp_path):
+    """The leaky exports' fingerprint alone (1,499 training shards, here tiny ones of unrelated
+    documents) fails T9 with the explanation; the same data in 80 shards passes."""
+    rng = np.random.default_rng(5)
+    val = np.concatenate(_docs(rng, [120] * 12)).astype(np.uint16)
+    train = np.concatenate(_docs(rng, [30] * 1499)).astype(np.uint16)
+    leaky_dir, clean_dir = tmp_path / "leaky", tmp_path / "clean"
+    leaky_dir.mkdir()
+    clean_dir.mkdir()
+    leaky = [
+        write_shard(leaky_dir / f"fineweb_train_{i:06d}.bin", part)
+        for i, part in enumerate(np.array_split(train, 1499))
+    ]
+    clean = [
+        write_shard(clean_dir / f"fineweb_train_{i:06d}.bin", part)
+        for i, part in enumerate(np.array_split(train, 80))
+    ]
+    v = check_data_split(val, leaky, expected_val_docs=12)
+    assert v.passed is False and v.measured == 0.0  # nothing copied: the shard count alone
+    assert v.reason.startswith("the known CaseOps leak (#2127)")
+    assert "1,499 training shards, the leaky exports' count" in v.reason
+    ok = check_data_split(val, clean, expected_val_docs=12)
+    assert ok.passed is True and "CaseOps leak" not in ok.reason
+    # A 10,000-document split is the leak's fingerprint where 50,000 are expected, not where a pgolf
+    # export's manifest states 10,000.
+    val_10k = np.concatenate(_docs(rng, [3] * 10_000)).astype(np.uint16)
+    short = check_data_split(val_10k, clean, expected_val_docs=50_000)
+    assert short.passed is False and short.reason.startswith("the known CaseOps leak (#2127)")
+    assert "a 10,000-document validation split where the canonical one has 50,000" in short.reason
+    assert check_data_split(val_10k, clean, expected_val_docs=10_000).passed is True

@@ -50,6 +50,7 @@ def run_all(dist_info: DistInfo) -> dict[str, np.ndarray]:
             ("tokens", r.tokens),
             ("bytes", r.bytes),
             ("nll", r.nll),
+            ("committed", r.committed),
         )
     }
 
