@@ -219,6 +219,16 @@ class QuantConfig(Section):
         0.01, ge=0, description="damping: fraction of mean(diag H) added to the diagonal"
     )
     gptq_act_order: bool = Field(True, description="quantize columns in order of decreasing diag(H)")
+    awq_top_k: int = Field(
+        0,
+        ge=0,
+        description="AWQ-lite (#1908: 1): column blocks of the whole model, by activation-RMS saliency, "
+        "rounded at awq_bits inside the same GPTQ pass (0: off; needs Hessians)",
+    )
+    awq_group_size: int = Field(64, gt=0, description="AWQ-lite: columns per candidate block")
+    awq_bits: int = Field(
+        8, ge=2, le=8, description="AWQ-lite: bits of the protected columns; tensors below this are candidates"
+    )
     calib_source: Literal["train", "self"] = Field(
         "train", description="Hessians from training batches or self-generated text; never validation"
     )

@@ -66,7 +66,10 @@ DTYPES = {
     "int64": torch.int64,
     "float64": torch.float64,
 }
-ARRAY_ORDER = ("data", "q", "scale", "lqer_a", "lqer_a_scale", "lqer_b", "lqer_b_scale")
+# new kinds of array go at the end: the order of the others (and so older artifacts' bytes) stays put
+ARRAY_ORDER = ("data", "q", "scale", "lqer_a", "lqer_a_scale", "lqer_b", "lqer_b_scale", "awq_q", "awq_scale")
+LQER_ARRAYS = {"lqer_a", "lqer_a_scale", "lqer_b", "lqer_b_scale"}
+AWQ_ARRAYS = {"awq_q", "awq_scale"}
 
 
 class ArtifactError(ValueError):
@@ -324,10 +327,14 @@ def _validate_kind(t: dict) -> None:
         _check(len(shape) == 2, f"{t['n']}: per-row tensor must be 2-D, header says {shape}")
         _expect(t, "q", "int8", shape)
         _expect(t, "scale", "float16", [shape[0]])
-        lqer = {"lqer_a", "lqer_a_scale", "lqer_b", "lqer_b_scale"}
+        extra = set(arrays) - {"q", "scale"}
         _check(
-            set(arrays) in ({"q", "scale"}, {"q", "scale"} | lqer), f"{t['n']}: row arrays {sorted(arrays)}"
+            all(opt <= extra or not (opt & extra) for opt in (LQER_ARRAYS, AWQ_ARRAYS))
+            and extra <= LQER_ARRAYS | AWQ_ARRAYS,
+            f"{t['n']}: row arrays {sorted(arrays)}",
         )
+        if "awq_q" in arrays:
+            _validate_awq(t)
         if "lqer_a" in arrays:
             group = t["m"].get("lqer_group")
             _check(isinstance(group, int) and group > 0, f"{t['n']}: lqer_group must be a positive int")
@@ -336,6 +343,21 @@ def _validate_kind(t: dict) -> None:
             _expect(t, "lqer_a_scale", "float32", [])
             _expect(t, "lqer_b", "int8", [r, shape[1]])
             _expect(t, "lqer_b_scale", "float16", [-(-r * shape[1] // group)])
+
+
+def _validate_awq(t: dict) -> None:
+    """AWQ-lite groups: [[start, size], ...] sorted, disjoint, inside the columns; awq_q holds their codes."""
+    rows, cols = t["sh"]
+    groups = t["m"].get("awq")
+    ok = isinstance(groups, list) and len(groups) > 0 and all(_is_int_list(g, 2) for g in groups)
+    _check(ok, f"{t['n']}: meta awq must be a non-empty list of [start, size] pairs")
+    end = 0
+    for start, size in groups:
+        _check(size > 0 and start >= end, f"{t['n']}: awq groups {groups} overlap, are empty or unsorted")
+        end = start + size
+    _check(end <= cols, f"{t['n']}: awq groups {groups} run past the {cols} columns")
+    _expect(t, "awq_q", "int8", [rows, sum(size for _, size in groups)])
+    _expect(t, "awq_scale", "float16", [rows])
 
 
 def decode(blob: bytes) -> tuple[dict, list[QTensor]]:

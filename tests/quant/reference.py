@@ -67,12 +67,18 @@ def challenge_blob(obj: dict) -> bytes:
 
 
 def gptq_reference(
-    w: torch.Tensor, h: torch.Tensor, scale: torch.Tensor, qmax: int, damp: float
+    w: torch.Tensor,
+    h: torch.Tensor,
+    scale: torch.Tensor,
+    qmax: int,
+    damp: float,
+    fine: tuple[set[int], torch.Tensor, int] | None = None,
 ) -> torch.Tensor:
     """Column-by-column OBS rounding in the natural column order, with an explicit inverse Hessian.
 
     After rounding column j: the remaining columns move by -err_j * Hinv[j, j+1:] / Hinv[j, j], and j
     is eliminated from Hinv (Schur complement). Float64 throughout. No blocks, no Cholesky.
+    ``fine`` = (columns, their per-row scale, their qmax): those columns round on that grid instead.
     """
     w = w.double().clone()
     h = h.double().clone()
@@ -85,8 +91,9 @@ def gptq_reference(
     s = scale.double()
     q = torch.zeros_like(w)
     for j in range(cols):
-        q[:, j] = torch.clamp(torch.round(w[:, j] / s), -qmax, qmax)
-        err = w[:, j] - q[:, j] * s
+        sj, qj = (fine[1].double(), fine[2]) if fine is not None and j in fine[0] else (s, qmax)
+        q[:, j] = torch.clamp(torch.round(w[:, j] / sj), -qj, qj)
+        err = w[:, j] - q[:, j] * sj
         w[:, j + 1 :] -= err[:, None] * (hinv[j, j + 1 :] / hinv[j, j])[None, :]
         hinv = hinv - torch.outer(hinv[:, j], hinv[j, :]) / hinv[j, j]
     return q.to(torch.int8)
