@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -232,11 +232,15 @@ class QuantConfig(Section):
     calib_source: Literal["train", "self"] = Field(
         "train", description="Hessians from training batches or self-generated text; never validation"
     )
-    calib_batches: int = Field(64, gt=0, description="train: calibration batches")
+    calib_batches: int = Field(
+        64, gt=0, description="train: calibration batches per rank (#1394: 64, #1626+: 16, #2135: 32)"
+    )
     calib_seqs: int = Field(64, gt=0, description="self: generated sequences")
     calib_temperature: float = Field(0.8, gt=0, description="self: sampling temperature (#1019)")
-    calib_reserve_seconds: float = Field(
-        12.0, ge=0, description="taken off the training cap so calibration fits in it"
+    calib_reserve_seconds: Annotated[float, Field(ge=0)] | Literal["auto"] = Field(
+        12.0,
+        description="taken off the training cap so calibration fits in it; auto: sized from a measured "
+        "Hessian pass (pgolf_core.quant.calib.reserve_seconds; #2135 reserved 0.5 s for a 6.9 s pass)",
     )
     lqer_top_k: int = Field(
         0, ge=0, description="LQER: low-rank error correction of the K worst tensors (0: off; #1851: 3)"
