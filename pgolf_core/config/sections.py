@@ -243,10 +243,15 @@ class QuantConfig(Section):
         "Hessian pass (pgolf_core.quant.calib.reserve_seconds; #2135 reserved 0.5 s for a 6.9 s pass)",
     )
     lqer_top_k: int = Field(
-        0, ge=0, description="LQER: low-rank error correction of the K worst tensors (0: off; #1851: 3)"
+        0,
+        ge=0,
+        description="LQER: low-rank error correction of the K tensors with the largest ||W - W^||_F "
+        "(0: off; #1851/#2135: 3, #2060: 4)",
     )
-    lqer_rank: int = Field(4, gt=0)
-    lqer_group: int = Field(64, gt=0, description="INT4 group size of the B factor")
+    lqer_rank: int = Field(4, gt=0, description="LQER rank (#1855/#2135: 4, #2060: 2)")
+    lqer_group: int = Field(
+        64, gt=0, description="INT4 group size of the flattened B factor (#1855: 64, #2060/#2135: 32)"
+    )
     qat: bool = Field(
         False, description="fake-quantize weights in training (STE), matching the export scheme"
     )

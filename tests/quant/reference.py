@@ -97,3 +97,29 @@ def gptq_reference(
         w[:, j + 1 :] -= err[:, None] * (hinv[j, j + 1 :] / hinv[j, j])[None, :]
         hinv = hinv - torch.outer(hinv[:, j], hinv[j, :]) / hinv[j, j]
     return q.to(torch.int8)
+
+
+def lqer_reference(err: torch.Tensor, rank: int, group: int) -> dict[str, torch.Tensor]:
+    """LQER packing from its description, one group at a time: A = U_r diag(S_r) in INT2 codes {-2..1}
+    with one scale max|A| / 1.5; B = V_r^T flattened, cut into groups of ``group`` consecutive
+    elements (the last one short), each with an fp16 scale (group max / 7.5, kept inside fp16's
+    positive range) and INT4 codes [-8, 7]."""
+    u, s, vh = torch.linalg.svd(err.float(), full_matrices=False)
+    a = u[:, :rank] * s[:rank]
+    b = vh[:rank]
+    a_max = float(a.abs().max())
+    a_scale = a_max / 1.5 if a_max > 0 else 1.0
+    qa = torch.clamp(torch.round(a / torch.tensor(a_scale, dtype=torch.float32)), -2, 1).to(torch.int8)
+    flat = b.reshape(-1)
+    codes, scales = [], []
+    for g0 in range(0, flat.numel(), group):
+        chunk = flat[g0 : g0 + group]
+        sc = (chunk.abs().max() / 7.5).clamp(2.0**-24, 65504.0).to(torch.float16)
+        scales.append(sc)
+        codes.append(torch.clamp(torch.round(chunk / sc.float()), -8, 7).to(torch.int8))
+    return {
+        "lqer_a": qa,
+        "lqer_a_scale": torch.tensor(a_scale, dtype=torch.float32),
+        "lqer_b": torch.cat(codes).view_as(b),
+        "lqer_b_scale": torch.stack(scales),
+    }
