@@ -258,8 +258,15 @@ class QuantConfig(Section):
     qat_start_lr_mult: float = Field(
         0.15, ge=0, le=1, description="QAT switches on once the LR multiplier drops below this"
     )
-    compressor: Literal["auto", "zlib", "lzma", "brotli"] = Field(
-        "zlib", description="auto: try all, keep the smallest"
+    compressor: Literal["auto", "zlib", "lzma", "brotli", "pergroup"] = Field(
+        "zlib",
+        description="auto: try all, keep the smallest; pergroup: #1855's role streams with reordered "
+        "rows (lrzip where installed, else brotli)",
+    )
+    lrzip: Literal["auto", "off"] = Field(
+        "auto",
+        description="pergroup: lrzip -z -L 9 (ZPAQ) when the binary is installed (auto), or always brotli; "
+        "never required, recorded in the artifact header",
     )
     byte_shuffle: Literal["auto", "off", "on"] = Field(
         "off", description="byte-shuffle / per-group streams before compressing"

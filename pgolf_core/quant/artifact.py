@@ -21,8 +21,9 @@ from torch import Tensor, nn
 from pgolf_core.atomic import atomic_write_bytes
 from pgolf_core.code_bytes import counted_bytes
 from pgolf_core.config import QuantConfig
-from pgolf_core.quant.compress import COMPRESSORS
+from pgolf_core.quant.compress import COMPRESSORS, lrzip_path, lrzip_status
 from pgolf_core.quant.format import ArtifactError, decode, encode
+from pgolf_core.quant.pergroup import make_plan
 from pgolf_core.quant.quantize import dequantize_all, quantize_state
 from pgolf_core.quant.schemes import QTensor, dequantize
 
@@ -85,12 +86,24 @@ class Artifact:
 
 
 def _candidates(qcfg: QuantConfig) -> list[tuple[str, str]]:
+    """(codec, layout) pairs to build: the whole-blob codecs x the byte-shuffle layouts, and pergroup
+    (its codec decided by ``pergroup_codec``)."""
+    if qcfg.compressor == "pergroup":
+        return [(pergroup_codec(qcfg), "pergroup")]
     comps = COMPRESSORS if qcfg.compressor == "auto" else (qcfg.compressor,)
     layouts = {"off": ("plain",), "on": ("grouped",), "auto": ("plain", "grouped")}[qcfg.byte_shuffle]
-    return [(c, lay) for c in comps for lay in layouts]
+    out = [(c, lay) for c in comps for lay in layouts]
+    return out + [(pergroup_codec(qcfg), "pergroup")] if qcfg.compressor == "auto" else out
+
+
+def pergroup_codec(qcfg: QuantConfig) -> str:
+    """lrzip when ``quant.lrzip`` is auto and the binary is installed, else brotli."""
+    return "lrzip" if qcfg.lrzip == "auto" and lrzip_path() is not None else "brotli"
 
 
 def _label(compressor: str, layout: str) -> str:
+    if layout == "pergroup":
+        return f"pergroup+{compressor}"
     return compressor + ("+shuffle" if layout == "grouped" else "")
 
 
@@ -114,12 +127,18 @@ def build_artifact(
     candidates, timings = {}, details["timings"]
     t0 = time.perf_counter()
     for comp, layout in _candidates(qcfg):
-        blob, section_bytes = encode(qts, comp, layout, qcfg.scheme)
+        plan = None
+        if layout == "pergroup":
+            t_plan = time.perf_counter()
+            plan = make_plan(qts, details["roles"], comp)
+            timings["pergroup_plan_s"] = time.perf_counter() - t_plan
+        blob, section_bytes = encode(qts, comp, layout, qcfg.scheme, plan=plan)
         candidates[_label(comp, layout)] = len(blob)
         if best is None or len(blob) < len(best[0]):
-            best = (blob, section_bytes, comp, layout)
+            best = (blob, section_bytes, comp, layout, plan)
     timings["compress_s"] = time.perf_counter() - t0
-    blob, section_bytes, comp, layout = best
+    blob, section_bytes, comp, layout, plan = best
+    details["lrzip"] = lrzip_status()  # "lrzip <version>" or "lrzip: not installed"
     details["candidates"] = candidates
     details["header_bytes"] = int.from_bytes(blob[10:14], "little")  # the compressed JSON header
     details["section_bytes"] = section_bytes  # compressed bytes per section (per group when shuffled)

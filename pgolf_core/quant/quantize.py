@@ -24,6 +24,7 @@ from pgolf_core.quant.awq import select_groups
 from pgolf_core.quant.classify import TensorClass, resolve_state
 from pgolf_core.quant.gptq import gptq_quantize
 from pgolf_core.quant.lqer import lqer_factors
+from pgolf_core.quant.pergroup import tensor_roles
 from pgolf_core.quant.schemes import (
     QTensor,
     awq_columns,
@@ -197,7 +198,7 @@ def quantize_state(
     details: per-tensor facts (group, kind, bits, clip, relative error), the LQER'd tensors and timings.
     """
     t0 = time.perf_counter()
-    state, classes, _ = resolve_state(model_or_state, model)
+    state, classes, model = resolve_state(model_or_state, model)
     awq = awq_selection(state, classes, qcfg, hessians)
     qts = []
     with torch.no_grad():
@@ -221,6 +222,7 @@ def quantize_state(
         "tensors": tensors,
         "lqer": lqer_names,
         "awq": awq,
+        "roles": tensor_roles(model),  # the role streams of the pergroup layout
         "timings": {"quantize_s": t1 - t0, "lqer_s": t2 - t1},
     }
     return qts, details
