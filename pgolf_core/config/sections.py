@@ -271,6 +271,12 @@ class QuantConfig(Section):
     byte_shuffle: Literal["auto", "off", "on"] = Field(
         "off", description="byte-shuffle / per-group streams before compressing"
     )
+    prune_to_cap: bool = Field(
+        False,
+        description="selective +-1 pruning (#1019, from #609): when code + model exceed byte_cap, zero "
+        "the +-1 codes whose loss adds the least (Hessian-weighted) error until it fits",
+    )
+    prune_max_probes: int = Field(24, gt=0, description="pruning: most encodes tried in the search")
     code_files: list[str] = Field(
         default_factory=lambda: list(RUNTIME_CODE_FILES),
         description="globs of the code counted in the artifact (default: every module a run loads to "
