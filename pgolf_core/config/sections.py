@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -263,32 +263,64 @@ class QuantConfig(Section):
         0.01, ge=0, description="damping: fraction of mean(diag H) added to the diagonal"
     )
     gptq_act_order: bool = Field(True, description="quantize columns in order of decreasing diag(H)")
+    awq_top_k: int = Field(
+        0,
+        ge=0,
+        description="AWQ-lite (#1908: 1): column blocks of the whole model, by activation-RMS saliency, "
+        "rounded at awq_bits inside the same GPTQ pass (0: off; needs Hessians)",
+    )
+    awq_group_size: int = Field(64, gt=0, description="AWQ-lite: columns per candidate block")
+    awq_bits: int = Field(
+        8, ge=2, le=8, description="AWQ-lite: bits of the protected columns; tensors below this are candidates"
+    )
     calib_source: Literal["train", "self"] = Field(
         "train", description="Hessians from training batches or self-generated text; never validation"
     )
-    calib_batches: int = Field(64, gt=0, description="train: calibration batches")
+    calib_batches: int = Field(
+        64, gt=0, description="train: calibration batches per rank (#1394: 64, #1626+: 16, #2135: 32)"
+    )
     calib_seqs: int = Field(64, gt=0, description="self: generated sequences")
     calib_temperature: float = Field(0.8, gt=0, description="self: sampling temperature (#1019)")
-    calib_reserve_seconds: float = Field(
-        12.0, ge=0, description="taken off the training cap so calibration fits in it"
+    calib_reserve_seconds: Annotated[float, Field(ge=0)] | Literal["auto"] = Field(
+        12.0,
+        description="taken off the training cap so calibration fits in it; auto: sized from a measured "
+        "Hessian pass (pgolf_core.quant.calib.reserve_seconds; #2135 reserved 0.5 s for a 6.9 s pass)",
     )
     lqer_top_k: int = Field(
-        0, ge=0, description="LQER: low-rank error correction of the K worst tensors (0: off; #1851: 3)"
+        0,
+        ge=0,
+        description="LQER: low-rank error correction of the K tensors with the largest ||W - W^||_F "
+        "(0: off; #1851/#2135: 3, #2060: 4)",
     )
-    lqer_rank: int = Field(4, gt=0)
-    lqer_group: int = Field(64, gt=0, description="INT4 group size of the B factor")
+    lqer_rank: int = Field(4, gt=0, description="LQER rank (#1855/#2135: 4, #2060: 2)")
+    lqer_group: int = Field(
+        64, gt=0, description="INT4 group size of the flattened B factor (#1855: 64, #2060/#2135: 32)"
+    )
     qat: bool = Field(
         False, description="fake-quantize weights in training (STE), matching the export scheme"
     )
     qat_start_lr_mult: float = Field(
         0.15, ge=0, le=1, description="QAT switches on once the LR multiplier drops below this"
     )
-    compressor: Literal["auto", "zlib", "lzma", "brotli"] = Field(
-        "zlib", description="auto: try all, keep the smallest"
+    compressor: Literal["auto", "zlib", "lzma", "brotli", "pergroup"] = Field(
+        "zlib",
+        description="auto: try all, keep the smallest; pergroup: #1855's role streams with reordered "
+        "rows (lrzip where installed, else brotli)",
+    )
+    lrzip: Literal["auto", "off"] = Field(
+        "auto",
+        description="pergroup: lrzip -z -L 9 (ZPAQ) when the binary is installed (auto), or always brotli; "
+        "never required, recorded in the artifact header",
     )
     byte_shuffle: Literal["auto", "off", "on"] = Field(
         "off", description="byte-shuffle / per-group streams before compressing"
     )
+    prune_to_cap: bool = Field(
+        False,
+        description="selective +-1 pruning (#1019, from #609): when code + model exceed byte_cap, zero "
+        "the +-1 codes whose loss adds the least (Hessian-weighted) error until it fits",
+    )
+    prune_max_probes: int = Field(24, gt=0, description="pruning: most encodes tried in the search")
     code_files: list[str] = Field(
         default_factory=lambda: list(RUNTIME_CODE_FILES),
         description="globs of the code counted in the artifact (default: every module a run loads to "

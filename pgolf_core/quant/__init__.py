@@ -7,8 +7,10 @@
     rows = quant_gap(ckpt, cfg, [("int6 gptq", qcfg)], evaluate=fn, calib_batches=batches)
 
 Modules: classify (tensor -> group by module type / role), schemes (baseline int8, per-row intN, clip
-rules), gptq (Hessians, GPTQ), lqer, qat, quantize (a whole state dict), compress, format (the
-container), artifact (build / load / accounting), calib (calibration batches), gap (the table).
+rules), gptq (Hessians, GPTQ), awq (AWQ-lite column blocks), lqer, qat, quantize (a whole state dict),
+compress (codecs, lrzip detection), pergroup (role streams, row chains), header (prefix, header,
+checks), format (the container), prune (+-1 pruning to a byte target), artifact (build / load /
+accounting), calib (calibration batches, the reserve), gap (the table).
 """
 
 from pgolf_core.quant.artifact import (
@@ -18,11 +20,20 @@ from pgolf_core.quant.artifact import (
     code_bytes,
     load_artifact,
 )
-from pgolf_core.quant.calib import calibration_batches, self_generated_batches, train_calibration_batches
+from pgolf_core.quant.calib import (
+    CalibTiming,
+    calibration_batches,
+    measure_calibration,
+    reserve_seconds,
+    self_generated_batches,
+    train_calibration_batches,
+)
 from pgolf_core.quant.classify import GROUPS, classify
+from pgolf_core.quant.compress import lrzip_status
 from pgolf_core.quant.format import ArtifactError
 from pgolf_core.quant.gap import GapRow, format_gap_table, quant_gap
 from pgolf_core.quant.gptq import Hessians, collect_hessians, gptq_quantize
+from pgolf_core.quant.prune import PruneResult
 from pgolf_core.quant.qat import qat_due, set_qat
 from pgolf_core.quant.quantize import dequantized_state, quantize_state
 
@@ -31,8 +42,10 @@ __all__ = [
     "Artifact",
     "ArtifactError",
     "ArtifactOverCapWarning",
+    "CalibTiming",
     "GapRow",
     "Hessians",
+    "PruneResult",
     "build_artifact",
     "calibration_batches",
     "classify",
@@ -42,9 +55,12 @@ __all__ = [
     "format_gap_table",
     "gptq_quantize",
     "load_artifact",
+    "lrzip_status",
+    "measure_calibration",
     "qat_due",
     "quant_gap",
     "quantize_state",
+    "reserve_seconds",
     "self_generated_batches",
     "set_qat",
     "train_calibration_batches",

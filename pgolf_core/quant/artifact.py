@@ -21,8 +21,11 @@ from torch import Tensor, nn
 from pgolf_core.atomic import atomic_write_bytes
 from pgolf_core.code_bytes import counted_bytes
 from pgolf_core.config import QuantConfig
-from pgolf_core.quant.compress import COMPRESSORS
+from pgolf_core.quant.classify import resolve_state
+from pgolf_core.quant.compress import COMPRESSORS, lrzip_path, lrzip_status
 from pgolf_core.quant.format import ArtifactError, decode, encode
+from pgolf_core.quant.pergroup import make_plan
+from pgolf_core.quant.prune import PruneResult, prune_to_fit
 from pgolf_core.quant.quantize import dequantize_all, quantize_state
 from pgolf_core.quant.schemes import QTensor, dequantize
 
@@ -49,6 +52,7 @@ class Artifact:
     compressor: str  # what was chosen, e.g. "zlib" or "brotli+shuffle"
     details: dict = field(default_factory=dict)
     quantized: list[QTensor] = field(default_factory=list, repr=False)  # the stored form, for inspection
+    prune: PruneResult | None = field(default=None, repr=False)  # what +-1 pruning changed, if it ran
 
     @property
     def model_bytes(self) -> int:
@@ -84,13 +88,37 @@ class Artifact:
         return atomic_write_bytes(path, self.blob)
 
 
+class _StreamCache(dict):
+    """Compressed streams by (codec, SHA-256), the oldest dropped past ``limit`` entries (a few probes'
+    worth: every probe of a 16 MB model adds ~16 MB of streams)."""
+
+    limit = 96
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        while len(self) > self.limit:
+            del self[next(iter(self))]
+
+
 def _candidates(qcfg: QuantConfig) -> list[tuple[str, str]]:
+    """(codec, layout) pairs to build: the whole-blob codecs x the byte-shuffle layouts, and pergroup
+    (its codec decided by ``pergroup_codec``)."""
+    if qcfg.compressor == "pergroup":
+        return [(pergroup_codec(qcfg), "pergroup")]
     comps = COMPRESSORS if qcfg.compressor == "auto" else (qcfg.compressor,)
     layouts = {"off": ("plain",), "on": ("grouped",), "auto": ("plain", "grouped")}[qcfg.byte_shuffle]
-    return [(c, lay) for c in comps for lay in layouts]
+    out = [(c, lay) for c in comps for lay in layouts]
+    return out + [(pergroup_codec(qcfg), "pergroup")] if qcfg.compressor == "auto" else out
+
+
+def pergroup_codec(qcfg: QuantConfig) -> str:
+    """lrzip when ``quant.lrzip`` is auto and the binary is installed, else brotli."""
+    return "lrzip" if qcfg.lrzip == "auto" and lrzip_path() is not None else "brotli"
 
 
 def _label(compressor: str, layout: str) -> str:
+    if layout == "pergroup":
+        return f"pergroup+{compressor}"
     return compressor + ("+shuffle" if layout == "grouped" else "")
 
 
@@ -108,18 +136,43 @@ def build_artifact(
     Every (compressor, layout) candidate of ``qcfg.compressor`` / ``qcfg.byte_shuffle`` is built and
     the smallest kept; all sizes go to ``details["candidates"]``. With ``verify`` the chosen blob is
     decoded and checked bit-identical to the in-memory dequantized weights (tested, not trusted).
+    With ``quant.prune_to_cap`` an artifact over the cap gets selective +-1 pruning (prune.py) with the
+    chosen codec and layout until it fits; ``details["prune"]`` and ``Artifact.prune`` say what changed.
     """
     qts, details = quantize_state(model_or_state, qcfg, model=model, hessians=hessians)
     best = None
     candidates, timings = {}, details["timings"]
     t0 = time.perf_counter()
     for comp, layout in _candidates(qcfg):
-        blob, section_bytes = encode(qts, comp, layout, qcfg.scheme)
+        plan = None
+        if layout == "pergroup":
+            t_plan = time.perf_counter()
+            plan = make_plan(qts, details["roles"], comp)
+            timings["pergroup_plan_s"] = time.perf_counter() - t_plan
+        blob, section_bytes = encode(qts, comp, layout, qcfg.scheme, plan=plan)
         candidates[_label(comp, layout)] = len(blob)
         if best is None or len(blob) < len(best[0]):
-            best = (blob, section_bytes, comp, layout)
+            best = (blob, section_bytes, comp, layout, plan)
     timings["compress_s"] = time.perf_counter() - t0
-    blob, section_bytes, comp, layout = best
+    blob, section_bytes, comp, layout, plan = best
+    details["lrzip"] = lrzip_status()  # "lrzip <version>" or "lrzip: not installed"
+    n_code = code_bytes(qcfg, code_root or REPO_ROOT)
+    prune = None
+    if qcfg.prune_to_cap and len(blob) + n_code > qcfg.byte_cap:
+        t_prune = time.perf_counter()
+        state = resolve_state(model_or_state, model)[0]
+        cache = _StreamCache()  # streams by content: unchanged sections are not recompressed
+
+        def size_of(candidate: list[QTensor]) -> int:
+            return len(encode(candidate, comp, layout, qcfg.scheme, plan=plan, cache=cache)[0])
+
+        qts, prune = prune_to_fit(
+            qts, state, qcfg.byte_cap - n_code, size_of, hessians=hessians, max_probes=qcfg.prune_max_probes
+        )
+        if prune.values:
+            blob, section_bytes = encode(qts, comp, layout, qcfg.scheme, plan=plan, cache=cache)
+        details["prune"] = prune.as_dict()
+        timings["prune_s"] = time.perf_counter() - t_prune
     details["candidates"] = candidates
     details["header_bytes"] = int.from_bytes(blob[10:14], "little")  # the compressed JSON header
     details["section_bytes"] = section_bytes  # compressed bytes per section (per group when shuffled)
@@ -135,9 +188,7 @@ def build_artifact(
             if not torch.equal(dequantize(qt), expected[qt.name]):
                 raise RuntimeError(f"artifact round trip changed {qt.name}: encoder/decoder bug")
         timings["verify_s"] = time.perf_counter() - t1
-    art = Artifact(
-        blob, code_bytes(qcfg, code_root or REPO_ROOT), qcfg.byte_cap, _label(comp, layout), details, qts
-    )
+    art = Artifact(blob, n_code, qcfg.byte_cap, _label(comp, layout), details, qts, prune)
     details["accounting"] = {
         "model_bytes": art.model_bytes,
         "code_bytes": art.code_bytes,
@@ -145,6 +196,8 @@ def build_artifact(
         "cap": art.cap,
         "margin": art.margin,
         "over_cap": art.over_cap,
+        "lrzip": details["lrzip"],
+        "pruned_values": 0 if prune is None else prune.values,
     }
     if art.over_cap:
         warnings.warn(art.summary(), ArtifactOverCapWarning, stacklevel=2)

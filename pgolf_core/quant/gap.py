@@ -1,7 +1,9 @@
 """The quant-gap table: for one checkpoint and a list of schemes, bytes and bpb before / after.
 
 Every row goes through the real artifact (build -> bytes -> ``load_artifact`` -> ``load_state_dict``
-strict), so the bpb after is the bpb of what would be submitted. Feeds the quant-gap notebook.
+strict), so the bpb after is the bpb of what would be submitted. Feeds the quant-gap notebook. A row
+whose artifact was pruned to fit the cap (``quant.prune_to_cap``) also says how many codes were zeroed
+and what that cost in bpb (against the same artifact unpruned).
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ from pgolf_core.eval import EvalResult
 from pgolf_core.model import build_model
 from pgolf_core.quant.artifact import build_artifact, load_artifact
 from pgolf_core.quant.gptq import Hessians, collect_hessians
-from pgolf_core.quant.quantize import bits_label, clip_label
+from pgolf_core.quant.prune import undo
+from pgolf_core.quant.quantize import bits_label, clip_label, dequantize_all
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,8 @@ class GapRow:
     calib_seconds: float  # Hessian collection (0 without GPTQ); shared by the GPTQ rows
     over_cap: bool
     margin: int
+    pruned: int = 0  # codes zeroed by selective +-1 pruning to fit the cap (quant.prune_to_cap)
+    prune_bpb: float = 0.0  # bpb after pruning - bpb of the same artifact unpruned
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -54,7 +59,8 @@ def load_weights(state_or_path: Mapping[str, Tensor] | str | os.PathLike) -> dic
 
 
 def _needs_hessians(q: QuantConfig) -> bool:
-    return q.scheme == "groups" and any(getattr(q, g).gptq for g in ("attn", "mlp", "embed", "gate"))
+    gptq = any(getattr(q, g).gptq for g in ("attn", "mlp", "embed", "gate"))
+    return q.scheme == "groups" and (gptq or q.awq_top_k > 0)
 
 
 def quant_gap(
@@ -94,6 +100,10 @@ def quant_gap(
         qmodel = copy.deepcopy(model)
         qmodel.load_state_dict(state, strict=True)
         after = evaluate(qmodel).bpb
+        pruned, prune_bpb = 0, 0.0
+        if art.prune is not None and art.prune.values:
+            qmodel.load_state_dict(dequantize_all(undo(art.quantized, art.prune)), strict=True)
+            pruned, prune_bpb = art.prune.values, after - evaluate(qmodel).bpb
         rows.append(
             GapRow(
                 scheme=name,
@@ -109,6 +119,8 @@ def quant_gap(
                 calib_seconds=calib_s if _needs_hessians(qcfg) else 0.0,
                 over_cap=art.over_cap,
                 margin=art.margin,
+                pruned=pruned,
+                prune_bpb=prune_bpb,
             )
         )
         del qmodel
@@ -130,6 +142,7 @@ def format_gap_table(rows: list[GapRow], baseline: str | None = None) -> str:
         "gap",
         "seconds",
         "cap",
+        "pruned",
     ]
     if ref:
         head[6:6] = ["vs base bytes"]
@@ -148,6 +161,7 @@ def format_gap_table(rows: list[GapRow], baseline: str | None = None) -> str:
             f"{r.gap:+.4f}",
             f"{r.seconds:.1f}" + (f" (+{r.calib_seconds:.1f} calib)" if r.calib_seconds else ""),
             f"OVER by {-r.margin:,}" if r.over_cap else "ok",
+            f"{r.pruned:,} ({r.prune_bpb:+.4f} bpb)" if r.pruned else "-",
         ]
         if ref:
             cells[6:6] = [f"{r.artifact_bytes - ref.artifact_bytes:+,}"]

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from pgolf_core.dist import DistInfo
 from pgolf_core.model.gpt import GPT
 from pgolf_core.quant.classify import classify, unwrap
+from pgolf_core.quant.schemes import FineCols
 from pgolf_core.runtime import autocast_context, model_device
 
 
@@ -149,6 +150,7 @@ def gptq_quantize(
     block_size: int = 128,
     damp: float = 0.01,
     act_order: bool = True,
+    fine: FineCols | None = None,
 ) -> Tensor:
     """GPTQ rounding of W (rows x cols) with fixed per-row scales; returns q int8 (rows x cols).
 
@@ -166,6 +168,9 @@ def gptq_quantize(
     Invariants: the scales never change (the clip rule fixed them), so q stays in [-qmax, qmax] and the
     stored form is the same as round-to-nearest's; with H = I (uncorrelated unit inputs) the updates
     vanish and GPTQ is exactly round-to-nearest.
+    ``fine`` (AWQ-lite, #1908): those columns are rounded with their own per-row scale and range in the
+    same pass; their rounding errors propagate like any other column's. Without it the pass is the
+    plain one, operation for operation.
     """
     w = w.detach().float().clone()
     h = h.detach().float().clone()
@@ -179,6 +184,14 @@ def gptq_quantize(
     w, h = w[:, perm], h[perm][:, perm]
     u = _inverse_cholesky_upper(h, damp)
     s = scale16.float()
+    # per permuted column: (scale, qmax); the fine columns get the finer grid
+    grid = [(s, qmax)] * cols
+    if fine is not None:
+        fine_grid = (fine.scale16.float(), fine.qmax)
+        is_fine = torch.zeros(cols, dtype=torch.bool)
+        is_fine[fine.cols] = True
+        for i in torch.nonzero(is_fine[perm]).flatten().tolist():
+            grid[i] = fine_grid
     q = torch.zeros(rows, cols, dtype=torch.float32)
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
@@ -187,7 +200,8 @@ def gptq_quantize(
         u_blk = u[i1:i2, i1:i2]
         for j in range(i2 - i1):
             col = w_blk[:, j]
-            q_col = torch.clamp(torch.round(col / s), -qmax, qmax)
+            s, qm = grid[i1 + j]
+            q_col = torch.clamp(torch.round(col / s), -qm, qm)
             q[:, i1 + j] = q_col
             err = (col - q_col * s) / u_blk[j, j]
             w_blk[:, j + 1 :] -= err[:, None] * u_blk[j, j + 1 :][None, :]

@@ -2,7 +2,9 @@
 
 Used by #1851/#1855 (default on there): after GPTQ, the K tensors with the largest ||W - W^||_F get a
 rank-r correction W ~ W^ + A B, packed asymmetrically so the factors cost almost nothing: A in INT2
-with one scale per matrix, B in INT4 with one fp16 scale per group of 64 elements. ``lqer_factors``
+with one scale per matrix, B in INT4 with one fp16 scale per group of 64 elements. #2060 retuned it to
+rank 2, groups of 32 and the top 4 tensors (with an LR change and a TTT change: 1.05899 -> 1.05792 bpb
+together); #2130/#2135 kept rank 4 / top 3 with groups of 32. ``lqer_factors``
 packs an error matrix, ``lqer_correction`` unpacks the stored arrays; which tensors get a correction
 is decided on the whole state dict (``pgolf_core.quant.quantize.apply_lqer``).
 """

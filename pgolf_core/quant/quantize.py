@@ -7,7 +7,8 @@ with the 99.99984th-percentile clip; other large tensors per-tensor int8; non-fl
 groups applies each group's QuantGroupConfig (bits, clip rule, GPTQ) to the 2-D tensors of the
 attention, MLP, embedding and (with quant_gates) gate groups. Small float tensors are all stored fp16,
 control tensors included, as every record after the baseline did. Large tensors of the "other" group
-(BigramHash / value-embedding tables) keep the baseline's int8, as #549 did.
+(BigramHash / value-embedding tables) keep the baseline's int8, as #549 did. With ``awq_top_k`` > 0 the
+best-scoring column blocks of the model (awq.py) are rounded at ``awq_bits`` in the same pass.
 """
 
 from __future__ import annotations
@@ -19,18 +20,21 @@ import torch
 from torch import Tensor, nn
 
 from pgolf_core.config import QuantConfig, QuantGroupConfig
+from pgolf_core.quant.awq import select_groups
 from pgolf_core.quant.classify import TensorClass, resolve_state
 from pgolf_core.quant.gptq import gptq_quantize
 from pgolf_core.quant.lqer import lqer_factors
+from pgolf_core.quant.pergroup import tensor_roles
 from pgolf_core.quant.schemes import (
     QTensor,
+    awq_columns,
     baseline_rows,
     baseline_tensor,
-    dequant_rows,
     dequantize,
     dtype_name,
-    quantize_rows,
+    quantize_rows_fine,
     round_to_nearest,
+    row_weight,
 )
 
 
@@ -58,8 +62,23 @@ def _baseline_int8(name: str, t: Tensor, cls: TensorClass) -> QTensor:
     )
 
 
+def row_group_config(t: Tensor, cls: TensorClass, qcfg: QuantConfig) -> QuantGroupConfig | None:
+    """The group settings a tensor is quantized per row with under the "groups" scheme (None: it is
+    kept float, stored raw, or gets the baseline int8)."""
+    if qcfg.scheme != "groups" or not t.is_floating_point() or t.ndim != 2:
+        return None
+    small = t.numel() <= qcfg.keep_float_max_numel
+    grouped = cls.group in ("attn", "mlp", "embed") or (cls.group == "gate" and qcfg.quant_gates)
+    return group_config(qcfg, cls.group) if grouped and (not small or cls.group == "gate") else None
+
+
 def _quantize_one(
-    name: str, t: Tensor, cls: TensorClass, qcfg: QuantConfig, hessians: Mapping[str, Tensor] | None
+    name: str,
+    t: Tensor,
+    cls: TensorClass,
+    qcfg: QuantConfig,
+    hessians: Mapping[str, Tensor] | None,
+    awq_groups: list[list[int]] | None = None,
 ) -> QTensor:
     shape, dtype = tuple(t.shape), dtype_name(t.dtype)
     if not t.is_floating_point():
@@ -71,9 +90,8 @@ def _quantize_one(
         return _baseline_int8(name, t, cls)
 
     # scheme == "groups"
-    grouped = cls.group in ("attn", "mlp", "embed") or (cls.group == "gate" and qcfg.quant_gates)
-    if t.ndim == 2 and grouped and (not small or cls.group == "gate"):
-        g = group_config(qcfg, cls.group)
+    g = row_group_config(t, cls, qcfg)
+    if g is not None:
         rounder = round_to_nearest
         h = None if hessians is None else hessians.get(name)
         # An untied input embedding is a lookup, not a layer: it has no input Hessian, so it keeps
@@ -86,7 +104,7 @@ def _quantize_one(
                     "pass hessians=collect_hessians(model, calibration_batches)"
                 )
 
-            def rounder(w, scale16, qmax, _h=h):
+            def rounder(w, scale16, qmax, fine=None, _h=h):
                 return gptq_quantize(
                     w,
                     _h,
@@ -95,22 +113,55 @@ def _quantize_one(
                     block_size=qcfg.gptq_block_size,
                     damp=qcfg.gptq_damp,
                     act_order=qcfg.gptq_act_order,
+                    fine=fine,
                 )
 
-        q, s, meta = quantize_rows(
+        cols = awq_columns(awq_groups) if awq_groups else None
+        q, s, s_hi, meta = quantize_rows_fine(
             t,
             g.bits,
             g.clip,
+            fine_cols=cols,
+            fine_bits=qcfg.awq_bits,
             percentile=g.percentile,
             sdclip_k=g.sdclip_k,
             search_quantiles=tuple(qcfg.search_quantiles),
             rounder=rounder,
         )
         meta["gptq"] = use_gptq
-        return QTensor(name, "row", cls.group, dtype, shape, {"q": q, "scale": s}, meta)
+        arrays = {"q": q, "scale": s}
+        if cols is not None:
+            # the protected codes live in their own array; q keeps zeros there (cheap to compress)
+            arrays.update(awq_q=q[:, cols].contiguous(), awq_scale=s_hi)
+            q[:, cols] = 0
+            meta.update(awq=[list(gr) for gr in awq_groups], awq_bits=qcfg.awq_bits)
+        return QTensor(name, "row", cls.group, dtype, shape, arrays, meta)
     if small:
         return _float(name, t, cls, torch.float16)
     return _baseline_int8(name, t, cls)
+
+
+def awq_selection(
+    state: Mapping[str, Tensor],
+    classes: Mapping[str, TensorClass],
+    qcfg: QuantConfig,
+    hessians: Mapping[str, Tensor] | None,
+) -> dict[str, list[list[int]]]:
+    """AWQ-lite: name -> protected column groups, over the per-row tensors below ``quant.awq_bits``
+    that have a Hessian (activation statistics)."""
+    if qcfg.scheme != "groups" or qcfg.awq_top_k == 0:
+        return {}
+    if hessians is None:
+        raise ValueError(
+            f"quant.awq_top_k={qcfg.awq_top_k} needs activation statistics: pass "
+            "hessians=collect_hessians(model, calibration_batches)"
+        )
+    cands = {}
+    for name, t in state.items():
+        g = row_group_config(t, classes[name], qcfg)
+        if g is not None and g.bits < qcfg.awq_bits and name in hessians:
+            cands[name] = t.detach().cpu().float()
+    return select_groups(cands, hessians, qcfg.awq_top_k, qcfg.awq_group_size)
 
 
 def apply_lqer(
@@ -124,7 +175,7 @@ def apply_lqer(
     errs = []
     for qt in qts:
         if qt.kind == "row" and qt.group != "other":
-            e = originals[qt.name].float() - dequant_rows(qt.arrays["q"], qt.arrays["scale"])
+            e = originals[qt.name].float() - row_weight(qt)
             errs.append((float(e.norm()), qt, e))
     errs.sort(key=lambda t: -t[0])
     done = []
@@ -147,11 +198,12 @@ def quantize_state(
     details: per-tensor facts (group, kind, bits, clip, relative error), the LQER'd tensors and timings.
     """
     t0 = time.perf_counter()
-    state, classes, _ = resolve_state(model_or_state, model)
+    state, classes, model = resolve_state(model_or_state, model)
+    awq = awq_selection(state, classes, qcfg, hessians)
     qts = []
     with torch.no_grad():
         for name, t in state.items():
-            qts.append(_quantize_one(name, t.detach().cpu(), classes[name], qcfg, hessians))
+            qts.append(_quantize_one(name, t.detach().cpu(), classes[name], qcfg, hessians, awq.get(name)))
     t1 = time.perf_counter()
     lqer_names: list[str] = []
     if qcfg.scheme == "groups" and qcfg.lqer_top_k > 0:
@@ -169,6 +221,8 @@ def quantize_state(
         "scheme": qcfg.scheme,
         "tensors": tensors,
         "lqer": lqer_names,
+        "awq": awq,
+        "roles": tensor_roles(model),  # the role streams of the pergroup layout
         "timings": {"quantize_s": t1 - t0, "lqer_s": t2 - t1},
     }
     return qts, details
@@ -200,6 +254,8 @@ def bits_label(qcfg: QuantConfig) -> str:
         gc = group_config(qcfg, g)
         bits = "-" if g == "gate" and not qcfg.quant_gates else str(gc.bits)
         parts.append(f"{g}{bits}{'g' if gc.gptq and bits != '-' else ''}")
+    if qcfg.awq_top_k:
+        parts.append(f"awq{qcfg.awq_top_k}x{qcfg.awq_group_size}@{qcfg.awq_bits}")
     return " ".join(parts)
 
 

@@ -7,7 +7,8 @@ Kinds of stored tensor:
             original dtype on load
     row     per-row symmetric integers q in [-qmax, qmax], one per int8 byte (no bit packing: the entropy
             coder recovers the unused bits, as #549's int6 did), with one fp16 scale per row;
-            optionally an LQER low-rank correction (lqer.py)
+            optionally AWQ-lite columns (awq.py: a few column blocks on a finer int8 grid, their codes
+            in awq_q and zeros in q) and an LQER low-rank correction (lqer.py)
     tensor  1-D (or >2-D) large float tensors: int8 with one fp32 scale (the baseline's)
 
 Dequantization (``dequantize``) is a pure function of the stored arrays, and both the in-memory path
@@ -37,8 +38,9 @@ _QUANTILE_MAX_NUMEL = 1 << 24
 class QTensor:
     """One state-dict entry as stored in the artifact.
 
-    arrays: the stored tensors by role ("data"; "q", "scale"; "lqer_a", "lqer_a_scale", "lqer_b",
-    "lqer_b_scale"). meta: JSON-safe facts (bits, clip rule, chosen clip, gptq, lqer rank, ...).
+    arrays: the stored tensors by role ("data"; "q", "scale"; "awq_q", "awq_scale"; "lqer_a",
+    "lqer_a_scale", "lqer_b", "lqer_b_scale"). meta: JSON-safe
+    facts (bits, clip rule, chosen clip, gptq, AWQ-lite groups [[start, size], ...], lqer rank, ...).
     """
 
     name: str
@@ -149,17 +151,37 @@ def row_scales(clip: Tensor, qmax: int) -> Tensor:
     return row_scales_fp32(clip, qmax).to(torch.float16)
 
 
-def round_to_nearest(w: Tensor, scale16: Tensor, qmax: int) -> Tensor:
+@dataclass(frozen=True)
+class FineCols:
+    """Columns rounded on a finer grid than the rest of their rows (AWQ-lite, #1908): ``cols`` (sorted
+    int64 column indices) use the fp16 per-row ``scale16`` and codes in [-qmax, qmax]."""
+
+    cols: Tensor
+    scale16: Tensor
+    qmax: int
+
+
+def round_to_nearest(w: Tensor, scale16: Tensor, qmax: int, fine: FineCols | None = None) -> Tensor:
     """q = clamp(round(w / s), -qmax, qmax) as int8, with the *stored* fp16 scale, so the only error
-    inside the clip is the rounding: |w - q s| <= s / 2."""
-    return torch.clamp(torch.round(w / scale16.float()[:, None]), -qmax, qmax).to(torch.int8)
+    inside the clip is the rounding: |w - q s| <= s / 2. ``fine`` columns use their own scale and range."""
+    q = torch.clamp(torch.round(w / scale16.float()[:, None]), -qmax, qmax).to(torch.int8)
+    if fine is not None:
+        wf = w[:, fine.cols]
+        q[:, fine.cols] = torch.clamp(
+            torch.round(wf / fine.scale16.float()[:, None]), -fine.qmax, fine.qmax
+        ).to(torch.int8)
+    return q
 
 
-def dequant_rows(q: Tensor, scale16: Tensor) -> Tensor:
-    return q.float() * scale16.float()[:, None]
+def dequant_rows(q: Tensor, scale16: Tensor, fine: FineCols | None = None) -> Tensor:
+    w = q.float() * scale16.float()[:, None]
+    if fine is not None:
+        w[:, fine.cols] = q[:, fine.cols].float() * fine.scale16.float()[:, None]
+    return w
 
 
-RowQuantizer = Callable[[Tensor, Tensor, int], Tensor]  # (w fp32, scale16, qmax) -> q int8
+# (w fp32, scale16, qmax, fine columns or None) -> q int8
+RowQuantizer = Callable[[Tensor, Tensor, int, FineCols | None], Tensor]
 
 
 def quantize_rows(
@@ -180,24 +202,57 @@ def quantize_rows(
     picks one quantile per matrix). ``rounder`` is round-to-nearest or GPTQ; with GPTQ
     the search runs GPTQ once per candidate, as #1019 did.
     """
+    q, scale, _, meta = quantize_rows_fine(
+        w,
+        bits,
+        clip,
+        percentile=percentile,
+        sdclip_k=sdclip_k,
+        search_quantiles=search_quantiles,
+        rounder=rounder,
+    )
+    return q, scale, meta
+
+
+def quantize_rows_fine(
+    w: Tensor,
+    bits: int,
+    clip: str,
+    *,
+    fine_cols: Tensor | None = None,
+    fine_bits: int = 8,
+    percentile: float = 99.99984,
+    sdclip_k: float = 12.85,
+    search_quantiles: tuple[float, ...] = (0.999, 0.9995, 0.9999, 0.99999, 1.0),
+    rounder: RowQuantizer = round_to_nearest,
+) -> tuple[Tensor, Tensor, Tensor | None, dict]:
+    """``quantize_rows`` with the columns ``fine_cols`` on a ``fine_bits`` grid of the same clip
+    (AWQ-lite, #1908: s_hi = clip / 127 next to s = clip / qmax), inside the same rounding pass.
+    Returns (q int8 with every column's code, scale fp16, fine scale fp16 or None, meta)."""
     w = w.float()
     qmax = qmax_for(bits)
     meta: dict = {"bits": bits, "clip": clip}
     clips = rule_clips(w, clip, percentile=percentile, sdclip_k=sdclip_k, search_quantiles=search_quantiles)
+
+    def fine_for(c: Tensor) -> FineCols | None:
+        if fine_cols is None:
+            return None
+        return FineCols(fine_cols, row_scales(c, qmax_for(fine_bits)), qmax_for(fine_bits))
+
     if clip != "search":
-        scale = row_scales(clips[0], qmax)
+        scale, fine = row_scales(clips[0], qmax), fine_for(clips[0])
         meta.update({"percentile": percentile} if clip == "percentile" else {"sdclip_k": sdclip_k})
-        return rounder(w, scale, qmax), scale, meta
+        return rounder(w, scale, qmax, fine), scale, None if fine is None else fine.scale16, meta
     best = None
     for qt, c in zip(search_quantiles, clips, strict=True):
-        s = row_scales(c, qmax)
-        q = rounder(w, s, qmax)
-        mse = float((w - dequant_rows(q, s)).square().mean())
+        s, fine = row_scales(c, qmax), fine_for(c)
+        q = rounder(w, s, qmax, fine)
+        mse = float((w - dequant_rows(q, s, fine)).square().mean())
         if best is None or mse < best[0]:
-            best = (mse, qt, q, s)
-    _, qt, q, scale = best
+            best = (mse, qt, q, s, fine)
+    _, qt, q, scale, fine = best
     meta["quantile"] = qt
-    return q, scale, meta
+    return q, scale, None if fine is None else fine.scale16, meta
 
 
 # --------------------------------------------------------------------------------------------------
@@ -240,6 +295,23 @@ def baseline_tensor(w: Tensor) -> tuple[Tensor, Tensor]:
 # --------------------------------------------------------------------------------------------------
 
 
+def awq_columns(groups: list[list[int]]) -> Tensor:
+    """The column indices of AWQ-lite groups [[start, size], ...] (sorted, as they are stored)."""
+    if not groups:
+        return torch.empty(0, dtype=torch.int64)
+    return torch.cat([torch.arange(start, start + size) for start, size in groups])
+
+
+def row_weight(qt: QTensor) -> Tensor:
+    """The per-row quantized weight of a "row" QTensor without its LQER correction (fp32): q * scale,
+    and the AWQ-lite columns from their own codes and scale."""
+    a = qt.arrays
+    w = dequant_rows(a["q"], a["scale"])
+    if "awq_q" in a:
+        w[:, awq_columns(qt.meta["awq"])] = dequant_rows(a["awq_q"], a["awq_scale"])
+    return w
+
+
 def dequantize(qt: QTensor) -> Tensor:
     """The weight a QTensor stands for, in its original dtype (a new tensor)."""
     dtype = getattr(torch, qt.dtype)
@@ -251,7 +323,7 @@ def dequantize(qt: QTensor) -> Tensor:
     if qt.kind == "tensor":
         return (a["q"].float() * a["scale"]).to(dtype)
     if qt.kind == "row":
-        w = dequant_rows(a["q"], a["scale"])
+        w = row_weight(qt)
         if "lqer_a" in a:
             w = w + lqer_correction(a, int(qt.meta["lqer_group"]))
         return w.to(dtype)

@@ -8,6 +8,7 @@ import torch
 
 from pgolf_core.dist import DistInfo
 from pgolf_core.quant import collect_hessians
+from pgolf_core.quant.calib import measure_calibration
 from tests.gloo import gloo_group
 from tests.model.helpers import tiny_model
 
@@ -24,5 +25,7 @@ def batches() -> list[tuple[torch.Tensor, torch.Tensor]]:
 def worker(rank: int, world_size: int, port: int, out_dir: str) -> None:
     with gloo_group(rank, world_size, port):
         mine = batches()[rank::world_size]  # rank 0: sizes 1, 3; rank 1: sizes 2, 2 -> unequal row counts
-        hess = collect_hessians(tiny_model(), mine, DistInfo(rank, world_size, 0))
-        torch.save({"h": dict(hess), "rows": hess.rows}, Path(out_dir) / f"rank{rank}.pt")
+        dist = DistInfo(rank, world_size, 0)
+        hess = collect_hessians(tiny_model(), mine, dist)
+        timing = measure_calibration(tiny_model(), 2 + rank, 20, 64, dist)  # ranks time different shapes
+        torch.save({"h": dict(hess), "rows": hess.rows, "timing": timing}, Path(out_dir) / f"rank{rank}.pt")

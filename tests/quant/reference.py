@@ -67,12 +67,18 @@ def challenge_blob(obj: dict) -> bytes:
 
 
 def gptq_reference(
-    w: torch.Tensor, h: torch.Tensor, scale: torch.Tensor, qmax: int, damp: float
+    w: torch.Tensor,
+    h: torch.Tensor,
+    scale: torch.Tensor,
+    qmax: int,
+    damp: float,
+    fine: tuple[set[int], torch.Tensor, int] | None = None,
 ) -> torch.Tensor:
     """Column-by-column OBS rounding in the natural column order, with an explicit inverse Hessian.
 
     After rounding column j: the remaining columns move by -err_j * Hinv[j, j+1:] / Hinv[j, j], and j
     is eliminated from Hinv (Schur complement). Float64 throughout. No blocks, no Cholesky.
+    ``fine`` = (columns, their per-row scale, their qmax): those columns round on that grid instead.
     """
     w = w.double().clone()
     h = h.double().clone()
@@ -85,8 +91,35 @@ def gptq_reference(
     s = scale.double()
     q = torch.zeros_like(w)
     for j in range(cols):
-        q[:, j] = torch.clamp(torch.round(w[:, j] / s), -qmax, qmax)
-        err = w[:, j] - q[:, j] * s
+        sj, qj = (fine[1].double(), fine[2]) if fine is not None and j in fine[0] else (s, qmax)
+        q[:, j] = torch.clamp(torch.round(w[:, j] / sj), -qj, qj)
+        err = w[:, j] - q[:, j] * sj
         w[:, j + 1 :] -= err[:, None] * (hinv[j, j + 1 :] / hinv[j, j])[None, :]
         hinv = hinv - torch.outer(hinv[:, j], hinv[j, :]) / hinv[j, j]
     return q.to(torch.int8)
+
+
+def lqer_reference(err: torch.Tensor, rank: int, group: int) -> dict[str, torch.Tensor]:
+    """LQER packing from its description, one group at a time: A = U_r diag(S_r) in INT2 codes {-2..1}
+    with one scale max|A| / 1.5; B = V_r^T flattened, cut into groups of ``group`` consecutive
+    elements (the last one short), each with an fp16 scale (group max / 7.5, kept inside fp16's
+    positive range) and INT4 codes [-8, 7]."""
+    u, s, vh = torch.linalg.svd(err.float(), full_matrices=False)
+    a = u[:, :rank] * s[:rank]
+    b = vh[:rank]
+    a_max = float(a.abs().max())
+    a_scale = a_max / 1.5 if a_max > 0 else 1.0
+    qa = torch.clamp(torch.round(a / torch.tensor(a_scale, dtype=torch.float32)), -2, 1).to(torch.int8)
+    flat = b.reshape(-1)
+    codes, scales = [], []
+    for g0 in range(0, flat.numel(), group):
+        chunk = flat[g0 : g0 + group]
+        sc = (chunk.abs().max() / 7.5).clamp(2.0**-24, 65504.0).to(torch.float16)
+        scales.append(sc)
+        codes.append(torch.clamp(torch.round(chunk / sc.float()), -8, 7).to(torch.int8))
+    return {
+        "lqer_a": qa,
+        "lqer_a_scale": torch.tensor(a_scale, dtype=torch.float32),
+        "lqer_b": torch.cat(codes).view_as(b),
+        "lqer_b_scale": torch.stack(scales),
+    }

@@ -306,7 +306,7 @@ def test_artifact_loader_inflates_nothing_past_the_declared_bounds(good_blob, mo
     file took 4.3 GB); a stream that expands past its section's declared size stops at that size."""
     import tracemalloc
 
-    from pgolf_core.quant import format as fmt
+    from pgolf_core.quant import header as fmt
 
     big = 8 << 20
     payload = zlib.compress(bytes(big), 9)

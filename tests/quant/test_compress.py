@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import lzma
 import os
+import shutil
 import zlib
 
 import brotli
@@ -12,7 +13,15 @@ import torch
 
 from pgolf_core.config import QuantConfig, QuantGroupConfig
 from pgolf_core.quant import build_artifact
-from pgolf_core.quant.compress import COMPRESSORS, DecompressError, compress, decompress, shuffle, unshuffle
+from pgolf_core.quant.compress import (
+    COMPRESSORS,
+    DecompressError,
+    compress,
+    decompress,
+    lrzip_status,
+    shuffle,
+    unshuffle,
+)
 from tests.model.helpers import tiny_model
 
 
@@ -62,8 +71,14 @@ def test_byte_shuffle_shrinks_fp16_data():
     assert shuffled / plain == pytest.approx(0.933, abs=0.01)
 
 
-def test_auto_compressor_picks_the_smallest_candidate_and_records_it():
-    """auto x auto builds all six (compressor, layout) blobs, keeps the smallest and records every size."""
+@pytest.mark.parametrize("lrzip", ["installed", "missing"])
+def test_auto_compressor_picks_the_smallest_candidate_and_records_it(lrzip, monkeypatch):
+    """auto x auto builds all seven blobs (3 codecs x 2 layouts + pergroup, with lrzip where it is
+    installed), keeps the smallest and records every size; an explicit config of the winner is the same blob."""
+    if lrzip == "missing":
+        monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
+    elif shutil.which("lrzip") is None:
+        pytest.skip("lrzip is not installed here")
     model = tiny_model()
     qcfg = QuantConfig(
         scheme="groups",
@@ -75,15 +90,19 @@ def test_auto_compressor_picks_the_smallest_candidate_and_records_it():
     )
     art = build_artifact(model, qcfg)
     cands = art.details["candidates"]
+    pergroup = "pergroup+lrzip" if lrzip == "installed" else "pergroup+brotli"
     assert sorted(cands) == sorted(
-        ["zlib", "zlib+shuffle", "lzma", "lzma+shuffle", "brotli", "brotli+shuffle"]
+        ["zlib", "zlib+shuffle", "lzma", "lzma+shuffle", "brotli", "brotli+shuffle", pergroup]
     )
+    assert art.details["lrzip"] == ("lrzip: not installed" if lrzip == "missing" else lrzip_status())
     assert art.model_bytes == min(cands.values()) and cands[art.compressor] == art.model_bytes
     comp, _, shuf = art.compressor.partition("+")
-    explicit = build_artifact(
-        model, qcfg.model_copy(update={"compressor": comp, "byte_shuffle": "on" if shuf else "off"})
-    )
+    if comp == "pergroup":
+        update = {"compressor": "pergroup"}
+    else:
+        update = {"compressor": comp, "byte_shuffle": "on" if shuf else "off"}
+    explicit = build_artifact(model, qcfg.model_copy(update=update))
     assert explicit.blob == art.blob
     assert cands["brotli"] < cands["zlib"]  # int6 codes in int8 bytes: a real entropy coder wins
-    if shuf:
+    if shuf == "shuffle":
         assert set(art.details["section_bytes"]) <= {"embed", "attn", "mlp", "gate", "other"}
