@@ -26,6 +26,8 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 test: setup  ## run the whole test suite (this is what CI runs)
+	$(VENV)/bin/ruff check pgolf_core tests bench
+	$(VENV)/bin/ruff format --check pgolf_core tests bench
 	$(PY) -m pytest -q tests
 
 smoke: setup  ## the main job: the whole notebook suite on the embedded smoke corpus (~7 min on 2 cores)

@@ -39,7 +39,9 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=20_000_000, help="synthetic shard size for I/O and loader")
     ap.add_argument("--caseops-repeat", type=int, default=4, help="smoke corpus copies for CaseOps figures")
     args = ap.parse_args()
-    print(f"machine: {platform.processor() or platform.machine()}, {platform.python_version()}, numpy {np.__version__}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {platform.python_version()}, numpy {np.__version__}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
@@ -62,7 +64,9 @@ def main() -> None:
         loader = DistributedTokenLoader([path], rank=0, world_size=8)
         steps = 200
         t_load = timed(lambda: [loader.next_batch(batch, seq, 1) for _ in range(steps)], repeat=1)
-        print(f"loader, 8 ranks x 65,536 tokens (one rank's view): {steps * batch / t_load / 1e6:,.1f} M global tokens/s")
+        print(
+            f"loader, 8 ranks x 65,536 tokens (one rank's view): {steps * batch / t_load / 1e6:,.1f} M global tokens/s"
+        )
 
         luts = build_byte_luts(load_tokenizer(tmp / "smoke" / "tokenizer.model"))
         t_bytes = timed(lambda: token_bytes(tokens[:-1], tokens[1:], luts).sum())
@@ -77,12 +81,14 @@ def main() -> None:
         for i, (a, b) in enumerate(long_docs):
             doc = val[a:b]
             at = (i + 1) * (args.tokens // 21)
-            leaky[at:at + len(doc)] = doc
+            leaky[at : at + len(doc)] = doc
         leaky_path = write_shard(tmp / "fineweb_train_000001.bin", leaky)
         box = []
         t_split = timed(lambda: box.append(val_train_overlap(val, [leaky_path])), repeat=1)
-        print(f"T9 split scan (k 64, stride 16):     {args.tokens / t_split / 1e6:,.1f} M training tokens/s "
-              f"({len(box[0].leaked)} of 20 planted documents found)")
+        print(
+            f"T9 split scan (k 64, stride 16):     {args.tokens / t_split / 1e6:,.1f} M training tokens/s "
+            f"({len(box[0].leaked)} of 20 planted documents found)"
+        )
         caseops_section(tmp, docs, args.caseops_repeat)
 
 

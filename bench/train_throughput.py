@@ -32,11 +32,15 @@ GPU_CASES = [  # one rank's micro-batch of an 8-GPU run
 ]
 
 
-def bench_case(params: str, overrides: list[str], batch_tokens: int, seq_len: int, steps: int, device: torch.device):
+def bench_case(
+    params: str, overrides: list[str], batch_tokens: int, seq_len: int, steps: int, device: torch.device
+):
     cfg = load_config(params, overrides)
     model = build_model(cfg.model, device=device).to(device)
     model.set_loops(True)  # a no-op without loops
-    opt = build_optimizers(model, cfg.optim, tie_embeddings=cfg.model.tie_embeddings, fused=device.type == "cuda")
+    opt = build_optimizers(
+        model, cfg.optim, tie_embeddings=cfg.model.tie_embeddings, fused=device.type == "cuda"
+    )
     fwd = torch.compile(model, dynamic=False) if device.type == "cuda" else model
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     x = torch.randint(0, cfg.model.vocab_size, (batch_tokens // seq_len, seq_len), device=device)
@@ -75,7 +79,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for (name, params, overrides, batch, seq), device in cases:
         n, backend, dt = bench_case(params, overrides, batch, seq, args.steps, device)
-        print(f"| {name} | {device.type} | {n:,} | {backend} | {batch:,} | {1000 * dt:,.1f} | {batch / dt:,.0f} |")
+        print(
+            f"| {name} | {device.type} | {n:,} | {backend} | {batch:,} | {1000 * dt:,.1f} | {batch / dt:,.0f} |"
+        )
 
 
 if __name__ == "__main__":

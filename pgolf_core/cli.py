@@ -40,11 +40,18 @@ def _cmd_data_smoke(args: argparse.Namespace) -> int:
         manifest = read_manifest(out)
     else:
         manifest = build_smoke_dataset(
-            out, vocab_size=args.vocab_size, val_docs=args.val_docs, shard_tokens=args.shard_tokens,
-            overwrite=args.force, progress=not args.quiet, caseops=args.caseops,
+            out,
+            vocab_size=args.vocab_size,
+            val_docs=args.val_docs,
+            shard_tokens=args.shard_tokens,
+            overwrite=args.force,
+            progress=not args.quiet,
+            caseops=args.caseops,
         )
         print(f"built in {manifest['build_seconds']:.1f} s")
-    print("smoke corpus: CPython's pydoc topics + standard-library docstrings (a smoke test corpus, NOT FineWeb)")
+    print(
+        "smoke corpus: CPython's pydoc topics + standard-library docstrings (a smoke test corpus, NOT FineWeb)"
+    )
     print(describe_manifest(manifest, out))
     return 0
 
@@ -54,7 +61,9 @@ def _cmd_data_export(args: argparse.Namespace) -> int:
     from pgolf_core.data.tokenizer import train_tokenizer
 
     if (args.tokenizer is None) == (args.vocab_size is None):
-        raise SystemExit("pgolf data export: give exactly one of --tokenizer MODEL or --vocab-size N (train one)")
+        raise SystemExit(
+            "pgolf data export: give exactly one of --tokenizer MODEL or --vocab-size N (train one)"
+        )
     with staged_dir(args.out, overwrite=args.force) as work:
         tokenizer = args.tokenizer
         if tokenizer is None:
@@ -64,8 +73,13 @@ def _cmd_data_export(args: argparse.Namespace) -> int:
                 docs[args.val_docs :], args.vocab_size, work / "tokenizer", caseops=args.caseops
             )
         manifest = export_documents(
-            iter_jsonl_texts(args.docs, args.text_field), tokenizer, work, val_docs=args.val_docs,
-            shard_tokens=args.shard_tokens, corpus_name=Path(args.docs).stem, progress=not args.quiet,
+            iter_jsonl_texts(args.docs, args.text_field),
+            tokenizer,
+            work,
+            val_docs=args.val_docs,
+            shard_tokens=args.shard_tokens,
+            corpus_name=Path(args.docs).stem,
+            progress=not args.quiet,
             caseops=args.caseops,
         )
     print(describe_manifest(manifest, args.out))
@@ -76,7 +90,11 @@ def _cmd_data_fetch(args: argparse.Namespace) -> int:
     from pgolf_core.data.fetch import fetch_official
 
     record = fetch_official(
-        args.variant, args.train_shards, out_root=args.out, repo_id=args.repo_id, remote_root=args.remote_root,
+        args.variant,
+        args.train_shards,
+        out_root=args.out,
+        repo_id=args.repo_id,
+        remote_root=args.remote_root,
         progress=not args.quiet,
     )
     print(
@@ -109,20 +127,30 @@ def _cmd_data_split(args: argparse.Namespace) -> int:
     from pgolf_core.data.shards import list_shards, load_tokens, read_header
 
     root = Path(args.dir)
-    val_files, train_files = list_shards(root / "fineweb_val_*.bin"), list_shards(root / "fineweb_train_*.bin")
+    val_files, train_files = (
+        list_shards(root / "fineweb_val_*.bin"),
+        list_shards(root / "fineweb_train_*.bin"),
+    )
     expected = args.val_docs
     if expected is None:
         # A pgolf-built dataset states its own split; anything else is taken to be the official one.
         has_manifest = (root / MANIFEST_NAME).is_file()
         expected = read_manifest(root)["splits"]["val"]["documents"] if has_manifest else FINEWEB_VAL_DOCS
-        print(f"expected validation documents: {expected:,} ({MANIFEST_NAME if has_manifest else 'the official split'})")
+        print(
+            f"expected validation documents: {expected:,} ({MANIFEST_NAME if has_manifest else 'the official split'})"
+        )
     total = sum(read_header(f).num_tokens for f in train_files)
     if args.max_train_tokens is not None:
         total = min(total, args.max_train_tokens)
     with tqdm(total=total, unit="tok", unit_scale=True, desc="train scan", disable=args.quiet) as bar:
         verdict = check_data_split(
-            load_tokens(val_files), train_files, expected_val_docs=expected, expected_train_shards=args.train_shards,
-            k=args.k, stride=args.stride, max_train_tokens=args.max_train_tokens,
+            load_tokens(val_files),
+            train_files,
+            expected_val_docs=expected,
+            expected_train_shards=args.train_shards,
+            k=args.k,
+            stride=args.stride,
+            max_train_tokens=args.max_train_tokens,
             progress=lambda n: bar.update(n - bar.n),
         )
     print(f"{verdict.check} {verdict.label}: {verdict.reason}")
@@ -140,8 +168,17 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from pgolf_core.train import main as train_main
 
         return train_main([args.params, *sets])
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
-           "-m", "pgolf_core.train", args.params, *sets]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={args.nproc}",
+        "-m",
+        "pgolf_core.train",
+        args.params,
+        *sets,
+    ]
     print("launching:", " ".join(cmd), flush=True)
     return subprocess.call(cmd)
 
@@ -171,8 +208,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     flat = {k: v for k, v in _flatten(parse_overrides(args.set)).items()}
     _stream_notebook_output()
-    rec = run_notebook(args.notebook, args.params, suite=args.suite, reports_root=args.reports,
-                       overrides=flat or None, timeout=args.timeout, source_run=args.source or "")
+    rec = run_notebook(
+        args.notebook,
+        args.params,
+        suite=args.suite,
+        reports_root=args.reports,
+        overrides=flat or None,
+        timeout=args.timeout,
+        source_run=args.source or "",
+    )
     code = _print_records([rec])
     print(f"index: {Path(args.reports) / 'index.html'}")
     return code
@@ -192,8 +236,14 @@ def _cmd_suite(args: argparse.Namespace) -> int:
     from pgolf_core.suite import run_suite
 
     _stream_notebook_output()
-    records = run_suite(args.dir, seeds=args.seeds, reports_root=args.reports, only=args.only,
-                        resume=args.resume, dry_run=args.dry_run)
+    records = run_suite(
+        args.dir,
+        seeds=args.seeds,
+        reports_root=args.reports,
+        only=args.only,
+        resume=args.resume,
+        dry_run=args.dry_run,
+    )
     if args.dry_run:
         return 0
     code = _print_records(records)
@@ -205,13 +255,23 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from pgolf_core.submission import export_submission
 
     res = export_submission(
-        args.group, args.out, name=args.name, author=args.author, github_id=args.github_id, blurb=args.blurb,
-        reports_root=args.reports, sota_bpb=args.sota_bpb, sota_loss=args.sota_loss, track=args.track,
+        args.group,
+        args.out,
+        name=args.name,
+        author=args.author,
+        github_id=args.github_id,
+        blurb=args.blurb,
+        reports_root=args.reports,
+        sota_bpb=args.sota_bpb,
+        sota_loss=args.sota_loss,
+        track=args.track,
         overwrite=args.force,
     )
     sub = res.submission
-    print(f"wrote {res.out_dir}: val_bpb {sub['val_bpb']:.8f} over seeds {sub['seeds']}, "
-          f"{sub['bytes_total']:,} bytes (code {sub['bytes_code']:,})")
+    print(
+        f"wrote {res.out_dir}: val_bpb {sub['val_bpb']:.8f} over seeds {sub['seeds']}, "
+        f"{sub['bytes_total']:,} bytes (code {sub['bytes_code']:,})"
+    )
     if res.significance is not None:
         print(res.significance.summary())
     return 0
@@ -289,17 +349,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pgolf", description="Parameter Golf research suite.")
     p.add_argument("--version", action="version", version=f"pgolf {__version__}")
     p.add_argument("--debug", action="store_true", help="show an error's traceback (anywhere on the line)")
-    sub = p.add_subparsers(dest="group", required=True,
-                           metavar="{data,train,run,suite,index,compare,export,config}")
+    sub = p.add_subparsers(
+        dest="group", required=True, metavar="{data,train,run,suite,index,compare,export,config}"
+    )
 
     data = sub.add_parser("data", help="datasets: smoke corpus, export, official download, checks")
     dsub = data.add_subparsers(dest="cmd", required=True, metavar="{smoke,export,fetch,info,split}")
 
     s = dsub.add_parser("smoke", help="build the embedded smoke corpus (offline, deterministic)")
     s.add_argument("--out", help=f"output folder (default: {SMOKE_DIR}, with --caseops {SMOKE_CASEOPS_DIR})")
-    s.add_argument("--vocab-size", type=int, default=SMOKE_VOCAB, help="tokenizer vocab (default: %(default)s)")
-    s.add_argument("--val-docs", type=int, default=SMOKE_VAL_DOCS, help="documents in validation (default: %(default)s)")
-    s.add_argument("--shard-tokens", type=int, default=SMOKE_SHARD_TOKENS, help="tokens per shard (default: %(default)s)")
+    s.add_argument(
+        "--vocab-size", type=int, default=SMOKE_VOCAB, help="tokenizer vocab (default: %(default)s)"
+    )
+    s.add_argument(
+        "--val-docs", type=int, default=SMOKE_VAL_DOCS, help="documents in validation (default: %(default)s)"
+    )
+    s.add_argument(
+        "--shard-tokens", type=int, default=SMOKE_SHARD_TOKENS, help="tokens per shard (default: %(default)s)"
+    )
     s.add_argument("--force", action="store_true", help="rebuild even if the folder exists")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.add_argument("--caseops", action="store_true", help="CaseOps tokenizer and shards, val byte sidecar")
@@ -310,7 +377,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True, help="output dataset folder")
     e.add_argument("--val-docs", type=int, required=True, help="the first N documents go to validation")
     e.add_argument("--tokenizer", help="an existing SentencePiece .model (e.g. fineweb_1024_bpe.model)")
-    e.add_argument("--vocab-size", type=int, help="or train a tokenizer of this size on the training documents")
+    e.add_argument(
+        "--vocab-size", type=int, help="or train a tokenizer of this size on the training documents"
+    )
     e.add_argument("--text-field", default="text", help="JSON field holding the text (default: %(default)s)")
     e.add_argument("--shard-tokens", type=int, default=10**8, help="tokens per shard (default: %(default)s)")
     e.add_argument("--force", action="store_true", help="replace an existing output folder")
@@ -320,7 +389,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = dsub.add_parser("fetch", help="download the official FineWeb shards and tokenizer (needs network)")
     f.add_argument("--variant", choices=sorted(OFFICIAL_VARIANTS), required=True)
-    f.add_argument("--train-shards", type=int, default=80, help="train shards of 100M tokens (default: %(default)s)")
+    f.add_argument(
+        "--train-shards", type=int, default=80, help="train shards of 100M tokens (default: %(default)s)"
+    )
     f.add_argument("--out", default="data", help="root folder (default: %(default)s)")
     f.add_argument("--repo-id", help="Hugging Face dataset repo (default: the variant's publisher)")
     f.add_argument("--remote-root", default=REMOTE_ROOT, help="folder inside the repo (default: %(default)s)")
@@ -331,20 +402,30 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("dir", help="dataset folder")
     i.set_defaults(fn=_cmd_data_info)
 
-    sp = dsub.add_parser("split", help="compliance T9: canonical validation split, no validation document in training")
+    sp = dsub.add_parser(
+        "split", help="compliance T9: canonical validation split, no validation document in training"
+    )
     sp.add_argument("dir", help="dataset folder")
-    sp.add_argument("--val-docs", type=int, help="expected validation documents (default: the manifest's, else 50,000)")
+    sp.add_argument(
+        "--val-docs", type=int, help="expected validation documents (default: the manifest's, else 50,000)"
+    )
     sp.add_argument("--train-shards", type=int, help="expected training shards (default: not checked)")
     sp.add_argument("--k", type=int, default=64, help="shingle length in tokens (default: %(default)s)")
-    sp.add_argument("--stride", type=int, default=16, help="hash every Nth training window (default: %(default)s)")
+    sp.add_argument(
+        "--stride", type=int, default=16, help="hash every Nth training window (default: %(default)s)"
+    )
     sp.add_argument("--max-train-tokens", type=int, help="scan only this many training tokens (a sample)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.set_defaults(fn=_cmd_data_split)
 
     t = sub.add_parser("train", help="train a model from a params file (writes runs/<run_id>/)")
     t.add_argument("params", help="a YAML file under params/")
-    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.iterations=50")
-    t.add_argument("--nproc", type=int, default=1, help="processes on this node (torchrun when > 1; default 1)")
+    t.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.iterations=50"
+    )
+    t.add_argument(
+        "--nproc", type=int, default=1, help="processes on this node (torchrun when > 1; default 1)"
+    )
     t.set_defaults(fn=_cmd_train)
 
     r = sub.add_parser("run", help="run one notebook with one params file (papermill) into reports/")
@@ -354,20 +435,30 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--suite", default="adhoc", help="report subfolder (default: %(default)s)")
     r.add_argument("--reports", default="reports", help="reports root (default: %(default)s)")
     r.add_argument("--timeout", type=float, default=None, help="per-cell timeout in seconds")
-    r.add_argument("--source", metavar="RUN_DIR",
-                   help="an analysis notebook reads this existing report folder (its train/), e.g. "
-                        "reports/smoke/<run_id> of the training notebook, instead of training again")
+    r.add_argument(
+        "--source",
+        metavar="RUN_DIR",
+        help="an analysis notebook reads this existing report folder (its train/), e.g. "
+        "reports/smoke/<run_id> of the training notebook, instead of training again",
+    )
     r.set_defaults(fn=_cmd_run)
 
     su = sub.add_parser("suite", help="run every notebook of a suite folder (its suite.yaml) into reports/")
     su.add_argument("dir", help="e.g. params/smoke or params/h100x8")
     su.add_argument("--seeds", type=int, nargs="+", help="run the suite once per seed (train.seed)")
-    su.add_argument("--only", nargs="+", metavar="ENTRY",
-                    help="run only these entries of suite.yaml (a source they read is reused when it has a "
-                         "completed run of the same config, else run first)")
-    su.add_argument("--resume", action="store_true",
-                    help="reuse completed runs of the same config and continue interrupted or failed ones "
-                         "in their folders (the plan printed first says what happens to each entry)")
+    su.add_argument(
+        "--only",
+        nargs="+",
+        metavar="ENTRY",
+        help="run only these entries of suite.yaml (a source they read is reused when it has a "
+        "completed run of the same config, else run first)",
+    )
+    su.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse completed runs of the same config and continue interrupted or failed ones "
+        "in their folders (the plan printed first says what happens to each entry)",
+    )
     su.add_argument("--dry-run", action="store_true", help="validate everything, print the plan, run nothing")
     su.add_argument("--reports", default="reports", help="reports root (default: %(default)s)")
     su.set_defaults(fn=_cmd_suite)
@@ -376,9 +467,15 @@ def build_parser() -> argparse.ArgumentParser:
     ix.add_argument("--reports", default="reports")
     ix.set_defaults(fn=_cmd_index)
 
-    cm = sub.add_parser("compare", help="runs side by side: curves, per-stage bpb with deltas, seed statistics")
-    cm.add_argument("runs", nargs="+", metavar="RUN",
-                    help="report run folders: reports/<suite>/<run_id> or <suite>/<run_id>")
+    cm = sub.add_parser(
+        "compare", help="runs side by side: curves, per-stage bpb with deltas, seed statistics"
+    )
+    cm.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN",
+        help="report run folders: reports/<suite>/<run_id> or <suite>/<run_id>",
+    )
     cm.add_argument("--reference", metavar="RUN", help="deltas are to this run (default: the first RUN)")
     cm.add_argument("--out", help="the HTML page (default: <reports>/_compare/compare-<time>.html)")
     cm.add_argument("--reports", default="reports", help="reports root (default: %(default)s)")
@@ -402,11 +499,16 @@ def build_parser() -> argparse.ArgumentParser:
     csub = cfg.add_subparsers(dest="cmd", required=True, metavar="{show,check,keys}")
     c = csub.add_parser("show", help="print the fully resolved config")
     c.add_argument("params", help="a YAML file under params/")
-    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. model.num_layers=11")
+    c.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. model.num_layers=11"
+    )
     c.set_defaults(fn=_cmd_config_show)
     c = csub.add_parser("check", help="validate params files or suite folders (exit 1 if any is invalid)")
-    c.add_argument("params", nargs="+",
-                   help="params files (checked with the notebooks of the suite.yaml beside them), suite folders")
+    c.add_argument(
+        "params",
+        nargs="+",
+        help="params files (checked with the notebooks of the suite.yaml beside them), suite folders",
+    )
     c.set_defaults(fn=_cmd_config_check)
     c = csub.add_parser("keys", help="list every config key with type, default and meaning")
     c.set_defaults(fn=_cmd_config_keys)
@@ -478,8 +580,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pgolf: error: {_one_line(e)}", file=sys.stderr)
             return 2
         first = _one_line(str(e).strip().splitlines()[0] if str(e).strip() else "", 300)
-        print(f"pgolf: internal error: {type(e).__name__}: {first} (rerun with --debug for the traceback)",
-              file=sys.stderr)
+        print(
+            f"pgolf: internal error: {type(e).__name__}: {first} (rerun with --debug for the traceback)",
+            file=sys.stderr,
+        )
         return 1
     finally:
         if previous is not None:

@@ -84,8 +84,10 @@ def counted_files(patterns: Iterable[str], root: str | os.PathLike) -> list[Path
             raise FileNotFoundError(f"quant.code_files: {pattern!r} matches no file under {inside}")
         for p in matched:
             if not p.resolve().is_relative_to(inside):
-                raise CodeFilesError(f"quant.code_files: {pattern!r} matches {p}, which resolves to "
-                                     f"{p.resolve()}, outside the project {inside}")
+                raise CodeFilesError(
+                    f"quant.code_files: {pattern!r} matches {p}, which resolves to "
+                    f"{p.resolve()}, outside the project {inside}"
+                )
             files.add(p.relative_to(root))
     return sorted(files)
 

@@ -35,8 +35,14 @@ DRIVER_PARAMS = ("params_file", "overrides", "run_dir", "source_run")
 MAX_DEPTH = 16  # lists / mappings nested deeper than this are refused (a crafted file could nest far more)
 _SCALARS = (str, int, float, bool, type(None))
 #: papermill's inferred type name -> the exact Python types a value may have (int is a valid float)
-_DECLARED = {"str": (str,), "int": (int,), "float": (float, int), "bool": (bool,), "list": (list,),
-             "dict": (dict,)}
+_DECLARED = {
+    "str": (str,),
+    "int": (int,),
+    "float": (float, int),
+    "bool": (bool,),
+    "list": (list,),
+    "dict": (dict,),
+}
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -65,8 +71,10 @@ def plain_problem(value: Any, where: str, depth: int = 0) -> str | None:
             if problem:
                 return problem
         return None
-    return (f"{where}: got a {kind.__name__} ({_short(value)}); a notebook parameter must be a str, int, "
-            "float, bool, null, or a list / mapping of those (YAML tags such as !!pairs, !!set are refused)")
+    return (
+        f"{where}: got a {kind.__name__} ({_short(value)}); a notebook parameter must be a str, int, "
+        "float, bool, null, or a list / mapping of those (YAML tags such as !!pairs, !!set are refused)"
+    )
 
 
 def _declared_types(info: dict) -> tuple[type, ...] | None:
@@ -91,16 +99,19 @@ def check_parameters(values: dict, declared: dict[str, dict], source: str, prefi
     """Raise ConfigError naming ``source``, the key and what was found, unless every value is plain, of
     its declared type (``declared``: papermill's ``inspect_notebook``) and meaningful."""
     if type(values) is not dict:
-        raise ConfigError(f"{source}: {prefix!r} must be a mapping of notebook parameters, got "
-                          f"{type(values).__name__}")
+        raise ConfigError(
+            f"{source}: {prefix!r} must be a mapping of notebook parameters, got {type(values).__name__}"
+        )
     for key, value in values.items():
         where = f"{prefix}.{key}"
         problem = plain_problem({key: value}, prefix) if type(key) is not str else plain_problem(value, where)
         if problem is None and key in declared:
             want = _declared_types(declared[key])
             if want is not None and (type(value) not in want):
-                problem = (f"{where}: got {type(value).__name__} {_short(value)}; the notebook declares "
-                           f"{declared[key]['inferred_type_name']}")
+                problem = (
+                    f"{where}: got {type(value).__name__} {_short(value)}; the notebook declares "
+                    f"{declared[key]['inferred_type_name']}"
+                )
         problem = problem or _value_problem(key, value, where)
         if problem:
             raise ConfigError(f"{source}: {problem}")
@@ -132,8 +143,11 @@ def notebook_parameters(notebook: str | os.PathLike) -> dict[str, dict]:
 
 
 def validate_run(
-    notebook: str | os.PathLike, params_file: str | os.PathLike, overrides: dict | None = None,
-    parameters: dict | None = None, parameters_source: str = "suite entry",
+    notebook: str | os.PathLike,
+    params_file: str | os.PathLike,
+    overrides: dict | None = None,
+    parameters: dict | None = None,
+    parameters_source: str = "suite entry",
 ) -> tuple[dict, dict]:
     """Validate config and notebook parameters before launching; returns (resolved config, notebook params).
 
@@ -182,12 +196,18 @@ def _validate_sweeps(nb_params: dict, cfg: dict, params_file) -> None:
     from pgolf_core.config import SECTIONS
 
     for key, value in nb_params.items():
-        if not (isinstance(value, list) and value and all(isinstance(v, dict) and "name" in v for v in value)):
+        if not (
+            isinstance(value, list) and value and all(isinstance(v, dict) and "name" in v for v in value)
+        ):
             continue
         for i, item in enumerate(value):
             sections = {k: v for k, v in item.items() if k != "name"}
             unknown = sorted(set(sections) - set(SECTIONS))
             if unknown:
-                raise ConfigError(f"{params_file}: notebook.{key}[{i}] ({item['name']!r}) has keys {unknown}; "
-                                  f"a variant is a name plus config sections ({', '.join(SECTIONS)})")
-            config_from_dict(deep_merge(cfg, sections), f"{params_file}: notebook.{key}[{i}] ({item['name']!r})")
+                raise ConfigError(
+                    f"{params_file}: notebook.{key}[{i}] ({item['name']!r}) has keys {unknown}; "
+                    f"a variant is a name plus config sections ({', '.join(SECTIONS)})"
+                )
+            config_from_dict(
+                deep_merge(cfg, sections), f"{params_file}: notebook.{key}[{i}] ({item['name']!r})"
+            )

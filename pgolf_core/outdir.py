@@ -52,7 +52,11 @@ def protected_reason(target: str | os.PathLike, project_root: str | os.PathLike 
 
 
 def check_replaceable(
-    target: str | os.PathLike, *, overwrite: bool, owned: Callable[[Path], bool], what: str,
+    target: str | os.PathLike,
+    *,
+    overwrite: bool,
+    owned: Callable[[Path], bool],
+    what: str,
     project_root: str | os.PathLike = PROJECT_ROOT,
 ) -> None:
     """Raise UnsafeOutputDir when ``target`` is protected, is a file, or is a non-empty folder that is
@@ -76,7 +80,11 @@ def check_replaceable(
 
 @contextmanager
 def staged_replace(
-    target: str | os.PathLike, *, overwrite: bool, owned: Callable[[Path], bool], what: str,
+    target: str | os.PathLike,
+    *,
+    overwrite: bool,
+    owned: Callable[[Path], bool],
+    what: str,
     project_root: str | os.PathLike = PROJECT_ROOT,
 ) -> Iterator[Path]:
     """Yield an empty staging folder beside ``target``; on success it becomes ``target``. Nothing is

@@ -64,7 +64,9 @@ class SeedRun:
         for name in SCORE_STAGES:
             if name in by_name:
                 return by_name[name]
-        raise SubmissionRefused(f"{self.run_dir}: no quantized stage ({', '.join(SCORE_STAGES)}) in stages.json")
+        raise SubmissionRefused(
+            f"{self.run_dir}: no quantized stage ({', '.join(SCORE_STAGES)}) in stages.json"
+        )
 
     @property
     def train_dir(self) -> Path:
@@ -96,15 +98,21 @@ class Significance:
 
     def summary(self) -> str:
         if self.p is None:
-            return (f"{self.n} seed(s): mean {self.mean:.5f} {self.unit}; a t-test needs at least 2 seeds "
-                    f"(the record bar: below {self.threshold:.5f} at p < {self.alpha})")
+            return (
+                f"{self.n} seed(s): mean {self.mean:.5f} {self.unit}; a t-test needs at least 2 seeds "
+                f"(the record bar: below {self.threshold:.5f} at p < {self.alpha})"
+            )
         verdict = "MEETS the record bar" if self.bar_met else "does NOT meet the record bar"
-        return (f"{self.n} seeds: mean {self.mean:.5f} {self.unit} (std {self.std:.5f}) vs SOTA {self.sota:.5f} - "
-                f"margin {self.margin:.5f} = {self.threshold:.5f}; one-sided t = {self.t:.3f}, p = {self.p:.3g}: "
-                f"{verdict} (p < {self.alpha})")
+        return (
+            f"{self.n} seeds: mean {self.mean:.5f} {self.unit} (std {self.std:.5f}) vs SOTA {self.sota:.5f} - "
+            f"margin {self.margin:.5f} = {self.threshold:.5f}; one-sided t = {self.t:.3f}, p = {self.p:.3g}: "
+            f"{verdict} (p < {self.alpha})"
+        )
 
 
-def significance(scores: list[float], sota: float, margin: float, *, unit: str = "bpb", alpha: float = RECORD_ALPHA) -> Significance:
+def significance(
+    scores: list[float], sota: float, margin: float, *, unit: str = "bpb", alpha: float = RECORD_ALPHA
+) -> Significance:
     """One-sided one-sample t-test (H1: mean < sota - margin) on per-seed scores."""
     if not scores:
         raise ValueError("significance needs at least one score")
@@ -115,11 +123,15 @@ def significance(scores: list[float], sota: float, margin: float, *, unit: str =
     std = statistics.stdev(scores)
     if std == 0.0:  # a t statistic is undefined for zero spread: the sign of the difference decides
         t = -math.inf if mean < threshold else math.inf
-        return Significance(n, mean, std, sota, margin, threshold, t, 0.0 if mean < threshold else 1.0, unit, alpha)
+        return Significance(
+            n, mean, std, sota, margin, threshold, t, 0.0 if mean < threshold else 1.0, unit, alpha
+        )
     from scipy import stats
 
     res = stats.ttest_1samp(scores, threshold, alternative="less")
-    return Significance(n, mean, std, sota, margin, threshold, float(res.statistic), float(res.pvalue), unit, alpha)
+    return Significance(
+        n, mean, std, sota, margin, threshold, float(res.statistic), float(res.pvalue), unit, alpha
+    )
 
 
 def margin_bpb(tokens: int, nbytes: int, nats: float = RECORD_MARGIN_NATS) -> float:
@@ -156,7 +168,9 @@ def collect_group(group: str, reports_root: str | os.PathLike = "reports") -> li
         if not isinstance(manifest, dict) or manifest.get("group") != group:
             continue
         if manifest.get("status") != "completed":
-            problems.append(f"{mpath.parent.name}: {manifest.get('status')} ({manifest.get('error') or 'no error recorded'})")
+            problems.append(
+                f"{mpath.parent.name}: {manifest.get('status')} ({manifest.get('error') or 'no error recorded'})"
+            )
             continue
         spath = mpath.parent / "stages.json"
         if not spath.is_file():
@@ -218,7 +232,9 @@ class ExportResult:
 
 def _portable(cfg):
     """The config without what differs between seeds of one group (seed, run folder, run id)."""
-    return cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": 0, "run_dir": "runs", "run_id": None})})
+    return cfg.model_copy(
+        update={"train": cfg.train.model_copy(update={"seed": 0, "run_dir": "runs", "run_id": None})}
+    )
 
 
 def _refuse_non_compliant(runs: list[SeedRun]) -> None:
@@ -269,7 +285,9 @@ def export_submission(
         raise SubmissionRefused(f"group {group!r}: the seeds' configs differ beyond train.seed")
     cfg = configs[0]
     code_files = _counted_code(cfg, code_root)
-    config_text = to_yaml(cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": runs[0].seed})}))
+    config_text = to_yaml(
+        cfg.model_copy(update={"train": cfg.train.model_copy(update={"seed": runs[0].seed})})
+    )
     # (the entry script sets train.run_dir / run_id; reproduce another seed with --set train.seed=N)
     bytes_code = file_bytes(code_root / f for f in code_files)
     bytes_code += len(ENTRY_SCRIPT.encode()) + len(config_text.encode())
@@ -308,18 +326,29 @@ def export_submission(
         "bytes_code": bytes_code,
         "seeds": [r.seed for r in runs],
         "seed_results": [
-            {"seed": r.seed, "stage": f.stage, "val_bpb": round(f.val_bpb, 8), "val_loss": round(f.val_loss, 8),
-             "bytes_total": bytes_code + mb, "train_seconds": r.outputs.get("train_seconds"),
-             "eval_seconds": r.outputs.get("eval_seconds")}
+            {
+                "seed": r.seed,
+                "stage": f.stage,
+                "val_bpb": round(f.val_bpb, 8),
+                "val_loss": round(f.val_loss, 8),
+                "bytes_total": bytes_code + mb,
+                "train_seconds": r.outputs.get("train_seconds"),
+                "eval_seconds": r.outputs.get("eval_seconds"),
+            }
             for r, f, mb in zip(runs, finals, model_bytes, strict=True)
         ],
     }
     if sig is not None:
-        submission["significance"] = {**asdict(sig), "bar_met": sig.bar_met, "margin_nats": RECORD_MARGIN_NATS}
+        submission["significance"] = {
+            **asdict(sig),
+            "bar_met": sig.bar_met,
+            "margin_nats": RECORD_MARGIN_NATS,
+        }
     written = []
     try:
-        with staged_replace(out, overwrite=overwrite, owned=_exported_by_pgolf, what=_MARKER_WHAT,
-                            project_root=code_root) as stage:
+        with staged_replace(
+            out, overwrite=overwrite, owned=_exported_by_pgolf, what=_MARKER_WHAT, project_root=code_root
+        ) as stage:
             for f in code_files:
                 dest = stage / f
                 dest.parent.mkdir(parents=True, exist_ok=True)
@@ -343,7 +372,6 @@ def export_submission(
     return ExportResult(out, submission, sig, sorted(written))
 
 
-
 def _exported_by_pgolf(folder: Path) -> bool:
     try:
         data = json.loads((folder / "submission.json").read_text(encoding="utf-8"))
@@ -354,7 +382,8 @@ def _exported_by_pgolf(folder: Path) -> bool:
 
 def _check_out(out: Path, overwrite: bool, code_root: Path) -> None:
     try:
-        check_replaceable(out, overwrite=overwrite, owned=_exported_by_pgolf, what=_MARKER_WHAT,
-                          project_root=code_root)
+        check_replaceable(
+            out, overwrite=overwrite, owned=_exported_by_pgolf, what=_MARKER_WHAT, project_root=code_root
+        )
     except UnsafeOutputDir as e:
         raise SubmissionRefused(str(e)) from None

@@ -57,7 +57,9 @@ class SuiteEntry(BaseModel):
     notebook: str = Field(description="path of the notebook, relative to the repository root")
     params: str = Field(description="params file, relative to the suite folder")
     source: str | None = Field(None, description="name of an earlier entry whose run folder this one reads")
-    parameters: dict[str, Any] = Field(default_factory=dict, description="notebook parameters for this entry (e.g. nproc: 8)")
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description="notebook parameters for this entry (e.g. nproc: 8)"
+    )
     timeout: float | None = Field(None, gt=0, description="per-cell timeout in seconds (None: no limit)")
 
 
@@ -65,7 +67,9 @@ class SuiteSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     description: str = ""
-    seeds: list[int] = Field(default_factory=list, description="run the suite once per seed (--seeds overrides)")
+    seeds: list[int] = Field(
+        default_factory=list, description="run the suite once per seed (--seeds overrides)"
+    )
     runs: list[SuiteEntry]
 
 
@@ -136,8 +140,9 @@ def run_notebook(
     if src is not None and not ((src / "manifest.json").is_file() or (src / "train/config.yaml").is_file()):
         raise ConfigError(f"{source_run}: not a report folder (no manifest.json, train/config.yaml)")
     settle_stale_runs(reports_root)
-    run_id, run_dir = _make_run_dir(Path(reports_root) / suite, run_id, f"{notebook.stem}-{params_file.stem}",
-                                    reuse_dir)
+    run_id, run_dir = _make_run_dir(
+        Path(reports_root) / suite, run_id, f"{notebook.stem}-{params_file.stem}", reuse_dir
+    )
     started = time.time()
     manifest: dict[str, Any] = {
         "run_id": run_id,
@@ -156,8 +161,13 @@ def run_notebook(
         **provenance("."),
     }
     atomic_write_json(run_dir / "manifest.json", manifest)
-    parameters = {**nb_params, "params_file": params_file.as_posix(), "overrides": dict(overrides or {}),
-                  "run_dir": run_dir.as_posix(), "source_run": source_run}
+    parameters = {
+        **nb_params,
+        "params_file": params_file.as_posix(),
+        "overrides": dict(overrides or {}),
+        "run_dir": run_dir.as_posix(),
+        "source_run": source_run,
+    }
     status, error, interrupted = "interrupted", "the driver stopped before the notebook finished", False
     try:
         _execute(notebook, run_dir / "executed.ipynb", parameters, kernel_name, log_output, timeout)
@@ -187,19 +197,39 @@ def _make_run_dir(parent: Path, run_id: str | None, prefix: str, reuse: bool) ->
         raise ConfigError(f"{parent / run_id}: a run folder of that id exists; give another run id") from None
 
 
-def _execute(notebook: Path, executed: Path, parameters: dict, kernel_name: str, log_output: bool,
-             timeout: float | None) -> None:
+def _execute(
+    notebook: Path,
+    executed: Path,
+    parameters: dict,
+    kernel_name: str,
+    log_output: bool,
+    timeout: float | None,
+) -> None:
     import papermill as pm
 
     pm.execute_notebook(
-        str(notebook), str(executed), parameters=parameters, kernel_name=kernel_name, cwd=".",
-        log_output=log_output, progress_bar=False, request_save_on_cell_execute=True,
-        autosave_cell_every=30, execution_timeout=timeout, coalesce_streams=True,
+        str(notebook),
+        str(executed),
+        parameters=parameters,
+        kernel_name=kernel_name,
+        cwd=".",
+        log_output=log_output,
+        progress_bar=False,
+        request_save_on_cell_execute=True,
+        autosave_cell_every=30,
+        execution_timeout=timeout,
+        coalesce_streams=True,
     )
 
 
-def _finish(manifest: dict, run_dir: Path, status: str, error: str | None, started: float,
-            index_root: str | os.PathLike | None) -> None:
+def _finish(
+    manifest: dict,
+    run_dir: Path,
+    status: str,
+    error: str | None,
+    started: float,
+    index_root: str | os.PathLike | None,
+) -> None:
     """Record the final status first (a second Ctrl-C must not leave "running"), then the report."""
     finished = time.time()
     outputs_file = run_dir / "outputs.json"
@@ -209,8 +239,12 @@ def _finish(manifest: dict, run_dir: Path, status: str, error: str | None, start
         outputs = {}
         manifest["outputs_error"] = f"{outputs_file}: {e}"
     manifest.update(
-        status=status, error=error, finished_utc=_utc(finished), seconds=round(finished - started, 2),
-        outputs=outputs, attn_backend=outputs.get("attn_backend") if isinstance(outputs, dict) else None,
+        status=status,
+        error=error,
+        finished_utc=_utc(finished),
+        seconds=round(finished - started, 2),
+        outputs=outputs,
+        attn_backend=outputs.get("attn_backend") if isinstance(outputs, dict) else None,
     )
     atomic_write_json(run_dir / "manifest.json", manifest)
     executed = run_dir / "executed.ipynb"
@@ -248,7 +282,9 @@ def load_suite(suite_dir: str | os.PathLike) -> SuiteSpec:
     names = [r.name for r in spec.runs]
     for r in spec.runs:
         if r.source is not None and r.source not in names[: names.index(r.name)]:
-            raise ConfigError(f"{path}: run {r.name!r} reads source {r.source!r}, which is not an earlier run")
+            raise ConfigError(
+                f"{path}: run {r.name!r} reads source {r.source!r}, which is not an earlier run"
+            )
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: run names must be unique, got {names}")
     return spec
@@ -304,8 +340,10 @@ def run_suite(
     names = [e.name for e in spec.runs]
     unknown = [o for o in (only or []) if o not in names]
     if unknown:
-        raise ConfigError(f"{suite_dir / 'suite.yaml'}: --only {', '.join(unknown)}: no such entry; "
-                          f"the entries are: {', '.join(names)}")
+        raise ConfigError(
+            f"{suite_dir / 'suite.yaml'}: --only {', '.join(unknown)}: no such entry; "
+            f"the entries are: {', '.join(names)}"
+        )
     selected = set(only or names)
     wanted = selected | needed_sources(spec.runs, selected)
     entries = [e for e in spec.runs if e.name in wanted]
@@ -314,8 +352,12 @@ def run_suite(
     for e in entries:  # validate every run before starting the first one
         for seed in seed_list:
             resolved[seed][e.name] = validate_run(
-                e.notebook, suite_dir / e.params, {"train.seed": seed} if seed is not None else None,
-                e.parameters, f"{suite_dir / 'suite.yaml'}: runs.{e.name}")
+                e.notebook,
+                suite_dir / e.params,
+                {"train.seed": seed} if seed is not None else None,
+                e.parameters,
+                f"{suite_dir / 'suite.yaml'}: runs.{e.name}",
+            )
     settle_stale_runs(reports_root)
     previous = previous_runs(reports_root, suite_name)
     plans = {s: plan_seed(entries, selected, s, resolved[s], previous, resume) for s in seed_list}
@@ -334,19 +376,32 @@ def run_suite(
             if st.action == "reuse":
                 rec = RunRecord(prev.run_dir.name, prev.run_dir, "completed", reused=True)
             else:
-                run_id = prev.run_dir.name if st.action == "resume" else f"{batch}-{e.name}" + (
-                    f"-s{seed}" if seed is not None else "")
+                run_id = (
+                    prev.run_dir.name
+                    if st.action == "resume"
+                    else f"{batch}-{e.name}" + (f"-s{seed}" if seed is not None else "")
+                )
                 source = by_name[e.source].run_dir.as_posix() if e.source else ""
                 try:
                     rec = run_notebook(
-                        e.notebook, suite_dir / e.params, suite=suite_name, reports_root=reports_root,
-                        run_id=run_id, overrides={"train.seed": seed} if seed is not None else None,
-                        source_run=source, parameters=e.parameters, group=f"{suite_name}/{e.name}",
-                        timeout=e.timeout, log_output=log_output, reuse_dir=st.action == "resume",
+                        e.notebook,
+                        suite_dir / e.params,
+                        suite=suite_name,
+                        reports_root=reports_root,
+                        run_id=run_id,
+                        overrides={"train.seed": seed} if seed is not None else None,
+                        source_run=source,
+                        parameters=e.parameters,
+                        group=f"{suite_name}/{e.name}",
+                        timeout=e.timeout,
+                        log_output=log_output,
+                        reuse_dir=st.action == "resume",
                     )
                 except RunInterrupted as stop:
-                    raise RunInterrupted(f"{stop}; `pgolf suite {suite_dir} --resume` reuses the completed "
-                                         "entries and continues this one") from None
+                    raise RunInterrupted(
+                        f"{stop}; `pgolf suite {suite_dir} --resume` reuses the completed "
+                        "entries and continues this one"
+                    ) from None
             by_name[e.name] = rec
             records.append(rec)
     return records

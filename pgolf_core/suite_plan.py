@@ -70,8 +70,12 @@ def _same_config(prev: Previous, notebook: str, cfg: dict, nb: dict) -> bool:
 
 
 def plan_seed(
-    entries: list, selected: set[str], seed: int | None, resolved: dict[str, tuple[dict, dict]],
-    previous: dict[tuple[str, object], Previous], resume: bool,
+    entries: list,
+    selected: set[str],
+    seed: int | None,
+    resolved: dict[str, tuple[dict, dict]],
+    previous: dict[tuple[str, object], Previous],
+    resume: bool,
 ) -> list[Step]:
     """Steps for one seed over ``entries`` (suite order: the selected ones and the sources they need).
 
@@ -85,11 +89,13 @@ def plan_seed(
         src = steps.get(e.source) if e.source else None
         # the earlier run read the very folder its source keeps now (reused, or resumed in place)
         source_kept = src is None or (
-            src.action in ("reuse", "resume") and prev is not None
+            src.action in ("reuse", "resume")
+            and prev is not None
             and prev.manifest.get("source_run") == src.previous.run_dir.as_posix()
         )
-        reusable = same and source_kept and prev.status == "completed" and (
-            src is None or src.action == "reuse")
+        reusable = (
+            same and source_kept and prev.status == "completed" and (src is None or src.action == "reuse")
+        )
         # (a "running" one belongs to a live driver: never run a second notebook in its folder)
         resumable = same and source_kept and prev.status not in ("completed", "running")
         where = f"{prev.run_dir} ({prev.status})" if prev else ""

@@ -146,7 +146,10 @@ class Trainer:
         except ValueError as e:  # an empty or too short split: name the files (data.val_pattern)
             raise RunError(f"{root / dc.val_pattern}: {e}") from None
         self.target_bytes = load_target_bytes(  # byte tables, or the CaseOps sidecar (data.caseops)
-            dc, build_byte_luts(sp, mc.vocab_size), val_files, seq_len=self.cfg.eval_seq_len,
+            dc,
+            build_byte_luts(sp, mc.vocab_size),
+            val_files,
+            seq_len=self.cfg.eval_seq_len,
             n_tokens=self.val_tokens.shape[0],
         ).to(self.device)
 

@@ -49,11 +49,31 @@ def test_data_info_checks_headers(smoke_dir, tmp_path, capsys):
 
 def test_data_export_trains_a_tokenizer_from_jsonl(tmp_path, capsys):
     docs = tmp_path / "docs.jsonl"
-    docs.write_text("".join(f'{{"text": "Line {i}: the quick brown fox jumps over the lazy dog."}}\n' for i in range(60)))
+    docs.write_text(
+        "".join(f'{{"text": "Line {i}: the quick brown fox jumps over the lazy dog."}}\n' for i in range(60))
+    )
     out = tmp_path / "ds"
-    assert main(["data", "export", str(docs), "--out", str(out), "--val-docs", "5", "--vocab-size", "300", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "export",
+                str(docs),
+                "--out",
+                str(out),
+                "--val-docs",
+                "5",
+                "--vocab-size",
+                "300",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "val" in capsys.readouterr().out and (out / "tokenizer.model").is_file()
-    assert main(["data", "export", str(docs), "--out", str(out), "--val-docs", "5", "--vocab-size", "300"]) == 2
+    assert (
+        main(["data", "export", str(docs), "--out", str(out), "--val-docs", "5", "--vocab-size", "300"]) == 2
+    )
     assert "already exists" in capsys.readouterr().err
 
 
@@ -79,7 +99,7 @@ def test_config_check_reports_crafted_and_mistyped_notebook_values(tmp_path, cap
     """`config check` validates the notebook section too, and each suite entry against its notebook."""
     monkeypatch.chdir(REPO)
     crafted = tmp_path / "crafted.yaml"
-    crafted.write_text("notebook:\n  nproc: !!pairs [a: \" + str(1) + \"]\n")
+    crafted.write_text('notebook:\n  nproc: !!pairs [a: " + str(1) + "]\n')
     assert main(["config", "check", str(crafted)]) == 1
     assert "crafted.yaml: notebook.nproc[0]: got a tuple" in capsys.readouterr().err
     suite = tmp_path / "s"
@@ -108,12 +128,18 @@ def test_ctrl_c_during_a_suite_records_the_run_and_prints_one_line(tmp_path):
     suite.mkdir()
     fixture, tiny = REPO / "tests/notebooks/fixture.ipynb", REPO / "tests/suite/tiny.yaml"
     (suite / "suite.yaml").write_text(
-        f"runs:\n  - {{name: slow, notebook: {fixture}, params: {tiny}, parameters: {{sleep_s: 60.0}}}}\n")
+        f"runs:\n  - {{name: slow, notebook: {fixture}, params: {tiny}, parameters: {{sleep_s: 60.0}}}}\n"
+    )
     reports = tmp_path / "reports"
     script = Path(sys.executable).with_name("pgolf")
     cmd = [str(script)] if script.exists() else [sys.executable, "-m", "pgolf_core.cli"]
-    proc = subprocess.Popen([*cmd, "suite", str(suite), "--reports", str(reports)], cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [*cmd, "suite", str(suite), "--reports", str(reports)],
+        cwd=REPO,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     deadline = time.time() + 120
     executed = None
     while time.time() < deadline:  # wait until the cells before the sleeping one have run
@@ -145,11 +171,14 @@ def test_errors_are_one_line_unless_debug(monkeypatch, capsys):
     def boom(exc):
         def fn(args):
             raise exc
+
         return fn
 
-    cases = [(PgolfError("x.yaml: train.lr: expected a float"), 2, "pgolf: error: x.yaml: train.lr"),
-             (OSError(28, "No space left on device"), 2, "pgolf: error: [Errno 28] No space"),
-             (RuntimeError("bug"), 1, "pgolf: internal error: RuntimeError: bug (rerun with --debug")]
+    cases = [
+        (PgolfError("x.yaml: train.lr: expected a float"), 2, "pgolf: error: x.yaml: train.lr"),
+        (OSError(28, "No space left on device"), 2, "pgolf: error: [Errno 28] No space"),
+        (RuntimeError("bug"), 1, "pgolf: internal error: RuntimeError: bug (rerun with --debug"),
+    ]
     for exc, code, text in cases:
         monkeypatch.setattr(cli, "_cmd_index", boom(exc))
         assert main(["index"]) == code

@@ -24,48 +24,102 @@ A2 = {"pre": 2.34, "q": 2.36, "q_sw": 2.33}
 B1 = {"pre": 2.25, "q": 2.28, "q_ttt": 2.20}
 
 
-def make_run(root: Path, run_id: str, group: str, seed: int, bpb: dict[str, float], *, suite: str = "t",
-             speed: float = 1.0, failing: dict[str, str] | None = None, extra: dict[str, float] | None = None,
-             steps: int = 200, val_every: int | None = None, tau: float = 0.2) -> Path:
+def make_run(
+    root: Path,
+    run_id: str,
+    group: str,
+    seed: int,
+    bpb: dict[str, float],
+    *,
+    suite: str = "t",
+    speed: float = 1.0,
+    failing: dict[str, str] | None = None,
+    extra: dict[str, float] | None = None,
+    steps: int = 200,
+    val_every: int | None = None,
+    tau: float = 0.2,
+) -> Path:
     """reports/<suite>/<run_id>/ with a manifest, stages.json (bpb per stage; ``failing``: stage ->
     the check it fails) and train/metrics.jsonl: a train log every 10 steps, validation every 50.
     ``speed``: seconds per step (wallclock differs between configurations); the curves fall towards the
     run's pre bpb with time constant ``tau * steps``."""
     run_dir = root / suite / run_id
     (run_dir / "train").mkdir(parents=True)
-    manifest = {"run_id": run_id, "suite": suite, "group": group, "seed": seed, "status": "completed",
-                "notebook": "notebooks/00_train.ipynb", "started_utc": f"2026-01-01T00:00:{seed:02d}Z",
-                "source_run": "", "attn_backend": "sdpa",
-                "outputs": {"train_seconds": steps * speed, "eval_seconds": 41.5,
-                            "artifact_bytes": 15_812_345, "steps": steps}}
+    manifest = {
+        "run_id": run_id,
+        "suite": suite,
+        "group": group,
+        "seed": seed,
+        "status": "completed",
+        "notebook": "notebooks/00_train.ipynb",
+        "started_utc": f"2026-01-01T00:00:{seed:02d}Z",
+        "source_run": "",
+        "attn_backend": "sdpa",
+        "outputs": {
+            "train_seconds": steps * speed,
+            "eval_seconds": 41.5,
+            "artifact_bytes": 15_812_345,
+            "steps": steps,
+        },
+    }
     (run_dir / "manifest.json").write_text(json.dumps(manifest))
     records = []
     for stage, value in {**bpb, **(extra or {})}.items():
-        verdicts = [Verdict("T4 full", True, "every target scored once"),
-                    Verdict("T8 eval", None, "time limit defined on 8xH100 SXM, not checked here")]
+        verdicts = [
+            Verdict("T4 full", True, "every target scored once"),
+            Verdict("T8 eval", None, "time limit defined on 8xH100 SXM, not checked here"),
+        ]
         if failing and stage in failing:
             verdicts.append(Verdict(failing[stage], False, f"{failing[stage]} failed in this fake run"))
-        records.append(StageRecord(stage, value, value * 1.6, 32768, 78957, 1.0, verdicts=verdicts,
-                                   notes="an ablation stage with a long explanation " * 3 if extra else ""))
+        records.append(
+            StageRecord(
+                stage,
+                value,
+                value * 1.6,
+                32768,
+                78957,
+                1.0,
+                verdicts=verdicts,
+                notes="an ablation stage with a long explanation " * 3 if extra else "",
+            )
+        )
     write_stages(run_dir / "stages.json", records)
     lines, final = [], bpb.get("pre", 2.3)
     for step in range(0, steps + 1, 10):
         if step:
             loss = 1.6 * final + 4.0 * math.exp(-step / (steps * tau)) + 0.01 * (seed % 7)
-            lines.append({"event": "train", "step": step, "train_loss": loss, "lr_mult": 1.0,
-                          "tokens": step * 8192, "train_time_s": step * speed})
+            lines.append(
+                {
+                    "event": "train",
+                    "step": step,
+                    "train_loss": loss,
+                    "lr_mult": 1.0,
+                    "tokens": step * 8192,
+                    "train_time_s": step * speed,
+                }
+            )
         if step % (val_every or steps // 4) == 0:
             val = final + 2.0 * math.exp(-step / (steps * tau))
-            lines.append({"event": "val", "step": step, "val_loss": val * 1.6, "val_bpb": val,
-                          "train_time_s": step * speed, "eval_s": 0.5})
+            lines.append(
+                {
+                    "event": "val",
+                    "step": step,
+                    "val_loss": val * 1.6,
+                    "val_bpb": val,
+                    "train_time_s": step * speed,
+                    "eval_s": 0.5,
+                }
+            )
     (run_dir / "train" / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in lines))
     return run_dir
 
 
 def make_three(root: Path) -> list[Path]:
-    return [make_run(root, "a-s1", "t/baseline", 1, A1),
-            make_run(root, "a-s2", "t/baseline", 2, A2),
-            make_run(root, "b-s1", "t/wider", 1, B1, speed=1.5, failing={"q_ttt": "T5"})]
+    return [
+        make_run(root, "a-s1", "t/baseline", 1, A1),
+        make_run(root, "a-s2", "t/baseline", 2, A2),
+        make_run(root, "b-s1", "t/wider", 1, B1, speed=1.5, failing={"q_ttt": "T5"}),
+    ]
 
 
 def _rows(data, stage):
@@ -115,14 +169,21 @@ def test_reference_run_and_group_standard_error(tmp_path):
     runs = [read_run(s, root) for s in ("t/a-s1", "t/a-s2", "t/b-s1", "t/b-s2")]
     wider = next(g for g in compare_data(runs)["groups"] if g["group"] == "t/wider")
     b = {r["stage"]: r for r in wider["rows"]}
-    s_a, s_b = math.sqrt(2 * 0.02 ** 2), math.sqrt(2 * 0.01 ** 2)  # sample stds of (2.30, 2.34), (2.25, 2.27)
+    s_a, s_b = math.sqrt(2 * 0.02**2), math.sqrt(2 * 0.01**2)  # sample stds of (2.30, 2.34), (2.25, 2.27)
     assert b["pre"]["mean"] == pytest.approx(2.26) and b["pre"]["delta"] == pytest.approx(2.26 - 2.32)
-    assert b["pre"]["se"] == pytest.approx(math.sqrt(s_a ** 2 / 2 + s_b ** 2 / 2))
+    assert b["pre"]["se"] == pytest.approx(math.sqrt(s_a**2 / 2 + s_b**2 / 2))
 
 
 def test_group_deltas_without_the_reference_group():
-    groups = [{"group": "x", "runs": 1, "rows": [{"stage": "pre", "n": 1, "mean": 2.0, "std": None,
-                                                   "seeds": [(1, 2.0)], "compliant": True}]}]
+    groups = [
+        {
+            "group": "x",
+            "runs": 1,
+            "rows": [
+                {"stage": "pre", "n": 1, "mean": 2.0, "std": None, "seeds": [(1, 2.0)], "compliant": True}
+            ],
+        }
+    ]
     row = group_deltas(groups, "absent")[0]["rows"][0]
     assert row["delta"] is None and row["se"] is None and row["ref_compliant"] is None
 
@@ -181,17 +242,24 @@ def test_index_compares_configurations_to_the_baseline(tmp_path):
     root = tmp_path / "reports"
     make_three(root)
     make_run(root, "other-s1", "u/only", 1, {"pre": 3.0}, suite="u")  # one configuration: nothing to compare
-    make_run(root, "ablation", "t/ablation", 1, {}, extra={"no TTT": 2.31, "pre-quant TTT": 2.1},
-             failing={"pre-quant TTT": "T1"})  # no standard stage: not in the comparison
+    make_run(
+        root,
+        "ablation",
+        "t/ablation",
+        1,
+        {},
+        extra={"no TTT": 2.31, "pre-quant TTT": 2.1},
+        failing={"pre-quant TTT": "T1"},
+    )  # no standard stage: not in the comparison
     html = build_index(root).read_text()
-    section = html[html.index("<h2>Comparison</h2>"):html.index("<h2>Configurations")]
+    section = html[html.index("<h2>Comparison</h2>") : html.index("<h2>Configurations")]
     assert "suite t: &Delta; to t/baseline" in section
     assert "suite u" not in section and "t/ablation" not in section
     assert "\u22120.07000" in section  # B's pre mean 2.25 vs A's 2.32
     assert "pgolf compare t/a-s1 t/a-s2 t/b-s1 --out " in section  # the baseline first: the reference
-    runs = html[html.index("<h2>Runs</h2>"):]
+    runs = html[html.index("<h2>Runs</h2>") :]
     assert "<th>q_ngram</th>" not in runs and "<th>q_ttt</th>" in runs  # only stages some run has
-    assert "2 further stage(s),\n<span class=\"bad\">1 NON-COMPLIANT: pre-quant TTT</span>" in runs
+    assert '2 further stage(s),\n<span class="bad">1 NON-COMPLIANT: pre-quant TTT</span>' in runs
     assert "an ablation stage with a long explanation " * 3 in runs  # notes in full, not cut at 90
 
 
@@ -235,8 +303,14 @@ def test_an_analysis_run_shows_its_source_runs_curves(tmp_path):
     src = make_three(root)[0]
     ana = root / "t" / "ttt"
     ana.mkdir()
-    manifest = {"run_id": "ttt", "suite": "t", "group": "t/ttt", "seed": 1, "status": "completed",
-                "source_run": f"reports/t/{src.name}"}  # as the driver writes it: relative to the repo
+    manifest = {
+        "run_id": "ttt",
+        "suite": "t",
+        "group": "t/ttt",
+        "seed": 1,
+        "status": "completed",
+        "source_run": f"reports/t/{src.name}",
+    }  # as the driver writes it: relative to the repo
     (ana / "manifest.json").write_text(json.dumps(manifest))
     run = read_run(str(ana), root)
     assert run["metrics_file"] == src / "train" / "metrics.jsonl" and len(run["metrics"]) == 25

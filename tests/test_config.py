@@ -137,7 +137,10 @@ def test_unknown_section_lists_the_sections(tmp_path):
             "model:\n  embeddings: {smear: {width: 600}}\n",
             "model.embeddings.smear.width (600) must not exceed model.model_dim (512)",
         ),
-        ("data:\n  variant: sp4096\n", "data.variant: got 'sp4096'; expected one of 'sp1024', 'sp8192' or 'sp8192_caseops'"),
+        (
+            "data:\n  variant: sp4096\n",
+            "data.variant: got 'sp4096'; expected one of 'sp1024', 'sp8192' or 'sp8192_caseops'",
+        ),
         ("model:\n  model_dim: 100\n", "model.model_dim (100) must be divisible by model.num_heads (8)"),
         ("model:\n  num_kv_heads: 3\n", "model.num_heads (8) must be divisible by model.num_kv_heads (3)"),
         (

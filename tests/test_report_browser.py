@@ -35,8 +35,17 @@ def _start(page: Path, profile: Path) -> tuple[subprocess.Popen, Path]:
     probe = page.resolve().with_name(f"_probe_{page.name}")
     probe.write_text(page.read_text(encoding="utf-8").replace("</body>", _PROBE), encoding="utf-8")
     # its own profile folder: other Chromium processes on the machine never share (or lock) ours
-    cmd = [BROWSER, "--headless", "--disable-gpu", "--no-sandbox", "--hide-scrollbars",
-           f"--user-data-dir={profile}", f"--window-size={WIDTH},1000", "--dump-dom", probe.as_uri()]
+    cmd = [
+        BROWSER,
+        "--headless",
+        "--disable-gpu",
+        "--no-sandbox",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+        f"--window-size={WIDTH},1000",
+        "--dump-dom",
+        probe.as_uri(),
+    ]
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True), probe
 
 
@@ -56,9 +65,15 @@ def _wide_reports(root: Path) -> list[Path]:
     """The three comparison runs plus what made the table wide: an ablation run with long notes, a
     failed run with a long unbroken error, a long run id."""
     dirs = make_three(root)
-    make_run(root, "ablation-" + "x" * 60, "t/ablation", 1, {},
-             extra={f"ablation stage {i}": 2.3 - i / 100 for i in range(6)},
-             failing={"ablation stage 2": "T1"})
+    make_run(
+        root,
+        "ablation-" + "x" * 60,
+        "t/ablation",
+        1,
+        {},
+        extra={f"ablation stage {i}": 2.3 - i / 100 for i in range(6)},
+        failing={"ablation stage 2": "T1"},
+    )
     failed = make_run(root, "failed", "t/failed", 1, {"pre": 2.4})
     manifest = json.loads((failed / "manifest.json").read_text())
     manifest.update(status="failed", error="OSError: /very/long/" + "path" * 60 + " not found")
@@ -76,5 +91,6 @@ def test_index_and_comparison_fit_the_window(tmp_path):
         scroll, right, viewport = _measure(proc)
         probe.unlink()
         assert viewport == WIDTH, f"{name}: the window is {viewport} px wide, not {WIDTH}"
-        assert scroll <= viewport and right <= viewport, \
+        assert scroll <= viewport and right <= viewport, (
             f"{name}: content {scroll} px wide, an element ends at {right} px, the window is {viewport} px"
+        )

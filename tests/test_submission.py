@@ -38,7 +38,9 @@ def test_significance_not_met_when_too_close_or_too_noisy():
     sig = significance([1.0580, 1.0600, 1.0590], sota=1.0611, margin=0.002)
     assert sig.p == pytest.approx(0.5 + sig.t / (2 * math.sqrt(2 + sig.t**2)), rel=1e-9)
     assert sig.p == pytest.approx(0.4392, abs=1e-4) and not sig.bar_met
-    assert not significance([1.0, 1.2, 0.9], sota=1.2, margin=0.002).bar_met  # far below on average, too noisy
+    assert not significance(
+        [1.0, 1.2, 0.9], sota=1.2, margin=0.002
+    ).bar_met  # far below on average, too noisy
     one = significance([1.0], sota=1.2, margin=0.002)
     assert one.p is None and not one.bar_met and "at least 2 seeds" in one.summary()
     same = significance([1.05, 1.05], sota=1.2, margin=0.002)
@@ -70,7 +72,9 @@ def group_runs(smoke_dir, tmp_path_factory):
     suite = root / "tiny"
     suite.mkdir()
     (suite / "train.yaml").write_text(FAST_TRAIN.format(root=smoke_dir))
-    (suite / "suite.yaml").write_text("seeds: [1, 2]\nruns:\n  - {name: train, notebook: notebooks/00_train.ipynb, params: train.yaml}\n")
+    (suite / "suite.yaml").write_text(
+        "seeds: [1, 2]\nruns:\n  - {name: train, notebook: notebooks/00_train.ipynb, params: train.yaml}\n"
+    )
     cwd = Path.cwd()
     os.chdir(REPO)
     try:
@@ -82,8 +86,17 @@ def group_runs(smoke_dir, tmp_path_factory):
 
 
 def export(reports, out, **kw):
-    return export_submission("tiny/train", out, name="Tiny", author="Ada", github_id="ada", blurb="A test.",
-                             reports_root=reports, code_root=REPO, **kw)
+    return export_submission(
+        "tiny/train",
+        out,
+        name="Tiny",
+        author="Ada",
+        github_id="ada",
+        blurb="A test.",
+        reports_root=reports,
+        code_root=REPO,
+        **kw,
+    )
 
 
 def test_export_writes_the_challenge_records_folder(group_runs, tmp_path):
@@ -91,11 +104,28 @@ def test_export_writes_the_challenge_records_folder(group_runs, tmp_path):
     res = export(reports, tmp_path / "rec", sota_bpb=9.0, date="2026-11-21T00:00:00Z")
     out = res.out_dir
     s = json.loads((out / "submission.json").read_text())
-    for key, typ in {"name": str, "author": str, "github_id": str, "blurb": str, "date": str, "track": str,
-                     "val_bpb": float, "val_loss": float, "bytes_total": int, "bytes_code": int, "seeds": list,
-                     "seed_results": list}.items():
+    for key, typ in {
+        "name": str,
+        "author": str,
+        "github_id": str,
+        "blurb": str,
+        "date": str,
+        "track": str,
+        "val_bpb": float,
+        "val_loss": float,
+        "bytes_total": int,
+        "bytes_code": int,
+        "seeds": list,
+        "seed_results": list,
+    }.items():
         assert isinstance(s[key], typ), key
-    assert (s["name"], s["author"], s["github_id"], s["track"], s["seeds"]) == ("Tiny", "Ada", "ada", "10min_16mb", [1, 2])
+    assert (s["name"], s["author"], s["github_id"], s["track"], s["seeds"]) == (
+        "Tiny",
+        "Ada",
+        "ada",
+        "10min_16mb",
+        [1, 2],
+    )
     finals = []
     for r in records:
         st = json.loads((r.run_dir / "stages.json").read_text())["stages"]
@@ -107,9 +137,18 @@ def test_export_writes_the_challenge_records_folder(group_runs, tmp_path):
     assert s["bytes_code"] == sum(p.stat().st_size for p in code)
     biggest = max((r.run_dir / "artifact.bin").stat().st_size for r in records)
     assert s["bytes_total"] == s["bytes_code"] + biggest < BYTE_CAP
-    assert {"README.md", "train_gpt.py", "config.yaml", "train_seed1.log", "train_seed2.log",
-            "stages_seed1.json", "stages_seed2.json"} <= {p.name for p in out.iterdir()}
-    assert (out / "pgolf_core" / "model" / "gpt.py").is_file() and not (out / "pgolf_core" / "cli.py").exists()
+    assert {
+        "README.md",
+        "train_gpt.py",
+        "config.yaml",
+        "train_seed1.log",
+        "train_seed2.log",
+        "stages_seed1.json",
+        "stages_seed2.json",
+    } <= {p.name for p in out.iterdir()}
+    assert (out / "pgolf_core" / "model" / "gpt.py").is_file() and not (
+        out / "pgolf_core" / "cli.py"
+    ).exists()
     readme = (out / "README.md").read_text()
     assert "## Significance" in readme and "one-sided t" in readme and "MEETS the record bar" in readme
     assert "| seed | pre | q | q_sw |" in readme and "`model.num_layers: 9 -> 2`" in readme
@@ -120,7 +159,9 @@ def test_exported_entry_script_trains_and_scores_from_the_folder(group_runs, tmp
     """train_gpt.py runs from the exported folder alone (its own copy of the counted code)."""
     reports, _ = group_runs
     out = export(reports, tmp_path / "rec").out_dir
-    proc = subprocess.run([sys.executable, "train_gpt.py"], check=False, cwd=out, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "train_gpt.py"], check=False, cwd=out, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert '"event": "stages"' in proc.stdout and (out / "runs" / "record" / "artifact.bin").is_file()
     assert f"pgolf_core from {out / 'pgolf_core'}" in proc.stdout  # the folder's own copy, not the checkout
@@ -132,7 +173,9 @@ def test_export_refuses_non_compliant_over_cap_failed_and_unknown(group_runs, tm
     original = stages_path.read_text()
     data = json.loads(original)
     q = next(s for s in data["stages"] if s["stage"] == "q")
-    q["verdicts"].append({"check": "T1", "passed": False, "reason": "scores moved", "measured": 1.0, "limit": 0.0})
+    q["verdicts"].append(
+        {"check": "T1", "passed": False, "reason": "scores moved", "measured": 1.0, "limit": 0.0}
+    )
     stages_path.write_text(json.dumps(data))
     try:
         with pytest.raises(SubmissionRefused, match=r"non-compliant: seed 2 stage q: T1: scores moved"):
@@ -146,7 +189,10 @@ def test_export_refuses_non_compliant_over_cap_failed_and_unknown(group_runs, tm
         return cfg.model_copy(update={"quant": cfg.quant.model_copy(update={"byte_cap": 1000})})
 
     monkeypatch.setattr(sub, "load_config", tight_cap)
-    with pytest.raises(SubmissionRefused, match=r"over the byte cap: code [\d,]+ \+ largest model [\d,]+ = [\d,]+ bytes > 1,000"):
+    with pytest.raises(
+        SubmissionRefused,
+        match=r"over the byte cap: code [\d,]+ \+ largest model [\d,]+ = [\d,]+ bytes > 1,000",
+    ):
         export(reports, tmp_path / "b")
     monkeypatch.undo()
     manifest_path = records[0].run_dir / "manifest.json"
@@ -158,7 +204,9 @@ def test_export_refuses_non_compliant_over_cap_failed_and_unknown(group_runs, tm
     finally:
         manifest_path.write_text(m)
     with pytest.raises(SubmissionRefused, match=r"no completed run of group 'nope'.*tiny/train"):
-        export_submission("nope", tmp_path / "d", name="x", author="x", github_id="x", blurb="x", reports_root=reports)
+        export_submission(
+            "nope", tmp_path / "d", name="x", author="x", github_id="x", blurb="x", reports_root=reports
+        )
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
@@ -171,7 +219,9 @@ def test_export_replaces_only_a_folder_pgolf_exported(group_runs, tmp_path, monk
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "precious.txt").write_text("keep me")
-    with pytest.raises(SubmissionRefused, match=r"mine: exists, is not empty and has no submission\.json with gen"):
+    with pytest.raises(
+        SubmissionRefused, match=r"mine: exists, is not empty and has no submission\.json with gen"
+    ):
         export(reports, mine, overwrite=True)
     assert (mine / "precious.txt").read_text() == "keep me"
     for target, why in [(REPO, "the (project root|working directory)"), (REPO.parent, "a folder above the")]:
@@ -184,8 +234,23 @@ def test_export_replaces_only_a_folder_pgolf_exported(group_runs, tmp_path, monk
     with pytest.raises(SubmissionRefused, match="refusing to write into a home directory"):
         export(reports, home, overwrite=True)
     monkeypatch.chdir(mine)  # `pgolf export G --out . --force` from a folder of one's own
-    args = ["export", "tiny/train", "--out", ".", "--force", "--name", "x", "--author", "x",
-            "--github-id", "x", "--blurb", "x", "--reports", str(reports)]
+    args = [
+        "export",
+        "tiny/train",
+        "--out",
+        ".",
+        "--force",
+        "--name",
+        "x",
+        "--author",
+        "x",
+        "--github-id",
+        "x",
+        "--blurb",
+        "x",
+        "--reports",
+        str(reports),
+    ]
     assert main(args) == 2
     assert "refusing to write into the working directory" in capsys.readouterr().err
     assert (mine / "precious.txt").is_file() and (home / "precious.txt").is_file()

@@ -31,14 +31,23 @@ def params(tmp_path: Path, text: str) -> Path:
 
 
 def run(tmp_path: Path, params_file: Path, **kw):
-    return run_notebook(FIXTURE, params_file, suite="t", reports_root=tmp_path / "reports", log_output=False, **kw)
+    return run_notebook(
+        FIXTURE, params_file, suite="t", reports_root=tmp_path / "reports", log_output=False, **kw
+    )
 
 
 def test_completed_run_writes_every_output(tmp_path):
     rec = run(tmp_path, TINY, overrides={"train.seed": 7})
     assert rec.status == "completed" and rec.error is None
     files = {p.name for p in rec.run_dir.iterdir()}
-    assert {"executed.ipynb", "report.html", "manifest.json", "stages.json", "stages.png", "outputs.json"} <= files
+    assert {
+        "executed.ipynb",
+        "report.html",
+        "manifest.json",
+        "stages.json",
+        "stages.png",
+        "outputs.json",
+    } <= files
     html = (rec.run_dir / "report.html").read_text()
     assert "data:image/png;base64," in html, "figures are embedded"
     assert "from pgolf_core.config import load_config" not in html, "code is hidden"
@@ -70,15 +79,20 @@ def test_failures_keep_partial_output_and_are_marked(tmp_path, notebook_section,
     assert m["status"] == status and error in m["error"]
     nb = nbformat.read(rec.run_dir / "executed.ipynb", as_version=4)
     text = json.dumps([c.get("outputs", []) for c in nb.cells])
-    assert "step 0" in text and (rec.run_dir / "stages.json").is_file(), "cells before the failure kept their output"
+    assert "step 0" in text and (rec.run_dir / "stages.json").is_file(), (
+        "cells before the failure kept their output"
+    )
     assert (rec.run_dir / "report.html").is_file()
     index = (tmp_path / "reports" / "index.html").read_text()
-    assert f'st-{status}' in index and rec.run_id in index
+    assert f"st-{status}" in index and rec.run_id in index
 
 
 def test_unknown_notebook_parameter_is_refused_before_launch(tmp_path):
     p = params(tmp_path, "notebook:\n  valeu: 3\n")
-    with pytest.raises(ConfigError, match=r"unknown parameter\(s\) \['valeu'\] for fixture\.ipynb; its parameters are: .*value"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown parameter\(s\) \['valeu'\] for fixture\.ipynb; its parameters are: .*value",
+    ):
         run(tmp_path, p)
     assert not (tmp_path / "reports").exists(), "nothing was launched"
 
@@ -92,7 +106,9 @@ def test_unknown_config_key_is_refused_before_launch(tmp_path):
 
 
 def test_suite_runs_in_order_with_sources_and_groups_seeds(tmp_path):
-    records = run_suite(REPO / "tests/suite", seeds=[1, 2], reports_root=tmp_path / "reports", log_output=False)
+    records = run_suite(
+        REPO / "tests/suite", seeds=[1, 2], reports_root=tmp_path / "reports", log_output=False
+    )
     assert [r.status for r in records] == ["completed"] * 4
     assert [r.run_id.split("-", 1)[1] for r in records] == ["first-s1", "second-s1", "first-s2", "second-s2"]
     second = json.loads((records[1].run_dir / "manifest.json").read_text())
@@ -101,7 +117,9 @@ def test_suite_runs_in_order_with_sources_and_groups_seeds(tmp_path):
     groups = {g["group"]: g for g in index["groups"]}
     assert set(groups) == {"suite/first", "suite/second"}
     pre = next(r for r in groups["suite/first"]["rows"] if r["stage"] == "pre")
-    assert pre["n"] == 2 and pre["mean"] == 2.5 and pre["std"] == 0.0 and [s for s, _ in pre["seeds"]] == [1, 2]
+    assert (
+        pre["n"] == 2 and pre["mean"] == 2.5 and pre["std"] == 0.0 and [s for s, _ in pre["seeds"]] == [1, 2]
+    )
 
 
 def test_index_survives_an_unreadable_manifest(tmp_path):
@@ -148,7 +166,7 @@ def test_crafted_parameter_would_run_code_and_is_refused(tmp_path):
         ("value: !!binary aGk=", r"notebook\.value: got a bytes"),
         ("value: 2024-01-01", r"notebook\.value: got a date"),
         ("value: {1: x}", r"notebook\.value: key 1 is a int; mapping keys must be strings"),
-        ("value: \"2.5\"", r"notebook\.value: got str '2\.5'; the notebook declares float"),
+        ('value: "2.5"', r"notebook\.value: got str '2\.5'; the notebook declares float"),
         ("fail_at: 1.5", r"notebook\.fail_at: got float 1\.5; the notebook declares int"),
         ("die: 1", r"notebook\.die: got int 1; the notebook declares bool"),
         ("value: " + "[" * 40 + "]" * 40, "nested deeper than 16 levels"),
@@ -199,7 +217,9 @@ def test_suite_names_and_run_ids_must_be_plain_names(tmp_path):
 def test_code_files_outside_the_project_are_refused(tmp_path):
     """A quant.code_files glob such as ../x was counted (and exported); it is a config error now."""
     p = params(tmp_path, "quant:\n  code_files: ['../secret/*.py']\n")
-    with pytest.raises(ConfigError, match=r"p\.yaml: quant\.code_files: '\.\./secret/\*\.py' leaves the project"):
+    with pytest.raises(
+        ConfigError, match=r"p\.yaml: quant\.code_files: '\.\./secret/\*\.py' leaves the project"
+    ):
         validate_run(FIXTURE, p)
 
 
@@ -253,7 +273,10 @@ def test_index_names_a_corrupt_stages_file_and_runs_go_on(tmp_path, fake_papermi
     assert again.status == "completed"
     index = json.loads((tmp_path / "reports" / "index.json").read_text())
     assert {r["run_id"]: r["status"] for r in index["runs"]} == {
-        rec.run_id: "unreadable", "other": "unreadable", again.run_id: "completed"}
+        rec.run_id: "unreadable",
+        "other": "unreadable",
+        again.run_id: "completed",
+    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -289,8 +312,10 @@ def test_interrupted_suite_records_every_run_and_resume_continues_it(tmp_path, f
     fail["second"] = KeyboardInterrupt()
     with pytest.raises(RunInterrupted, match=r"second recorded as interrupted; `pgolf suite .* --resume`"):
         run_suite(REPO / "tests/suite", reports_root=reports, log_output=False)
-    manifests = {p.parent.name.split("-", 1)[1]: json.loads(p.read_text())
-                 for p in reports.glob("suite/*/manifest.json")}
+    manifests = {
+        p.parent.name.split("-", 1)[1]: json.loads(p.read_text())
+        for p in reports.glob("suite/*/manifest.json")
+    }
     assert {k: m["status"] for k, m in manifests.items()} == {"first": "completed", "second": "interrupted"}
     assert "interrupted (Ctrl-C or SIGTERM)" in manifests["second"]["error"]
     fail.clear()

@@ -234,8 +234,6 @@ class QuantGroupConfig(Section):
     gptq: bool = Field(False, description="Hessian-aware GPTQ rounding (#1019 on)")
 
 
-
-
 class QuantConfig(Section):
     """Post-training quantization and the artifact (baseline: the challenge's per-row int8 + zlib-9)."""
 
@@ -271,7 +269,10 @@ class QuantConfig(Section):
     )
     awq_group_size: int = Field(64, gt=0, description="AWQ-lite: columns per candidate block")
     awq_bits: int = Field(
-        8, ge=2, le=8, description="AWQ-lite: bits of the protected columns; tensors below this are candidates"
+        8,
+        ge=2,
+        le=8,
+        description="AWQ-lite: bits of the protected columns; tensors below this are candidates",
     )
     calib_source: Literal["train", "self"] = Field(
         "train", description="Hessians from training batches or self-generated text; never validation"

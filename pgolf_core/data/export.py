@@ -87,7 +87,9 @@ def iter_jsonl_texts(path: str | os.PathLike, text_field: str = "text") -> Itera
                 raise ExportError(f"{path}:{lineno}: no {text_field!r} field (found {keys})")
             text = record[text_field]
             if not isinstance(text, str):
-                raise ExportError(f"{path}:{lineno}: field {text_field!r} is {type(text).__name__}, expected a string")
+                raise ExportError(
+                    f"{path}:{lineno}: field {text_field!r} is {type(text).__name__}, expected a string"
+                )
             problem = unicode_problem(text)
             if problem:
                 raise ExportError(f"{path}:{lineno}: field {text_field!r} holds {problem}")
@@ -110,8 +112,15 @@ class _ShardWriter:
     """Buffers tokens of one split and writes fixed-size shards named like the challenge's; with
     ``sidecar`` also the byte sidecar of each shard, cut at the same positions."""
 
-    def __init__(self, out_dir: Path, split: str, shard_tokens: int, vocab_size: int, stats: SplitStats,
-                 sidecar: bool = False):
+    def __init__(
+        self,
+        out_dir: Path,
+        split: str,
+        shard_tokens: int,
+        vocab_size: int,
+        stats: SplitStats,
+        sidecar: bool = False,
+    ):
         self.out_dir, self.split, self.shard_tokens = out_dir, split, shard_tokens
         self.vocab_size, self.stats, self.sidecar = vocab_size, stats, sidecar
         self.parts: list[np.ndarray] = []
@@ -305,7 +314,9 @@ def staged_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[
 def read_manifest(data_dir: str | os.PathLike) -> dict:
     path = Path(data_dir) / MANIFEST_NAME
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no dataset manifest (build one with `pgolf data smoke` or `pgolf data export`)")
+        raise FileNotFoundError(
+            f"{path}: no dataset manifest (build one with `pgolf data smoke` or `pgolf data export`)"
+        )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
@@ -319,7 +330,9 @@ def describe_manifest(manifest: dict, where: str | os.PathLike = "") -> str:
     """A human summary: documents, tokens, bytes and bytes per token per split."""
     corpus, tok = manifest["corpus"], manifest["tokenizer"]
     lines = [
-        f"dataset {corpus['name']!r}" + (f" at {where}" if where else "") + f"  (corpus sha256 {corpus['sha256'][:12]})",
+        f"dataset {corpus['name']!r}"
+        + (f" at {where}" if where else "")
+        + f"  (corpus sha256 {corpus['sha256'][:12]})",
         f"tokenizer {tok['file']}  vocab {tok['vocab_size']}  sha256 {tok['sha256'][:12]}",
         f"{'split':<6}{'documents':>11}{'tokens':>12}{'bytes':>12}{'bytes/token':>13}{'shards':>8}",
     ]
@@ -328,7 +341,9 @@ def describe_manifest(manifest: dict, where: str | os.PathLike = "") -> str:
             f"{name:<6}{s['documents']:>11,}{s['tokens']:>12,}{s['bytes']:>12,}{s['bytes_per_token']:>13.4f}{len(s['shards']):>8}"
         )
     if manifest.get("caseops"):
-        lines.append("CaseOps: tokens of the case-transformed text; bytes (and bpb) over the original text, "
-                     "from the validation byte sidecar fineweb_val_bytes_*.bin")
+        lines.append(
+            "CaseOps: tokens of the case-transformed text; bytes (and bpb) over the original text, "
+            "from the validation byte sidecar fineweb_val_bytes_*.bin"
+        )
     lines.append(f"unigram bpb of val under the train unigram distribution: {manifest['unigram_bpb']:.4f}")
     return "\n".join(lines)

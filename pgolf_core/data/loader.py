@@ -71,7 +71,12 @@ class TokenStream:
             n -= k
 
     def state_dict(self) -> dict:
-        return {"file_idx": self.file_idx, "pos": self.pos, "epoch": self.epoch, "files": [f.name for f in self.files]}
+        return {
+            "file_idx": self.file_idx,
+            "pos": self.pos,
+            "epoch": self.epoch,
+            "files": [f.name for f in self.files],
+        }
 
     def load_state_dict(self, state: dict) -> None:
         names = [f.name for f in self.files]
@@ -88,13 +93,17 @@ class DistributedTokenLoader:
     Every rank builds the same stream and skips the other ranks' spans, so no communication is needed.
     """
 
-    def __init__(self, files: Sequence[str | os.PathLike], rank: int, world_size: int, vocab_size: int | None = None):
+    def __init__(
+        self, files: Sequence[str | os.PathLike], rank: int, world_size: int, vocab_size: int | None = None
+    ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is outside world_size {world_size}")
         self.rank, self.world_size = rank, world_size
         self.stream = TokenStream(files, vocab_size)
 
-    def next_batch(self, global_tokens: int, seq_len: int, grad_accum_steps: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    def next_batch(
+        self, global_tokens: int, seq_len: int, grad_accum_steps: int = 1
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y) int64 tensors of shape (local_tokens // seq_len, seq_len) for this rank's micro-step."""
         denom = self.world_size * grad_accum_steps
         if global_tokens % denom or (global_tokens // denom) % seq_len:

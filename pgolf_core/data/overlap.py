@@ -53,7 +53,9 @@ def shingle_hashes(
     starts = np.arange((-offset) % stride, n_windows, stride, dtype=np.int64)
     starts = starts[is_bos[starts + k] == is_bos[starts]]
     with np.errstate(over="ignore"):
-        prefix = np.concatenate([[np.uint64(0)], np.cumsum(t.astype(np.uint64) * _powers(_BASE, len(t)), dtype=np.uint64)])
+        prefix = np.concatenate(
+            [[np.uint64(0)], np.cumsum(t.astype(np.uint64) * _powers(_BASE, len(t)), dtype=np.uint64)]
+        )
         inverse = _powers(pow(_BASE, -1, _MOD), n_windows)
         hashes = (prefix[starts + k] - prefix[starts]) * inverse[starts]
     return hashes, starts
@@ -70,12 +72,15 @@ class OverlapReport:
     train_tokens_scanned: int
     train_windows_hit: int
     val_tokens_covered: int  # validation tokens inside runs of >= k tokens also found in training data
-    doc_fraction: dict[int, float] = field(default_factory=dict)  # doc index -> covered fraction, docs with any run
+    doc_fraction: dict[int, float] = field(
+        default_factory=dict
+    )  # doc index -> covered fraction, docs with any run
     doc_tokens: dict[int, int] = field(default_factory=dict)  # their content lengths
 
     def _mostly_covered(self, long: bool) -> list[int]:
         return sorted(
-            d for d, f in self.doc_fraction.items()
+            d
+            for d, f in self.doc_fraction.items()
             if f >= self.leak_fraction and (self.doc_tokens[d] >= self.min_doc_tokens) == long
         )
 
@@ -115,7 +120,7 @@ def _doc_bounds(val: np.ndarray, bos_id: int) -> tuple[np.ndarray, np.ndarray]:
 def _chunks(tokens: np.ndarray, k: int) -> Iterable[tuple[int, np.ndarray]]:
     """(start, piece) pieces of ``tokens`` overlapping by k - 1 tokens, so every window lies in one piece."""
     for start in range(0, max(len(tokens) - k + 1, 1), CHUNK_TOKENS):
-        yield start, np.asarray(tokens[start:start + CHUNK_TOKENS + k - 1])
+        yield start, np.asarray(tokens[start : start + CHUNK_TOKENS + k - 1])
 
 
 def _run_length(a: np.ndarray, b: np.ndarray) -> int:
@@ -129,9 +134,9 @@ def _extend(val: np.ndarray, q: int, doc: tuple[int, int], train: np.ndarray, p:
     document's content ``doc`` = [first, end); returned as validation positions [start, end). A
     training BOS ends the run by itself: validation content holds none."""
     back = min(q - doc[0], p)
-    before = _run_length(val[q - back:q][::-1], train[p - back:p][::-1]) if back > 0 else 0
+    before = _run_length(val[q - back : q][::-1], train[p - back : p][::-1]) if back > 0 else 0
     ahead = min(doc[1] - q, len(train) - p)
-    return q - before, q + _run_length(val[q:q + ahead], train[p:p + ahead])
+    return q - before, q + _run_length(val[q : q + ahead], train[p : p + ahead])
 
 
 def val_train_overlap(
@@ -180,12 +185,12 @@ def val_train_overlap(
             hits += len(found)
             for i in found:  # a Python loop over hits only; each aligned run is extended once
                 p = start + int(pos[i])
-                for q in v_pos[lo[i]:hi[i]]:
+                for q in v_pos[lo[i] : hi[i]]:
                     q = int(q)
                     last = last_run.get(p - q)
                     if last is not None and last[0] <= q and q + k <= last[1]:
                         continue  # a later window of a run already found
-                    if not np.array_equal(val[q:q + k], shard[p:p + k]):
+                    if not np.array_equal(val[q : q + k], shard[p : p + k]):
                         continue  # a hash collision
                     d = doc[q]
                     a, b = _extend(val, q, (int(starts[d]), int(ends[d])), shard, p)

@@ -47,7 +47,9 @@ def read_header(path: str | os.PathLike) -> ShardHeader:
     except FileNotFoundError:
         raise ShardError(f"{path}: shard file not found") from None
     if size < HEADER_BYTES:
-        raise ShardError(f"{path}: truncated header: file has {size} bytes, a shard header needs {HEADER_BYTES}")
+        raise ShardError(
+            f"{path}: truncated header: file has {size} bytes, a shard header needs {HEADER_BYTES}"
+        )
     header = np.fromfile(path, dtype="<i4", count=HEADER_INTS)
     magic, version, num_tokens = int(header[0]), int(header[1]), int(header[2])
     if magic != SHARD_MAGIC:
@@ -85,7 +87,9 @@ def read_shard(path: str | os.PathLike, vocab_size: int | None = None, mmap: boo
     """
     header = read_header(path)
     if mmap and header.num_tokens:
-        tokens = np.memmap(header.path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER_BYTES, shape=(header.num_tokens,))
+        tokens = np.memmap(
+            header.path, dtype=TOKEN_DTYPE, mode="r", offset=HEADER_BYTES, shape=(header.num_tokens,)
+        )
     else:
         tokens = np.fromfile(header.path, dtype=TOKEN_DTYPE, count=header.num_tokens, offset=HEADER_BYTES)
     if vocab_size is not None:
@@ -93,7 +97,9 @@ def read_shard(path: str | os.PathLike, vocab_size: int | None = None, mmap: boo
     return tokens
 
 
-def write_shard(path: str | os.PathLike, tokens: np.ndarray | Sequence[int], vocab_size: int | None = None) -> Path:
+def write_shard(
+    path: str | os.PathLike, tokens: np.ndarray | Sequence[int], vocab_size: int | None = None
+) -> Path:
     """Write ``tokens`` as a shard, atomically (temp file + rename). Ids must fit the vocabulary."""
     arr = np.asarray(tokens)
     if arr.ndim != 1:

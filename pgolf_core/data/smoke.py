@@ -82,7 +82,9 @@ DEDUP_SHINGLE_WORDS = 16
 DEDUP_CONTAINMENT = 0.3
 
 
-def drop_near_duplicates(docs: list[str], k: int = DEDUP_SHINGLE_WORDS, containment: float = DEDUP_CONTAINMENT) -> list[str]:
+def drop_near_duplicates(
+    docs: list[str], k: int = DEDUP_SHINGLE_WORDS, containment: float = DEDUP_CONTAINMENT
+) -> list[str]:
     """``docs`` (in their order) without those whose k-word shingles are at least ``containment``
     inside the shingles of longer kept documents (exact duplicates: the first is kept)."""
     vocab: dict[str, int] = {}
@@ -105,7 +107,9 @@ def drop_near_duplicates(docs: list[str], k: int = DEDUP_SHINGLE_WORDS, containm
 @functools.lru_cache(maxsize=2)
 def smoke_documents(seed: int = SMOKE_SEED) -> tuple[str, ...]:
     """All smoke documents in their fixed, shuffled order (validation takes the first ones)."""
-    docs = drop_near_duplicates([_pydoc_topics.topics[k] for k in sorted(_pydoc_topics.topics)] + stdlib_documents())
+    docs = drop_near_duplicates(
+        [_pydoc_topics.topics[k] for k in sorted(_pydoc_topics.topics)] + stdlib_documents()
+    )
     random.Random(seed).shuffle(docs)
     return tuple(docs)
 
@@ -129,8 +133,14 @@ def build_smoke_dataset(
     with staged_dir(out_dir, overwrite=overwrite) as work:
         model = train_tokenizer(docs[val_docs:], vocab_size, work / "tokenizer", caseops=caseops)
         manifest = export_documents(
-            docs, model, work, val_docs=val_docs, shard_tokens=shard_tokens, corpus_name="smoke",
-            progress=progress, caseops=caseops,
+            docs,
+            model,
+            work,
+            val_docs=val_docs,
+            shard_tokens=shard_tokens,
+            corpus_name="smoke",
+            progress=progress,
+            caseops=caseops,
         )
         manifest["corpus"]["python"] = sys.version.split()[0]
         manifest["build_seconds"] = round(time.perf_counter() - t0, 2)

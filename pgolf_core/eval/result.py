@@ -78,7 +78,12 @@ class EvalResult:
         info = {k: v for k, v in score.info.items() if isinstance(v, (int, float, str, dict))}
         committed = scored.astype(np.int32)  # nansum adds each scored position once
         return cls.from_sums(
-            float(np.nansum(score.nll)), n, nbytes, seconds, info=info, bytes_source=bytes_source,
+            float(np.nansum(score.nll)),
+            n,
+            nbytes,
+            seconds,
+            info=info,
+            bytes_source=bytes_source,
             committed=committed,
         )
 

@@ -39,11 +39,13 @@ def resolve_run(spec: str, reports_root: str | os.PathLike = "reports") -> Path:
             return folder
     for folder in candidates:
         if folder.is_dir():
-            raise CompareError(f"{folder}: not a report run folder (no manifest.json); expected "
-                               "reports/<suite>/<run_id>/")
+            raise CompareError(
+                f"{folder}: not a report run folder (no manifest.json); expected reports/<suite>/<run_id>/"
+            )
     looked = " or ".join(str(c) for c in candidates)
-    raise CompareError(f"run {spec!r}: no run folder at {looked} (give reports/<suite>/<run_id> or "
-                       "<suite>/<run_id>)")
+    raise CompareError(
+        f"run {spec!r}: no run folder at {looked} (give reports/<suite>/<run_id> or <suite>/<run_id>)"
+    )
 
 
 def read_metrics(path: Path) -> tuple[list[dict], str]:
@@ -96,8 +98,9 @@ def read_run(spec: str, reports_root: str | os.PathLike = "reports") -> dict:
     if metrics_file.is_file():
         run["metrics"], run["metrics_note"] = read_metrics(metrics_file)
         if train.parent != path:
-            run["metrics_note"] = "; ".join(filter(None, [f"curves of its source run {train.parent.name}",
-                                                          run["metrics_note"]]))
+            run["metrics_note"] = "; ".join(
+                filter(None, [f"curves of its source run {train.parent.name}", run["metrics_note"]])
+            )
     run["metrics_file"] = metrics_file
     return run
 
@@ -105,6 +108,7 @@ def read_run(spec: str, reports_root: str | os.PathLike = "reports") -> dict:
 def label_runs(runs: list[dict]) -> None:
     """``label``: the group and seed, which is how a researcher names a run; the run id where two
     chosen runs would otherwise share a label (a configuration run twice with one seed)."""
+
     def base(r):
         group = r.get("group") or f"{r.get('suite')}/{r.get('run_id')}"
         return f"{group} seed {r['seed']}" if r.get("seed") is not None else str(group)
@@ -138,12 +142,18 @@ def stage_table(runs: list[dict], reference: int = 0) -> list[dict]:
         for i, r in enumerate(runs):
             for st in (s for s in r["stages"] if s.stage == stage):
                 base = ref.get(stage)
-                rows.append({
-                    "run": r["label"], "is_reference": i == reference, "bpb": st.val_bpb,
-                    "delta": st.val_bpb - base.val_bpb if base is not None else None,
-                    "compliant": st.compliant, "failed": _failed(st), "record": st,
-                    "ref_compliant": base.compliant if base is not None else None,
-                })
+                rows.append(
+                    {
+                        "run": r["label"],
+                        "is_reference": i == reference,
+                        "bpb": st.val_bpb,
+                        "delta": st.val_bpb - base.val_bpb if base is not None else None,
+                        "compliant": st.compliant,
+                        "failed": _failed(st),
+                        "record": st,
+                        "ref_compliant": base.compliant if base is not None else None,
+                    }
+                )
         out.append({"stage": stage, "rows": rows})
     return out
 
@@ -169,10 +179,27 @@ def compare_data(runs: list[dict], reference: int = 0) -> dict:
 
 def as_json(data: dict) -> dict:
     """``compare_data`` without the objects (records, paths, metrics): the page's sidecar JSON."""
-    runs = [{"label": r["label"], "dir": str(r["path"]), "run_id": r.get("run_id"), "suite": r.get("suite"),
-             "group": r.get("group"), "seed": r.get("seed"), "status": r.get("status"),
-             "metrics_note": r.get("metrics_note", "")} for r in data["runs"]]
-    stages = [{"stage": s["stage"], "rows": [{k: v for k, v in row.items() if k != "record"}
-                                             for row in s["rows"]]} for s in data["stages"]]
-    return {"reference": data["reference"], "reference_group": data["reference_group"], "runs": runs,
-            "stages": stages, "groups": data["groups"]}
+    runs = [
+        {
+            "label": r["label"],
+            "dir": str(r["path"]),
+            "run_id": r.get("run_id"),
+            "suite": r.get("suite"),
+            "group": r.get("group"),
+            "seed": r.get("seed"),
+            "status": r.get("status"),
+            "metrics_note": r.get("metrics_note", ""),
+        }
+        for r in data["runs"]
+    ]
+    stages = [
+        {"stage": s["stage"], "rows": [{k: v for k, v in row.items() if k != "record"} for row in s["rows"]]}
+        for s in data["stages"]
+    ]
+    return {
+        "reference": data["reference"],
+        "reference_group": data["reference_group"],
+        "runs": runs,
+        "stages": stages,
+        "groups": data["groups"],
+    }

@@ -17,8 +17,18 @@ from pgolf_core.report.compare import CompareError, as_json, compare_data, read_
 from pgolf_core.report.index import COMPARE_DIR, run_view
 from pgolf_core.report.style import BADGE, CSS, environment
 
-_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
-           "#bcbd22", "#17becf")
+_COLORS = (
+    "#1f77b4",
+    "#ff7f0e",
+    "#2ca02c",
+    "#d62728",
+    "#9467bd",
+    "#8c564b",
+    "#e377c2",
+    "#7f7f7f",
+    "#bcbd22",
+    "#17becf",
+)
 _LINESTYLES = ("-", "--", ":", "-.")
 
 _TEMPLATE = """<!doctype html>
@@ -142,24 +152,45 @@ def _run_rows(runs: list[dict], out_dir: Path) -> list[dict]:
         view = run_view(r)
         outputs = r.get("outputs") if isinstance(r.get("outputs"), dict) else {}
         report = r["path"] / "report.html"
-        rows.append({**view, "steps": outputs.get("steps"), "dir_name": f"{r.get('suite')}/{r['path'].name}",
-                     "report_link": os.path.relpath(report.resolve(), out_dir.resolve()) if report.is_file()
-                     else None})
+        rows.append(
+            {
+                **view,
+                "steps": outputs.get("steps"),
+                "dir_name": f"{r.get('suite')}/{r['path'].name}",
+                "report_link": os.path.relpath(report.resolve(), out_dir.resolve())
+                if report.is_file()
+                else None,
+            }
+        )
     return rows
 
 
 def render_compare(data: dict, out_dir: Path) -> str:
     fig = curves_figure(data["runs"])
     clipped = getattr(fig, "clipped", [])
-    return environment().from_string(_TEMPLATE.replace("<!--BADGE-->", BADGE)).render(
-        css=CSS, runs=_run_rows(data["runs"], out_dir), figure=_png_base64(fig),
-        clipped=clipped, stages=data["stages"], groups=data["groups"], reference=data["reference"],
-        reference_group=data["reference_group"], generated=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    return (
+        environment()
+        .from_string(_TEMPLATE.replace("<!--BADGE-->", BADGE))
+        .render(
+            css=CSS,
+            runs=_run_rows(data["runs"], out_dir),
+            figure=_png_base64(fig),
+            clipped=clipped,
+            stages=data["stages"],
+            groups=data["groups"],
+            reference=data["reference"],
+            reference_group=data["reference_group"],
+            generated=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        )
     )
 
 
-def write_compare(specs: list[str], out: str | os.PathLike | None = None, reference: str | None = None,
-                  reports_root: str | os.PathLike = "reports") -> tuple[Path, dict]:
+def write_compare(
+    specs: list[str],
+    out: str | os.PathLike | None = None,
+    reference: str | None = None,
+    reports_root: str | os.PathLike = "reports",
+) -> tuple[Path, dict]:
     """Read the runs ``specs`` name, write the page (and ``<out>.json``); returns (page, data).
 
     ``reference``: the run the deltas are taken to (a spec; default the first run); one not among
@@ -167,8 +198,11 @@ def write_compare(specs: list[str], out: str | os.PathLike | None = None, refere
     """
     if not specs:
         raise CompareError("no runs to compare: give one or more run folders")
-    out = Path(out) if out is not None else (
-        Path(reports_root) / COMPARE_DIR / time.strftime("compare-%Y%m%dT%H%M%S.html", time.gmtime()))
+    out = (
+        Path(out)
+        if out is not None
+        else (Path(reports_root) / COMPARE_DIR / time.strftime("compare-%Y%m%dT%H%M%S.html", time.gmtime()))
+    )
     if out.suffix.lower() not in (".html", ".htm"):
         raise CompareError(f"--out {out}: expected a file name ending in .html")
     runs = [read_run(s, reports_root) for s in specs]

@@ -26,7 +26,9 @@ def _fold_logs(nb) -> None:
         lines = [ln for ln in text.replace("\r", "\n").splitlines() if ln.strip()]
         keep = [ln for ln in lines if not ln.lstrip().startswith("train:")][-6:]  # drop progress-bar states
         note = f"[{len(lines)} log lines, the last {len(keep)} shown; the full log is in the run folder]\n"
-        cell["outputs"] = [nbformat.v4.new_output("stream", name="stdout", text=note + "\n".join(keep) + "\n")]
+        cell["outputs"] = [
+            nbformat.v4.new_output("stream", name="stdout", text=note + "\n".join(keep) + "\n")
+        ]
 
 
 def render_html(notebook: str | os.PathLike, out: str | os.PathLike, title: str | None = None) -> Path:

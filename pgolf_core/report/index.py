@@ -28,6 +28,7 @@ from pgolf_core.stages import STAGES, StageRecord, read_stages
 #: never be a suite's name (``check_name``), so the folder is never taken for runs
 COMPARE_DIR = "_compare"
 
+
 class UnreadableRun(PgolfError):
     """A run folder whose manifest.json or stages.json cannot be read; names the file and the reason."""
 
@@ -66,8 +67,13 @@ def load_run(run_dir: str | os.PathLike) -> dict:
 
 def _unreadable(path: Path, root: Path, e: Exception) -> dict:
     what = f"{path.relative_to(root).as_posix()}: {type(e).__name__}: {e}"
-    return {"run_id": path.parent.name, "status": "unreadable", "error": what[:300],
-            "dir": path.parent.relative_to(root).as_posix(), "stages": []}
+    return {
+        "run_id": path.parent.name,
+        "status": "unreadable",
+        "error": what[:300],
+        "dir": path.parent.relative_to(root).as_posix(),
+        "stages": [],
+    }
 
 
 def collect_runs(reports_root: str | os.PathLike) -> list[dict]:
@@ -112,14 +118,16 @@ def summarize_groups(runs: list[dict]) -> list[dict]:
                 key=lambda pair: (pair[0] is None, pair[0] if pair[0] is not None else 0),
             )
             values = [st.val_bpb for _, st in per_seed]
-            rows.append({
-                "stage": stage,
-                "n": len(values),
-                "mean": statistics.fmean(values),
-                "std": statistics.stdev(values) if len(values) > 1 else None,
-                "seeds": [(seed, st.val_bpb) for seed, st in per_seed],
-                "compliant": all(st.compliant for _, st in per_seed),
-            })
+            rows.append(
+                {
+                    "stage": stage,
+                    "n": len(values),
+                    "mean": statistics.fmean(values),
+                    "std": statistics.stdev(values) if len(values) > 1 else None,
+                    "seeds": [(seed, st.val_bpb) for seed, st in per_seed],
+                    "compliant": all(st.compliant for _, st in per_seed),
+                }
+            )
         out.append({"group": name, "runs": len(members), "rows": rows})
     return out
 
@@ -139,8 +147,14 @@ def group_deltas(groups: list[dict], reference: str | None) -> list[dict]:
             se = None
             if base is not None and row["n"] > 1 and base["n"] > 1 and g["group"] != reference:
                 se = math.sqrt(row["std"] ** 2 / row["n"] + base["std"] ** 2 / base["n"])
-            rows.append({**row, "delta": row["mean"] - base["mean"] if base is not None else None, "se": se,
-                         "ref_compliant": base["compliant"] if base is not None else None})
+            rows.append(
+                {
+                    **row,
+                    "delta": row["mean"] - base["mean"] if base is not None else None,
+                    "se": se,
+                    "ref_compliant": base["compliant"] if base is not None else None,
+                }
+            )
         out.append({**g, "is_reference": g["group"] == reference, "rows": rows})
     return out
 
@@ -163,17 +177,28 @@ def suite_comparisons(runs: list[dict], groups: list[dict], root: Path) -> list[
         names = [g["group"] for g in members]
         reference = f"{suite}/baseline" if f"{suite}/baseline" in names else names[0]
         # the reference group's runs first (the first run is compare's reference), then by group and seed
-        chosen = sorted((r for r in completed if group_key(r) in names),
-                        key=lambda r: (group_key(r) != reference, group_key(r), str(r.get("seed")), r["dir"]))
+        chosen = sorted(
+            (r for r in completed if group_key(r) in names),
+            key=lambda r: (group_key(r) != reference, group_key(r), str(r.get("seed")), r["dir"]),
+        )
         page = f"{COMPARE_DIR}/{suite}.html"
-        command = " ".join(["pgolf compare", *(r["dir"] for r in chosen), "--out", (root / page).as_posix()]
-                           + ([] if root.name == "reports" else ["--reports", str(root)]))
-        out.append({"suite": suite, "reference": reference, "command": command,
-                    "page": page if (root / page).is_file() else None,
-                    "stages": [s for s in STAGES
-                               if any(row["stage"] == s for g in members for row in g["rows"])],
-                    "groups": [{**g, "by_stage": {row["stage"]: row for row in g["rows"]}}
-                               for g in group_deltas(members, reference)]})
+        command = " ".join(
+            ["pgolf compare", *(r["dir"] for r in chosen), "--out", (root / page).as_posix()]
+            + ([] if root.name == "reports" else ["--reports", str(root)])
+        )
+        out.append(
+            {
+                "suite": suite,
+                "reference": reference,
+                "command": command,
+                "page": page if (root / page).is_file() else None,
+                "stages": [s for s in STAGES if any(row["stage"] == s for g in members for row in g["rows"])],
+                "groups": [
+                    {**g, "by_stage": {row["stage"]: row for row in g["rows"]}}
+                    for g in group_deltas(members, reference)
+                ],
+            }
+        )
     return out
 
 
@@ -187,8 +212,14 @@ def comparison_pages(root: Path) -> list[dict]:
         except (OSError, ValueError, KeyError, TypeError):
             continue  # not a comparison's sidecar (or a half-written one): nothing to link
         if sidecar.with_suffix(".html").is_file():
-            pages.append({"href": f"{COMPARE_DIR}/{sidecar.stem}.html", "runs": runs, "reference": reference,
-                          "mtime": sidecar.stat().st_mtime})
+            pages.append(
+                {
+                    "href": f"{COMPARE_DIR}/{sidecar.stem}.html",
+                    "runs": runs,
+                    "reference": reference,
+                    "mtime": sidecar.stat().st_mtime,
+                }
+            )
     return sorted(pages, key=lambda p: -p["mtime"])
 
 
@@ -343,15 +374,34 @@ def build_index(reports_root: str | os.PathLike = "reports") -> Path:
     # stage columns only for the standard stages some run has: empty columns pushed the table wide
     shown = [s for s in STAGES if any(st.stage == s for r in runs for st in r["stages"])]
     comparisons = suite_comparisons(runs, groups, root)
-    html = environment().from_string(_TEMPLATE.replace("<!--BADGE-->", BADGE)).render(
-        css=CSS, runs=runs, groups=groups, stages=shown, comparisons=comparisons,
-        pages=comparison_pages(root), train_budget=TRAIN_SECONDS, eval_budget=EVAL_SECONDS)
+    html = (
+        environment()
+        .from_string(_TEMPLATE.replace("<!--BADGE-->", BADGE))
+        .render(
+            css=CSS,
+            runs=runs,
+            groups=groups,
+            stages=shown,
+            comparisons=comparisons,
+            pages=comparison_pages(root),
+            train_budget=TRAIN_SECONDS,
+            eval_budget=EVAL_SECONDS,
+        )
+    )
     atomic_write_text(root / "index.html", html)
-    atomic_write_json(root / "index.json", {
-        "runs": [{k: v for k, v in r.items() if k not in ("stages", "extra_stages")}
-                 | {"stages": [s.as_dict() for s in r["stages"]]} for r in runs],
-        "groups": [{**g, "rows": [{k: v for k, v in row.items()} for row in g["rows"]]} for g in groups],
-        "comparisons": [{**c, "groups": [{k: v for k, v in g.items() if k != "by_stage"}
-                                         for g in c["groups"]]} for c in comparisons],
-    })
+    atomic_write_json(
+        root / "index.json",
+        {
+            "runs": [
+                {k: v for k, v in r.items() if k not in ("stages", "extra_stages")}
+                | {"stages": [s.as_dict() for s in r["stages"]]}
+                for r in runs
+            ],
+            "groups": [{**g, "rows": [{k: v for k, v in row.items()} for row in g["rows"]]} for g in groups],
+            "comparisons": [
+                {**c, "groups": [{k: v for k, v in g.items() if k != "by_stage"} for g in c["groups"]]}
+                for c in comparisons
+            ],
+        },
+    )
     return root / "index.html"

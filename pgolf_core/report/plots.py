@@ -94,11 +94,19 @@ def pareto(points: list[dict], cap: int = BYTE_CAP, title: str = "artifact bytes
     ax.scatter([p["bytes"] for p in pts], [p["bpb"] for p in pts], color="#4c78a8", zorder=3)
     for p in pts:
         ax.annotate(p["name"], (p["bytes"], p["bpb"]), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.step([p["bytes"] for p in front], [p["bpb"] for p in front], where="post", color="#f58518", label="Pareto front")
+    ax.step(
+        [p["bytes"] for p in front],
+        [p["bpb"] for p in front],
+        where="post",
+        color="#f58518",
+        label="Pareto front",
+    )
     if max(p["bytes"] for p in pts) > 0.5 * cap:
         ax.axvline(cap, color="#e45756", ls="--", label=f"cap {cap:,} B")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}"))
-    ax.set(xlabel="artifact bytes (code + compressed model)", ylabel="val bpb after quantization", title=title)
+    ax.set(
+        xlabel="artifact bytes (code + compressed model)", ylabel="val bpb after quantization", title=title
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -154,8 +162,11 @@ def overlay_curves(runs: list[dict], title: str = ""):
             ax = axes[row][col]
             ys_all = []
             for r in runs:
-                pts = [(m[xkey], m[key]) for m in r["metrics"]
-                       if m.get("event") == event and m.get(xkey) is not None and m.get(key) is not None]
+                pts = [
+                    (m[xkey], m[key])
+                    for m in r["metrics"]
+                    if m.get("event") == event and m.get(xkey) is not None and m.get(key) is not None
+                ]
                 style = {"lw": 1.1, **r.get("style", {})}
                 if event == "val":
                     style.setdefault("marker", "o")
@@ -171,8 +182,9 @@ def overlay_curves(runs: list[dict], title: str = ""):
     axes[0][0].set_title("against steps")
     axes[0][1].set_title("against wallclock")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=min(3, max(1, len(labels))), fontsize=8,
-               frameon=False)
+    fig.legend(
+        handles, labels, loc="lower center", ncol=min(3, max(1, len(labels))), fontsize=8, frameon=False
+    )
     if title:
         fig.suptitle(title)
     rows_of_legend = math.ceil(len(labels) / 3)

@@ -9,8 +9,18 @@ from importlib import metadata
 from pathlib import Path
 
 PACKAGES = (
-    "pgolf", "torch", "numpy", "sentencepiece", "pydantic", "brotli", "flash-attn", "flash_attn_3",
-    "papermill", "nbconvert", "matplotlib", "huggingface_hub",
+    "pgolf",
+    "torch",
+    "numpy",
+    "sentencepiece",
+    "pydantic",
+    "brotli",
+    "flash-attn",
+    "flash_attn_3",
+    "papermill",
+    "nbconvert",
+    "matplotlib",
+    "huggingface_hub",
 )
 
 

@@ -25,8 +25,10 @@ _PLAIN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 def check_name(value: str, what: str) -> str:
     """``value`` if it is a plain folder name (letters, digits, ``._+-``, not starting with a dot)."""
     if not isinstance(value, str) or not _PLAIN.fullmatch(value) or value in (".", ".."):
-        raise ConfigError(f"{what} {value!r}: expected a plain name (letters, digits, '._+-', not starting "
-                          "with '.' or '-', no '/'), used as a folder name under the reports root")
+        raise ConfigError(
+            f"{what} {value!r}: expected a plain name (letters, digits, '._+-', not starting "
+            "with '.' or '-', no '/'), used as a folder name under the reports root"
+        )
     return value
 
 

@@ -19,7 +19,10 @@ from pgolf_core.data.smoke import build_smoke_dataset, smoke_documents
 from pgolf_core.data.tokenizer import BOS_ID, file_sha256, load_tokenizer, train_tokenizer
 from pgolf_core.data.tokenizer_bytes import build_byte_luts, stream_bytes
 
-DOCS = [f"Document number {i}. " + "The cat sat on the mat, and then it sat again. " * (1 + i % 5) for i in range(40)]
+DOCS = [
+    f"Document number {i}. " + "The cat sat on the mat, and then it sat again. " * (1 + i % 5)
+    for i in range(40)
+]
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +40,9 @@ def test_export_writes_bos_prefixed_docs_val_first_in_separate_shards(tmp_path, 
     assert train.tolist() == sum(expected[7:], [])
     # val is flushed before train: its last shard may be short, and no shard mixes the two splits
     assert m["splits"]["val"]["documents"] == 7 and m["splits"]["train"]["documents"] == 33
-    assert [s["tokens"] for s in m["splits"]["train"]["shards"]][:-1] == [500] * (len(m["splits"]["train"]["shards"]) - 1)
+    assert [s["tokens"] for s in m["splits"]["train"]["shards"]][:-1] == [500] * (
+        len(m["splits"]["train"]["shards"]) - 1
+    )
     assert sum(s["tokens"] for s in m["splits"]["val"]["shards"]) == val.size == m["splits"]["val"]["tokens"]
     assert (val == BOS_ID).sum() == 7 and (train == BOS_ID).sum() == 33
     luts = build_byte_luts(sp)

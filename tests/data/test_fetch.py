@@ -46,10 +46,18 @@ def hub(tmp_path, smoke_dir):
     shutil.copy(smoke_dir / "tokenizer.vocab", tok / "fineweb_1024_bpe.vocab")
     manifest = {
         "datasets": [
-            {"name": "fineweb10B_sp1024", "tokenizer_name": "sp_bpe_1024", "stats": {"files_train": 3, "files_val": 1}},
+            {
+                "name": "fineweb10B_sp1024",
+                "tokenizer_name": "sp_bpe_1024",
+                "stats": {"files_train": 3, "files_val": 1},
+            },
         ],
         "tokenizers": [
-            {"name": "sp_bpe_1024", "model_path": "tokenizers/fineweb_1024_bpe.model", "vocab_path": "tokenizers/fineweb_1024_bpe.vocab"},
+            {
+                "name": "sp_bpe_1024",
+                "model_path": "tokenizers/fineweb_1024_bpe.model",
+                "vocab_path": "tokenizers/fineweb_1024_bpe.vocab",
+            },
         ],
     }
     (root / "datasets" / "manifest.json").write_text(json.dumps(manifest))
@@ -60,7 +68,11 @@ def test_fetch_downloads_val_first_train_shards_and_tokenizer(tmp_path, hub):
     out = tmp_path / "data"
     record = fetch_official("sp1024", 2, out_root=out, download=hub, progress=False)
     ds = out / "datasets" / "fineweb10B_sp1024"
-    assert sorted(p.name for p in ds.glob("*.bin")) == ["fineweb_train_000000.bin", "fineweb_train_000001.bin", "fineweb_val_000000.bin"]
+    assert sorted(p.name for p in ds.glob("*.bin")) == [
+        "fineweb_train_000000.bin",
+        "fineweb_train_000001.bin",
+        "fineweb_val_000000.bin",
+    ]
     assert read_shard(ds / "fineweb_train_000001.bin").tolist() == [1] * 51
     assert (out / "tokenizers" / "fineweb_1024_bpe.model").is_file()
     assert record["tokens"] == {"val": 100, "train": 101}
@@ -84,18 +96,26 @@ def test_fetch_offline_fails_with_a_clear_message(tmp_path):
     def offline(**kwargs):
         raise LocalEntryNotFoundError("Name or service not known")
 
-    with pytest.raises(FetchError, match=r"could not download datasets/manifest\.json from the Hugging Face dataset willdepueoai/parameter-golf: huggingface\.co is unreachable.*pgolf data smoke"):
+    with pytest.raises(
+        FetchError,
+        match=r"could not download datasets/manifest\.json from the Hugging Face dataset willdepueoai/parameter-golf: huggingface\.co is unreachable.*pgolf data smoke",
+    ):
         fetch_official("sp1024", 1, out_root=tmp_path, download=offline, progress=False)
 
 
 def test_fetch_checks_counts_and_names(tmp_path, hub):
-    with pytest.raises(FetchError, match="sp1024 has 3 train shards on willdepueoai/parameter-golf; asked for 9"):
+    with pytest.raises(
+        FetchError, match="sp1024 has 3 train shards on willdepueoai/parameter-golf; asked for 9"
+    ):
         fetch_official("sp1024", 9, out_root=tmp_path / "a", download=hub, progress=False)
     choices = r"\['sp1024', 'sp8192', 'sp8192_caseops'\]"
     with pytest.raises(FetchError, match=rf"unknown variant 'sp4096'; choose one of {choices}"):
         fetch_official("sp4096", 1, out_root=tmp_path / "b", download=hub, progress=False)
     hub.repo_id = "kevclark/parameter-golf"
-    with pytest.raises(FetchError, match=r"dataset 'fineweb10B_sp8192' is not in the manifest of kevclark/parameter-golf; it lists \['fineweb10B_sp1024'\]"):
+    with pytest.raises(
+        FetchError,
+        match=r"dataset 'fineweb10B_sp8192' is not in the manifest of kevclark/parameter-golf; it lists \['fineweb10B_sp1024'\]",
+    ):
         fetch_official("sp8192", 1, out_root=tmp_path / "c", download=hub, progress=False)
 
 
@@ -145,7 +165,10 @@ def test_the_caseops_variant_expects_the_canonical_counts():
 
     spec = fetch.OFFICIAL_VARIANTS["sp8192_caseops"]
     assert (spec.repo_id, spec.dataset, spec.local_dataset, spec.caseops) == (
-        CASEOPS_REPO, CASEOPS_REMOTE, "fineweb10B_sp8192_caseops", True
+        CASEOPS_REPO,
+        CASEOPS_REMOTE,
+        "fineweb10B_sp8192_caseops",
+        True,
     )
     assert spec.expected == fetch.Expected(train_shards=80, val_docs=50_000, val_tokens=47_853_344)
     # 47,853,343 targets with the tail; 47,851,520 of them in whole 2048-token windows.

@@ -64,7 +64,9 @@ def test_grad_accum_micro_batches_split_the_global_batch(shards):
 def test_indivisible_batch_gives_a_clear_error(shards):
     files, _ = shards
     loader = DistributedTokenLoader(files, 1, 2)
-    with pytest.raises(ValueError, match=r"train_batch_tokens=10 must split into world_size=2 x grad_accum_steps=1"):
+    with pytest.raises(
+        ValueError, match=r"train_batch_tokens=10 must split into world_size=2 x grad_accum_steps=1"
+    ):
         loader.next_batch(10, 2)
     with pytest.raises(ValueError, match="rank 2 is outside world_size 2"):
         DistributedTokenLoader(files, 2, 2)
@@ -92,7 +94,10 @@ def test_resume_refuses_state_from_other_shards(shards, tmp_path):
 
 
 def test_validation_tokens_are_whole_windows_plus_one(tmp_path):
-    files = [write_shard(tmp_path / "fineweb_val_000000.bin", np.arange(23)), write_shard(tmp_path / "fineweb_val_000001.bin", np.arange(10))]
+    files = [
+        write_shard(tmp_path / "fineweb_val_000000.bin", np.arange(23)),
+        write_shard(tmp_path / "fineweb_val_000001.bin", np.arange(10)),
+    ]
     v = load_validation_tokens(files, seq_len=8)
     assert v.size == 4 * 8 + 1 and v[:23].tolist() == list(range(23)) and v[23:].tolist() == list(range(10))
     assert load_validation_tokens(files, seq_len=8, max_tokens=20).size == 2 * 8 + 1

@@ -65,7 +65,9 @@ def test_wrong_version_is_rejected(tmp_path):
 
 def test_truncated_payload_is_rejected(tmp_path):
     path = _write_raw(tmp_path / "cut.bin", [SHARD_MAGIC, 1, 10], 7)
-    with pytest.raises(ShardError, match=r"cut\.bin: truncated: header says 10 tokens, so 1044 bytes, but the file has 1038"):
+    with pytest.raises(
+        ShardError, match=r"cut\.bin: truncated: header says 10 tokens, so 1044 bytes, but the file has 1038"
+    ):
         read_shard(path)
 
 
@@ -81,7 +83,9 @@ def test_missing_file_is_a_shard_error(tmp_path):
 
 
 def test_out_of_vocab_id_on_write_names_id_and_position(tmp_path):
-    with pytest.raises(ShardError, match=r"token id 1024 at position 2 is outside the vocabulary \[0, 1024\)"):
+    with pytest.raises(
+        ShardError, match=r"token id 1024 at position 2 is outside the vocabulary \[0, 1024\)"
+    ):
         write_shard(tmp_path / "x.bin", [1, 5, 1024, 3], vocab_size=1024)
     assert not list(tmp_path.iterdir()), "a rejected write leaves nothing behind"
 
@@ -96,7 +100,10 @@ def test_ids_beyond_uint16_or_negative_are_rejected(tmp_path):
 def test_out_of_vocab_id_on_read_with_vocab(tmp_path):
     path = write_shard(tmp_path / "fineweb_train_000000.bin", [1, 2, 900, 3])
     assert read_shard(path, vocab_size=1024).tolist() == [1, 2, 900, 3]
-    with pytest.raises(ShardError, match=r"fineweb_train_000000\.bin: token id 900 at position 2 is outside the vocabulary \[0, 512\)"):
+    with pytest.raises(
+        ShardError,
+        match=r"fineweb_train_000000\.bin: token id 900 at position 2 is outside the vocabulary \[0, 512\)",
+    ):
         read_shard(path, vocab_size=512)
 
 

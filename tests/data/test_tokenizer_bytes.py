@@ -75,8 +75,10 @@ def test_official_sp1024_is_byte_exact_on_documents_without_unk():
 def test_official_sp1024_is_byte_exact_on_prose():
     sp = load_tokenizer(official_tokenizer("fineweb_1024_bpe.model"))
     luts = build_byte_luts(sp)
-    text = ("The quick brown fox, 42 times; it's \"fine\" (really)! Then: 3.14159 -- done?\n"
-            "  A second  paragraph\twith odd   spacing, coffee-free, 100% ASCII.")
+    text = (
+        'The quick brown fox, 42 times; it\'s "fine" (really)! Then: 3.14159 -- done?\n'
+        "  A second  paragraph\twith odd   spacing, coffee-free, 100% ASCII."
+    )
     ids = np.asarray(sp.encode(text), dtype=np.int64)
     assert sp.unk_id() not in ids
     assert lut_bytes_of_doc(ids, luts) == len(sp.decode(ids.tolist()).encode("utf-8"))

@@ -35,11 +35,13 @@ def run_all(dist_info: DistInfo) -> dict[str, np.ndarray]:
         **SLIDING,
     )
     out["sliding"] = res
-    chunk = TTTInputs(tiny_model(), repetitive_stream(400), luts(), CHUNK_TTT, SPEC, dist_info, cpu,
-                      return_streams=True)
+    chunk = TTTInputs(
+        tiny_model(), repetitive_stream(400), luts(), CHUNK_TTT, SPEC, dist_info, cpu, return_streams=True
+    )
     out["chunk"] = chunked_ttt(chunk)
-    lora = TTTInputs(tiny_model(), doc_stream(DOC_LENGTHS), luts(), LORA_TTT, SPEC, dist_info, cpu,
-                     return_streams=True)
+    lora = TTTInputs(
+        tiny_model(), doc_stream(DOC_LENGTHS), luts(), LORA_TTT, SPEC, dist_info, cpu, return_streams=True
+    )
     out["lora"] = doc_lora_ttt(lora)
     return {
         f"{k}_{f}": np.asarray(v)

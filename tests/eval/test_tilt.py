@@ -67,8 +67,9 @@ def test_tilted_distribution_sums_to_one_and_the_closed_form_matches():
         pt = tilted_distribution(p, h)
         assert abs(pt.sum() - 1.0) < 1e-12
         explicit = -math.log(pt[y])
-        closed = tilted_nll(np.array([-math.log(p[y])]), np.array([math.log(p[h])]), np.array([y == h]),
-                            np.array([True]))[0]
+        closed = tilted_nll(
+            np.array([-math.log(p[y])]), np.array([math.log(p[h])]), np.array([y == h]), np.array([True])
+        )[0]
         assert closed == pytest.approx(explicit, abs=1e-12)
         # with the target as the hint, the tilt helps exactly when p(h) < 1
         if y == h:

@@ -204,14 +204,21 @@ def good_blob() -> bytes:
         ),
         (lambda b: resign(b, lambda h: h["tensors"][1].__setitem__("sh", [-1, 64])), "non-negative ints"),
         (lambda b: resign(b, lambda h: h["tensors"][1].__setitem__("sh", [1] * 9)), "at most 8 non-negative"),
-        (lambda b: resign(b, lambda h: h["sections"].extend(h["sections"] * 64)), r"65 sections \(at most 64\)"),
+        (
+            lambda b: resign(b, lambda h: h["sections"].extend(h["sections"] * 64)),
+            r"65 sections \(at most 64\)",
+        ),
         (
             lambda b: resign(b, lambda h: h["sections"][0].update(raw=600 << 20, parts=[[1, 600 << 20]])),
             r"sections declare 629,145,600 decompressed bytes \(at most 536,870,912\)",
         ),
         (
-            lambda b: resign(b, lambda h: h["sections"][0].update(
-                raw=h["sections"][0]["raw"] + 64, parts=[[1, h["sections"][0]["raw"] + 64]])),
+            lambda b: resign(
+                b,
+                lambda h: h["sections"][0].update(
+                    raw=h["sections"][0]["raw"] + 64, parts=[[1, h["sections"][0]["raw"] + 64]]
+                ),
+            ),
             r"section 0 declares [\d,]+ bytes, its arrays' shapes account for [\d,]+",
         ),
     ],
@@ -314,21 +321,33 @@ def test_artifact_loader_inflates_nothing_past_the_declared_bounds(good_blob, mo
 
     def one_tensor(h):
         h["sections"] = [{"name": "all", "len": len(payload), "raw": big, "parts": [[1, big]]}]
-        h["tensors"] = [{"n": "t", "k": "raw", "g": "other", "dt": "uint8", "sh": [big], "m": {},
-                         "a": {"data": [0, 0, "uint8", [big]]}}]
+        h["tensors"] = [
+            {
+                "n": "t",
+                "k": "raw",
+                "g": "other",
+                "dt": "uint8",
+                "sh": [big],
+                "m": {},
+                "a": {"data": [0, 0, "uint8", [big]]},
+            }
+        ]
 
     bomb = resign(good_blob, one_tensor, payload=payload)
     assert load_artifact(bomb)["t"].numel() == big  # a well-formed file: it does inflate 1000x
     monkeypatch.setattr(fmt, "_MAX_RAW_TOTAL", 1 << 20)
     tracemalloc.start()
     try:
-        with pytest.raises(ArtifactError, match=r"sections declare 8,388,608 decompressed bytes \(at most 1,048"):
+        with pytest.raises(
+            ArtifactError, match=r"sections declare 8,388,608 decompressed bytes \(at most 1,048"
+        ):
             load_artifact(bomb)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
     assert peak < 1 << 20, f"{peak:,} bytes allocated for a refused file"
     monkeypatch.undo()
+
     # The same stream behind a section that declares 1,000 bytes: inflation stops at 1,001 bytes.
     def declares_1000(h):
         one_tensor(h)
@@ -338,7 +357,9 @@ def test_artifact_loader_inflates_nothing_past_the_declared_bounds(good_blob, mo
     small = resign(good_blob, declares_1000, payload=payload)
     tracemalloc.start()
     try:
-        with pytest.raises(ArtifactError, match=r"section 0 \(all\): zlib stream expands to 1001\+ bytes, header says"):
+        with pytest.raises(
+            ArtifactError, match=r"section 0 \(all\): zlib stream expands to 1001\+ bytes, header says"
+        ):
             load_artifact(small)
         peak = tracemalloc.get_traced_memory()[1]
     finally:
@@ -364,6 +385,7 @@ def test_code_bytes_are_counted_one_way_and_the_policy_is_light():
     assert code_bytes(QuantConfig(), REPO_ROOT) == compliance.code_bytes(twice) == by_hand
     heavy = "('torch', 'numpy', 'pgolf_core.quant')"
     probe = f"import sys, pgolf_core.config; print(sorted(m for m in {heavy} if m in sys.modules))"
-    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True,
-                         cwd=REPO_ROOT)
+    out = subprocess.run(
+        [sys.executable, "-c", probe], check=True, capture_output=True, text=True, cwd=REPO_ROOT
+    )
     assert out.stdout.strip() == "[]"
