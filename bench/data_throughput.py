@@ -40,7 +40,8 @@ def main() -> None:
     ap.add_argument("--caseops-repeat", type=int, default=4, help="smoke corpus copies for CaseOps figures")
     args = ap.parse_args()
     print(
-        f"machine: {platform.processor() or platform.machine()}, {platform.python_version()}, numpy {np.__version__}"
+        f"machine: {platform.processor() or platform.machine()}, {platform.python_version()}, numpy "
+        f"{np.__version__}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -65,7 +66,8 @@ def main() -> None:
         steps = 200
         t_load = timed(lambda: [loader.next_batch(batch, seq, 1) for _ in range(steps)], repeat=1)
         print(
-            f"loader, 8 ranks x 65,536 tokens (one rank's view): {steps * batch / t_load / 1e6:,.1f} M global tokens/s"
+            f"loader, 8 ranks x 65,536 tokens (one rank's view): {steps * batch / t_load / 1e6:,.1f} M "
+            "global tokens/s"
         )
 
         luts = build_byte_luts(load_tokenizer(tmp / "smoke" / "tokenizer.model"))

@@ -28,10 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: bench/ is not a package of the installed project
     sys.path.insert(0, str(REPO))
 
-from bench.devcheck.report import plan_lines, summary_counts, write_reports
-from bench.devcheck.runner import Section, run_sections
-from bench.devcheck.setup_env import SETUP_ENV
-from bench.devcheck.supervisor import cuda_available, supervise
+from bench.devcheck.report import plan_lines, summary_counts, write_reports  # noqa: E402
+from bench.devcheck.runner import Section, run_sections  # noqa: E402
+from bench.devcheck.setup_env import SETUP_ENV  # noqa: E402
+from bench.devcheck.supervisor import cuda_available, supervise  # noqa: E402
 
 DEADLINE_S = 470.0  # 8 minutes less 10 s for the reports and the last worker's exit
 

@@ -81,16 +81,19 @@ def main() -> None:
     tokens = np.random.default_rng(args.seed).integers(0, 1024, args.tokens)
     cfg = NgramConfig(enabled=True)
     print(
-        f"# {datetime.date.today()}  {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"# {datetime.date.today()}  {platform.machine()}, {os.cpu_count()} CPUs, Python "
+        f"{platform.python_version()}, "
         f"numpy {np.__version__}; load average before: {os.getloadavg()[0]:.2f}"
     )
     print(
-        f"# {args.tokens:,} i.i.d. uniform tokens, V = 1024, orders 2..{cfg.max_order}, {cfg.table_rows:,} rows, "
+        f"# {args.tokens:,} i.i.d. uniform tokens, V = 1024, orders 2..{cfg.max_order}, {cfg.table_rows:,} "
+        "rows, "
         f"min_count {cfg.min_count}, smoothing {cfg.smoothing}, segment {cfg.segment_tokens}; "
         f"ln V = {math.log(1024):.5f}"
     )
     print(
-        "| case | tokens/s median | range | runs | mean NLL (nats) | floor ln V - 4 SE | z | max abs(sum p - 1) "
+        "| case | tokens/s median | range | runs | mean NLL (nats) | floor ln V - 4 SE | z | max abs(sum p - "
+        "1) "
         "| max NLL gap | table bytes |"
     )
     print("|---|---|---|---|---|---|---|---|---|---|")
@@ -98,8 +101,10 @@ def main() -> None:
         runs = args.full_rows_runs if full_rows else args.runs
         r = bench_case(tokens, cfg.model_copy(update={"alpha_rule": rule}), full_rows, runs)
         print(
-            f"| {label} | {r['median']:,.0f} | {r['lo']:,.0f}-{r['hi']:,.0f} | {runs} | {r['mean_nll']:.5f} | "
-            f"{r['floor']:.5f} | {r['z']:+.1f} | {r['norm_err']:.1e} | {r['gap']:.1e} | {r['table_bytes']:,} |",
+            f"| {label} | {r['median']:,.0f} | {r['lo']:,.0f}-{r['hi']:,.0f} | {runs} | {r['mean_nll']:.5f} "
+            "| "
+            f"{r['floor']:.5f} | {r['z']:+.1f} | {r['norm_err']:.1e} | {r['gap']:.1e} | {r['table_bytes']:,} "
+            "|",
             flush=True,
         )
     print(

@@ -67,12 +67,14 @@ def main() -> None:
     rates = [args.tokens / s for s in times]
     med = statistics.median(rates)
     print(
-        f"{datetime.date.today()} {platform.processor() or platform.machine()}, load {load0:.2f} -> {load1:.2f}"
+        f"{datetime.date.today()} {platform.processor() or platform.machine()}, load {load0:.2f} -> "
+        f"{load1:.2f}"
     )
     print("| stream | tokens | runs | tokens/s (median, range) | seconds | gated | vs #2135 pod |")
     print("|---|---|---|---|---|---|---|")
     print(
-        f"| text-like, V=8192 | {args.tokens:,} | {args.runs} | {med:,.0f} ({min(rates):,.0f}-{max(rates):,.0f}) "
+        f"| text-like, V=8192 | {args.tokens:,} | {args.runs} | {med:,.0f} "
+        f"({min(rates):,.0f}-{max(rates):,.0f}) "
         f"| {statistics.median(times):.2f} | {gated / args.tokens:.2%} "
         f"| {med / POD_2135[1]:.1f}-{med / POD_2135[0]:.1f}x |"
     )

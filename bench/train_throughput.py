@@ -75,12 +75,13 @@ def main() -> None:
         cases += [(c, torch.device("cuda")) for c in GPU_CASES]
         print(f"gpu: {torch.cuda.get_device_name()}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, {platform.machine()}")
-    print(f"| case | device | params | backend | tokens/step | ms/step | tokens/s |")
+    print("| case | device | params | backend | tokens/step | ms/step | tokens/s |")
     print("|---|---|---|---|---|---|---|")
     for (name, params, overrides, batch, seq), device in cases:
         n, backend, dt = bench_case(params, overrides, batch, seq, args.steps, device)
         print(
-            f"| {name} | {device.type} | {n:,} | {backend} | {batch:,} | {1000 * dt:,.1f} | {batch / dt:,.0f} |"
+            f"| {name} | {device.type} | {n:,} | {backend} | {batch:,} | {1000 * dt:,.1f} | "
+            f"{batch / dt:,.0f} |"
         )
 
 

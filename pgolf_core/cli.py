@@ -50,7 +50,8 @@ def _cmd_data_smoke(args: argparse.Namespace) -> int:
         )
         print(f"built in {manifest['build_seconds']:.1f} s")
     print(
-        "smoke corpus: CPython's pydoc topics + standard-library docstrings (a smoke test corpus, NOT FineWeb)"
+        "smoke corpus: CPython's pydoc topics + standard-library docstrings (a smoke test corpus, NOT "
+        "FineWeb)"
     )
     print(describe_manifest(manifest, out))
     return 0
@@ -137,7 +138,8 @@ def _cmd_data_split(args: argparse.Namespace) -> int:
         has_manifest = (root / MANIFEST_NAME).is_file()
         expected = read_manifest(root)["splits"]["val"]["documents"] if has_manifest else FINEWEB_VAL_DOCS
         print(
-            f"expected validation documents: {expected:,} ({MANIFEST_NAME if has_manifest else 'the official split'})"
+            f"expected validation documents: {expected:,} "
+            f"({MANIFEST_NAME if has_manifest else 'the official split'})"
         )
     total = sum(read_header(f).num_tokens for f in train_files)
     if args.max_train_tokens is not None:

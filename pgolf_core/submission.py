@@ -104,7 +104,8 @@ class Significance:
             )
         verdict = "MEETS the record bar" if self.bar_met else "does NOT meet the record bar"
         return (
-            f"{self.n} seeds: mean {self.mean:.5f} {self.unit} (std {self.std:.5f}) vs SOTA {self.sota:.5f} - "
+            f"{self.n} seeds: mean {self.mean:.5f} {self.unit} (std {self.std:.5f}) vs SOTA {self.sota:.5f} "
+            "- "
             f"margin {self.margin:.5f} = {self.threshold:.5f}; one-sided t = {self.t:.3f}, p = {self.p:.3g}: "
             f"{verdict} (p < {self.alpha})"
         )
@@ -169,7 +170,8 @@ def collect_group(group: str, reports_root: str | os.PathLike = "reports") -> li
             continue
         if manifest.get("status") != "completed":
             problems.append(
-                f"{mpath.parent.name}: {manifest.get('status')} ({manifest.get('error') or 'no error recorded'})"
+                f"{mpath.parent.name}: {manifest.get('status')} "
+                f"({manifest.get('error') or 'no error recorded'})"
             )
             continue
         spath = mpath.parent / "stages.json"
@@ -301,7 +303,8 @@ def export_submission(
     cap = cfg.quant.byte_cap
     if bytes_total > cap:
         raise SubmissionRefused(
-            f"over the byte cap: code {bytes_code:,} + largest model {max(model_bytes):,} = {bytes_total:,} bytes "
+            f"over the byte cap: code {bytes_code:,} + largest model {max(model_bytes):,} = {bytes_total:,} "
+            "bytes "
             f"> {cap:,} (quant.byte_cap) by {bytes_total - cap:,}"
         )
     finals = [r.final for r in runs]

@@ -60,7 +60,7 @@ train: {{iterations: 12, train_batch_tokens: 2048, train_seq_len: 128, grad_accu
         warmdown_iters: 4, max_wallclock_seconds: 0, val_loss_every: 0, train_log_every: 4, device: cpu, progress: false}}
 eval: {{batch_tokens: 4096, stride: 64, probe_tokens: 256}}
 quant: {{scheme: groups, keep_float_max_numel: 1024, attn: {{bits: 6}}, mlp: {{bits: 6}}}}
-"""
+"""  # noqa: E501 (YAML fixture text)
 
 
 @pytest.fixture(scope="module")

@@ -201,7 +201,8 @@ def test_suite_entry_parameters_are_checked_against_the_notebook(tmp_path):
 
 
 def test_suite_names_and_run_ids_must_be_plain_names(tmp_path):
-    """`pgolf run --suite ../..` wrote outside reports/; suite names, run ids and entry names are plain now."""
+    """`pgolf run --suite ../..` wrote outside reports/; suite names, run ids and entry names are
+    plain now."""
     reports = tmp_path / "deep" / "reports"
     for kw in ({"suite": "../.."}, {"suite": "/tmp"}, {"run_id": "../escape"}, {"run_id": ".hidden"}):
         with pytest.raises(ConfigError, match="expected a plain name"):

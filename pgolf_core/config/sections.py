@@ -52,7 +52,8 @@ class DataConfig(Section):
             raise ValueError("data.source 'local' needs both data.root and data.tokenizer")
         if self.source == "official" and (self.variant == "sp8192_caseops") != self.caseops:
             raise ValueError(
-                "data.variant 'sp8192_caseops' and data.caseops go together: set both (CaseOps data) or neither"
+                "data.variant 'sp8192_caseops' and data.caseops go together: set both (CaseOps data) or "
+                "neither"
             )
         return self
 

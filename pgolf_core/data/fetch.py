@@ -102,8 +102,10 @@ def _explain(exc: Exception, repo_id: str, remote: str) -> FetchError:
         return FetchError(f"could not download {where}: repository not found (check --repo-id)")
     if isinstance(exc, (hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled, ConnectionError)):
         return FetchError(
-            f"could not download {where}: huggingface.co is unreachable and the file is not cached ({exc.__class__.__name__}). "
-            "`pgolf data fetch` needs network access; offline, use `pgolf data smoke` for the embedded corpus, "
+            f"could not download {where}: huggingface.co is unreachable and the file is not cached "
+            f"({exc.__class__.__name__}). "
+            "`pgolf data fetch` needs network access; offline, use `pgolf data smoke` for the embedded "
+            "corpus, "
             "or copy the shards into data/datasets/ and the tokenizer into data/tokenizers/."
         )
     if isinstance(exc, hf_errors.EntryNotFoundError):

@@ -100,10 +100,13 @@ class OverlapReport:
     def summary(self) -> str:
         worst = max(self.doc_fraction.values(), default=0.0)
         return (
-            f"{len(self.leaked)} of {self.val_docs:,} validation documents (>= {self.min_doc_tokens} tokens) are "
+            f"{len(self.leaked)} of {self.val_docs:,} validation documents (>= {self.min_doc_tokens} tokens) "
+            "are "
             f">= {self.leak_fraction:.0%} covered by training text ({len(self.doc_fraction)} share some "
-            f"{self.k}-token run, worst {worst:.0%}; {len(self.short_boilerplate)} shorter ones mostly boilerplate; "
-            f"{self.val_docs_checked:,} long enough to test; {self.train_tokens_scanned:,} training tokens scanned, "
+            f"{self.k}-token run, worst {worst:.0%}; {len(self.short_boilerplate)} shorter ones mostly "
+            "boilerplate; "
+            f"{self.val_docs_checked:,} long enough to test; {self.train_tokens_scanned:,} training tokens "
+            "scanned, "
             f"every {self.stride}th window)"
         )
 

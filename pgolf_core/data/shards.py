@@ -62,7 +62,8 @@ def read_header(path: str | os.PathLike) -> ShardHeader:
     if size != expected:
         what = "truncated" if size < expected else "trailing bytes"
         raise ShardError(
-            f"{path}: {what}: header says {num_tokens} tokens, so {expected} bytes, but the file has {size} bytes"
+            f"{path}: {what}: header says {num_tokens} tokens, so {expected} bytes, but the file has {size} "
+            "bytes"
         )
     return ShardHeader(path, num_tokens)
 

@@ -1,4 +1,5 @@
-"""Exponential moving average of the weights (from the #287-era records on; EMA 0.997 measured about -0.0006 bpb; #1855 uses 0.9965).
+"""Exponential moving average of the weights (from the #287-era records on; EMA 0.997 measured about -0.0006
+bpb; #1855 uses 0.9965).
 
 #374 lineage onwards keeps an fp32 shadow of the whole state dict, updated after every optimizer step and
 loaded into the model at the end of training, before evaluation and quantization. GL README: EMA 0.997

@@ -1,4 +1,5 @@
-"""LR multiplier and Muon momentum as pure functions of progress (the baseline's wallclock-aware warmdown; fraction warmdown with a floor from #1787).
+"""LR multiplier and Muon momentum as pure functions of progress (the baseline's wallclock-aware warmdown;
+fraction warmdown with a floor from #1787).
 
 The same multiplier scales every optimizer group (``OptimizerSet.set_lr_multiplier``). There is no LR
 warmup: the records' "warmup steps" are compile-warmup steps whose state is restored afterwards.

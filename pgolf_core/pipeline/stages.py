@@ -112,9 +112,12 @@ def stage_q_sw(ctx: Session, weights: StageWeights, name: str) -> StageRecord:
             temperature=cfg.eval.temperature,
         ),
     )
-    scorer = lambda: SlidingScorer(
-        model, seq_len=cfg.eval_seq_len, stride=cfg.eval.stride, temperature=cfg.eval.temperature
-    )
+
+    def scorer():
+        return SlidingScorer(
+            model, seq_len=cfg.eval_seq_len, stride=cfg.eval.stride, temperature=cfg.eval.temperature
+        )
+
     return stage_record(ctx, name, res, scorer, [t6], weights)
 
 

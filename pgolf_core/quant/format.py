@@ -95,7 +95,8 @@ def encode(
 
     ``compressor``: the codec of every section (plain, grouped); pergroup takes its codecs from the
     ``plan`` (``pergroup.make_plan``): each role section keeps the smaller of lrzip's and brotli's
-    streams (lrzip's fixed framing loses on small streams), the rest is brotli. ``cache``: compressed streams by (codec, SHA-256
+    streams (lrzip's fixed framing loses on small streams), the rest is brotli. ``cache``: compressed
+    streams by (codec, SHA-256
     of the raw bytes), reused across calls (pruning re-encodes with few sections changed).
     """
     if layout not in LAYOUTS:

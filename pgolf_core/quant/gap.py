@@ -88,7 +88,8 @@ def quant_gap(
         if _needs_hessians(qcfg) and hessians is None:
             if calib_batches is None:
                 raise ValueError(
-                    f"scheme {name!r} uses GPTQ: pass calib_batches= (training or self-generated) or hessians="
+                    f"scheme {name!r} uses GPTQ: pass calib_batches= (training or self-generated) or "
+                    "hessians="
                 )
             batches = calib_batches() if callable(calib_batches) else calib_batches
             hessians = collect_hessians(model, batches)

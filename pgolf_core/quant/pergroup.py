@@ -6,7 +6,8 @@ tables (bigram / value embeddings), layers concatenated in state-dict order. For
 mlp fc the rows are first put in a greedy L1 nearest-neighbour chain (start at row 0, then always the
 closest unused row; the permutation is stored), so similar rows sit next to each other; every matrix
 is written column-major (transposed). Each role stream is compressed with lrzip where it is installed
-(ZPAQ; kept only where it beats brotli, which it does on the large streams), else brotli; scales, LQER / AWQ-lite arrays, small tensors and the permutations go in one
+(ZPAQ; kept only where it beats brotli, which it does on the large streams), else brotli; scales, LQER /
+AWQ-lite arrays, small tensors and the permutations go in one
 brotli stream, byte-shuffled by element size. #1855: ~280 KB smaller than brotli (#1512-head Run 6:
 -240,863 B on identical weights), at ~52 s of similarity sort plus ~50-75 s of lrzip to serialize.
 """

@@ -11,7 +11,8 @@ are not each the nearest grid point (it trades weight error for output error), s
 them lowers this per-entry measure.
 
 The count is searched with the real encoder: a bracket from a first guess (8 codes per byte over;
-a tiny int6 model needed ~11), then interpolation between the largest count known too big and the smallest known to fit,
+a tiny int6 model needed ~11), then interpolation between the largest count known too big and the smallest
+known to fit,
 until they are within 0.5% (or one code) of each other. Each probe re-encodes; streams whose bytes did
 not change are reused from a cache by the caller's encoder.
 """

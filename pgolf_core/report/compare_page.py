@@ -116,7 +116,7 @@ two or more seeds.</p>
 <p class="small">No completed runs among these.</p>
 {% endif %}
 </body></html>
-"""
+"""  # noqa: E501 (HTML template text)
 
 
 def curve_styles(runs: list[dict]) -> None:

@@ -25,7 +25,8 @@ def save(fig, path: str | os.PathLike, dpi: int = 120) -> Path:
 
 
 def show(fig, path: str | os.PathLike, dpi: int = 120):
-    """Save ``fig`` as PNG and display that very file in a notebook (the report embeds it); returns the path."""
+    """Save ``fig`` as PNG and display that very file in a notebook (the report embeds it); returns
+    the path."""
     out = save(fig, path, dpi)
     plt.close(fig)
     try:

@@ -322,7 +322,8 @@ class TTTScorer(Scorer):
     Subclasses name their variant (``variant``: a function of ``TTTInputs``, scoring with
     target_bytes=None: a ``StreamScore`` holds NLLs only, no bytes are needed). ``predictive`` reruns
     the variant and captures the full distribution at each requested position from the very forward
-    that scored it, stopping once all are captured, so the state is exactly the one scoring saw. The model passed in is never changed.
+    that scored it, stopping once all are captured, so the state is exactly the one scoring saw. The model
+    passed in is never changed.
     """
 
     variant: Callable[[TTTInputs], EvalResult]

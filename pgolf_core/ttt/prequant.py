@@ -36,7 +36,8 @@ from pgolf_core.ttt.common import (
 
 NON_COMPLIANT = "NON-COMPLIANT"
 REASON = (
-    "NON-COMPLIANT ablation (rule R9 of docs/compliance.md; PR #1376 ruling, the #1423/#1416/#1408 pattern): the model "
+    "NON-COMPLIANT ablation (rule R9 of docs/compliance.md; PR #1376 ruling, the #1423/#1416/#1408 pattern): "
+    "the model "
     "was fine-tuned on the validation tokens before they were scored; not a valid score"
 )
 

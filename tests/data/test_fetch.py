@@ -98,7 +98,8 @@ def test_fetch_offline_fails_with_a_clear_message(tmp_path):
 
     with pytest.raises(
         FetchError,
-        match=r"could not download datasets/manifest\.json from the Hugging Face dataset willdepueoai/parameter-golf: huggingface\.co is unreachable.*pgolf data smoke",
+        match=r"could not download datasets/manifest\.json from the Hugging Face dataset "
+        r"willdepueoai/parameter-golf: huggingface\.co is unreachable.*pgolf data smoke",
     ):
         fetch_official("sp1024", 1, out_root=tmp_path, download=offline, progress=False)
 
@@ -114,7 +115,8 @@ def test_fetch_checks_counts_and_names(tmp_path, hub):
     hub.repo_id = "kevclark/parameter-golf"
     with pytest.raises(
         FetchError,
-        match=r"dataset 'fineweb10B_sp8192' is not in the manifest of kevclark/parameter-golf; it lists \['fineweb10B_sp1024'\]",
+        match=r"dataset 'fineweb10B_sp8192' is not in the manifest of kevclark/parameter-golf; it "
+        r"lists \['fineweb10B_sp1024'\]",
     ):
         fetch_official("sp8192", 1, out_root=tmp_path / "c", download=hub, progress=False)
 

@@ -9,7 +9,9 @@ from tests.optim import _muon_dist_worker
 
 
 def test_muon_two_ranks_bitwise_equal_one_process(tmp_path):
-    """2 gloo ranks (each orthogonalizing every other matrix, one all-reduce in the communication dtype) = 1 process, bitwise."""
+    """2 gloo ranks (each orthogonalizing every other matrix, one all-reduce in the communication dtype) = 1
+    process, bitwise.
+    """
     run_ranks(_muon_dist_worker.worker, 2, str(tmp_path))
 
     threads = torch.get_num_threads()

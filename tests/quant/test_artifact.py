@@ -71,7 +71,9 @@ def test_artifact_round_trip_is_bit_identical_baseline():
 
 
 def test_artifact_round_trip_is_bit_identical_with_gptq_lqer_gates_and_tables(rich, tmp_path):
-    """groups + GPTQ + clip search/SDClip + LQER + quantized gates + tables, auto compressor: bit-identical, from bytes and from a file."""
+    """groups + GPTQ + clip search/SDClip + LQER + quantized gates + tables, auto compressor: bit-identical,
+    from bytes and from a file.
+    """
     model, hess = rich
     art = build_artifact(model, FULL, hessians=hess)
     want = dequantized_state(model, FULL, hess)
@@ -109,7 +111,8 @@ class Armed:
 
 
 def test_artifact_pickle_payload_fails_clearly_and_never_runs(tmp_path):
-    """torch.save / raw pickle files are refused with a clear error; the payload's side effect never happens."""
+    """torch.save / raw pickle files are refused with a clear error; the payload's side effect
+    never happens."""
     marker = tmp_path / "pwned"
     armed_probe = tmp_path / "probe"
     pickle.loads(pickle.dumps(Armed(str(armed_probe))))
@@ -261,7 +264,9 @@ def test_artifact_malformed_input_raises_a_clear_error(good_blob, mutate, messag
 
 
 def test_artifact_accounting_flags_an_artifact_over_the_cap():
-    """total = model + code bytes; over the decimal cap: over_cap, negative margin, the overage reported and warned."""
+    """total = model + code bytes; over the decimal cap: over_cap, negative margin, the overage reported and
+    warned.
+    """
     model = tiny_model(vocab_size=1100)
     art = build_artifact(model, QuantConfig())
     code = code_bytes(QuantConfig(), REPO_ROOT)

@@ -131,7 +131,8 @@ def test_protected_group_does_not_increase_the_error_on_calibration_data(calibra
 
 
 def test_dequantize_applies_the_fine_scale_only_to_the_stored_columns():
-    """Columns of the groups come from awq_q * awq_scale (whatever q holds there); all others from q * scale."""
+    """Columns of the groups come from awq_q * awq_scale (whatever q holds there); all others from
+    q * scale."""
     g = torch.Generator().manual_seed(7)
     q = torch.randint(-31, 32, (6, 40), generator=g, dtype=torch.int8)
     scale = torch.rand(6, generator=g).half() + 0.5
@@ -184,7 +185,8 @@ def test_awq_needs_hessians_and_skips_tensors_at_or_above_awq_bits(calibrated):
 
 
 def test_act_rms_is_the_root_mean_square_of_the_inputs_and_ties_go_to_the_earlier_block():
-    """act_rms = sqrt(diag(X^T X / n)); block scores sum saliency; equal scores keep tensor then block order."""
+    """act_rms = sqrt(diag(X^T X / n)); block scores sum saliency; equal scores keep tensor then
+    block order."""
     x = torch.randn(500, 8, generator=torch.Generator().manual_seed(8)) * torch.arange(1, 9)
     torch.testing.assert_close(act_rms(x.T @ x / 500), x.square().mean(0).sqrt())
     w = torch.ones(3, 8)

@@ -1,4 +1,5 @@
-"""The baseline artifact is the challenge's: same codes and scales, and within 1% of its torch.save+zlib size."""
+"""The baseline artifact is the challenge's: same codes and scales, and within 1% of its
+torch.save+zlib size."""
 
 from __future__ import annotations
 
@@ -31,7 +32,9 @@ def realistic_baseline():
 
 
 def test_baseline_artifact_within_one_percent_of_the_challenge_torch_save_zlib():
-    """17.06M params: pgolf's zlib-9 container vs the challenge's torch.save + zlib-9 of the same codes: |diff| < 1%."""
+    """17.06M params: pgolf's zlib-9 container vs the challenge's torch.save + zlib-9 of the same codes:
+    |diff| < 1%.
+    """
     torch.set_num_threads(2)
     model = realistic_baseline()
     assert count_parameters(model) == 17_059_912
@@ -53,7 +56,8 @@ def test_baseline_artifact_within_one_percent_of_the_challenge_torch_save_zlib()
     ref = len(challenge_blob(ref_obj))
     ours = art.model_bytes
     print(
-        f"\nchallenge torch.save+zlib-9: {ref:,} bytes; pgolf baseline zlib-9: {ours:,} bytes ({ours / ref - 1:+.3%})"
+        f"\nchallenge torch.save+zlib-9: {ref:,} bytes; pgolf baseline zlib-9: {ours:,} bytes "
+        f"({ours / ref - 1:+.3%})"
     )
     assert abs(ours / ref - 1) < 0.01
     assert 12_000_000 < ref < 16_000_000  # about the real baseline's 15,815,847 (D1): a realistic density

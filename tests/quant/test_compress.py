@@ -43,7 +43,9 @@ def _fast_compress(data: bytes, method: str) -> bytes:
 
 @pytest.mark.parametrize("method", COMPRESSORS)
 def test_decompress_refuses_a_size_other_than_declared(method):
-    """A stream that expands past its declared size (a bomb) or falls short is an error, not a huge allocation."""
+    """A stream that expands past its declared size (a bomb) or falls short is an error, not a huge
+    allocation.
+    """
     bomb = _fast_compress(bytes(20_000_000), method)
     assert len(bomb) < 100_000
     with pytest.raises(DecompressError, match="header says 1000"):
@@ -64,7 +66,8 @@ def test_byte_shuffle_groups_bytes_and_inverts():
 
 
 def test_byte_shuffle_shrinks_fp16_data():
-    """fp16 values of similar magnitude: shuffled, zlib-9 output is ~7% smaller (why #1218 shuffled the blob)."""
+    """fp16 values of similar magnitude: shuffled, zlib-9 output is ~7% smaller (why #1218 shuffled
+    the blob)."""
     half = (torch.randn(100_000, generator=torch.Generator().manual_seed(0)) * 0.02).half()
     raw = half.view(torch.uint8).numpy().tobytes()
     plain, shuffled = len(zlib.compress(raw, 9)), len(zlib.compress(shuffle(raw, 2), 9))
@@ -74,7 +77,8 @@ def test_byte_shuffle_shrinks_fp16_data():
 @pytest.mark.parametrize("lrzip", ["installed", "missing"])
 def test_auto_compressor_picks_the_smallest_candidate_and_records_it(lrzip, monkeypatch):
     """auto x auto builds all seven blobs (3 codecs x 2 layouts + pergroup, with lrzip where it is
-    installed), keeps the smallest and records every size; an explicit config of the winner is the same blob."""
+    installed), keeps the smallest and records every size; an explicit config of the winner is the same
+    blob."""
     if lrzip == "missing":
         monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None)
     elif shutil.which("lrzip") is None:

@@ -25,7 +25,9 @@ def evaluate(model) -> EvalResult:
 
 
 def test_quant_gap_rows_match_a_manual_round_trip(tmp_path):
-    """Rows for baseline / int4 / GPTQ int4 from a checkpoint file: bytes and bpb equal a hand-made round trip."""
+    """Rows for baseline / int4 / GPTQ int4 from a checkpoint file: bytes and bpb equal a hand-made round
+    trip.
+    """
     cfg = RunConfig.model_validate({"model": {**TINY, "attn_backend": "sdpa"}})
     model = tiny_model()
     torch.save(model.state_dict(), tmp_path / "final_raw.pt")

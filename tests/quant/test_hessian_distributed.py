@@ -11,7 +11,9 @@ from tests.quant import _hessian_dist_worker
 
 
 def test_hessian_allreduce_two_ranks_equal_one_process_on_all_batches(tmp_path):
-    """2 gloo ranks on halves of the batches (unequal rows) = 1 process on all of them: sum, then / total rows."""
+    """2 gloo ranks on halves of the batches (unequal rows) = 1 process on all of them: sum, then / total
+    rows.
+    """
     run_ranks(_hessian_dist_worker.worker, 2, str(tmp_path))
 
     expected = collect_hessians(tiny_model(), _hessian_dist_worker.batches())

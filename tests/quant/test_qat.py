@@ -33,7 +33,8 @@ SIMPLE = QuantConfig(
 
 @pytest.mark.parametrize("qcfg", [QuantConfig(keep_float_max_numel=1024), GROUPS], ids=["baseline", "groups"])
 def test_qat_fake_quant_equals_the_export_dequantization(qcfg):
-    """For every fake-quantized linear, fq(w) is bitwise the weight the artifact will hold (round-to-nearest)."""
+    """For every fake-quantized linear, fq(w) is bitwise the weight the artifact will hold
+    (round-to-nearest)."""
     model = tiny_model(attention={"gate": {"kind": "dense"}})
     export = {qt.name: dequantize(qt) for qt in quantize_state(model, qcfg)[0]}
     n = set_qat(model, True, qcfg)
