@@ -5,8 +5,9 @@ defaults are the challenge's naive baseline (records/track_10min_16mb/2026-03-17
 1.2244 bpb), so an empty YAML file *is* the baseline.
 
 Rooms: ``section`` (the strict base class), ``model`` (the model section, grouped like
-pgolf_core/model/), ``sections`` (data, optim, train, quant, report and ``RunConfig``), ``eval_sections`` (eval, ttt, ngram), ``strict_yaml`` (the YAML
-reader), ``loader`` (extends, overrides, error messages, round trip).
+pgolf_core/model/), ``sections`` (data, optim, train, quant, report and ``RunConfig``),
+``eval_sections`` (eval, ttt, ngram), ``strict_yaml`` (the YAML reader), ``loader`` (extends,
+overrides, error messages, round trip).
 
 Rules:
 - ``load_config`` is the only door. Unknown keys, wrong types and bad choices are rejected with an error

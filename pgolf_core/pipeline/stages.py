@@ -15,7 +15,6 @@ from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
-import torch.distributed as tdist
 
 from pgolf_core.compliance import check_train_time
 from pgolf_core.config import RunConfig
@@ -29,7 +28,7 @@ from pgolf_core.eval import (
 from pgolf_core.pipeline.roundtrip import StageWeights
 from pgolf_core.pipeline.session import Session
 from pgolf_core.pipeline.tilt_stage import stage_q_tilt
-from pgolf_core.pipeline.verdicts import evaluate_guarded, probe_config, stage_record
+from pgolf_core.pipeline.verdicts import main_rank_stage, evaluate_guarded, probe_config, stage_record
 from pgolf_core.scoring import Scorer
 from pgolf_core.stages import STAGES, StageRecord
 from pgolf_core.ttt import TTTInputs, run_ttt, ttt_scorer
@@ -157,15 +156,7 @@ def stage_q_ngram(ctx: Session, weights: StageWeights, name: str) -> StageRecord
         nbytes = ctx.target_bytes.total(ctx.val)
         return EvalResult.from_stream(score, nbytes, time.perf_counter() - t0, ctx.target_bytes.kind)
 
-    rec = None
-    if ctx.dist.is_main:
-        res, t6 = evaluate_guarded(ctx, evaluate)
-        rec = stage_record(ctx, name, res, make_scorer, [t6], weights)
-    if ctx.dist.distributed and tdist.is_initialized():
-        box = [rec]
-        tdist.broadcast_object_list(box, src=0)
-        rec = box[0]
-    return rec
+    return main_rank_stage(ctx, name, evaluate, make_scorer, weights)
 
 
 STAGE_FNS: dict[str, StageFn] = {

@@ -15,13 +15,12 @@ import time
 from dataclasses import replace
 
 import numpy as np
-import torch.distributed as tdist
 
 from pgolf_core.eval import EvalResult, WindowedTorchModel
 from pgolf_core.eval.tilt import TiltScorer
 from pgolf_core.pipeline.roundtrip import StageWeights
 from pgolf_core.pipeline.session import Session
-from pgolf_core.pipeline.verdicts import evaluate_guarded, stage_record
+from pgolf_core.pipeline.verdicts import main_rank_stage
 from pgolf_core.stages import StageRecord
 
 
@@ -56,12 +55,4 @@ def stage_q_tilt(ctx: Session, weights: StageWeights, name: str) -> StageRecord 
         res = EvalResult.from_stream(score, nbytes, time.perf_counter() - t0, ctx.target_bytes.kind)
         return replace(res, notes=tilt_notes(score.info, ctx.val.size - 1))
 
-    rec = None
-    if ctx.dist.is_main:
-        res, t6 = evaluate_guarded(ctx, evaluate)
-        rec = stage_record(ctx, name, res, make_scorer, [t6], weights)
-    if ctx.dist.distributed and tdist.is_initialized():
-        box = [rec]
-        tdist.broadcast_object_list(box, src=0)
-        rec = box[0]
-    return rec
+    return main_rank_stage(ctx, name, evaluate, make_scorer, weights)

@@ -10,6 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
+import torch.distributed as tdist
 
 from pgolf_core.challenge import VAL_DOCS
 from pgolf_core.compliance import (
@@ -204,3 +205,17 @@ def stage_record(
     verdicts.append(eval_time_verdict(ctx, res.seconds))
     verdicts += probe_verdicts(ctx, make_scorer)
     return res.stage_record(name, artifact_bytes=weights.artifact_bytes, verdicts=verdicts)
+
+
+def main_rank_stage(ctx: Session, name: str, evaluate, make_scorer, weights) -> StageRecord:
+    """A stage that rank 0 alone scores (a stream scorer: n-gram, tilt): the others wait and receive
+    its record, so every rank returns the same one."""
+    rec = None
+    if ctx.dist.is_main:
+        res, t6 = evaluate_guarded(ctx, evaluate)
+        rec = stage_record(ctx, name, res, make_scorer, [t6], weights)
+    if ctx.dist.distributed and tdist.is_initialized():
+        box = [rec]
+        tdist.broadcast_object_list(box, src=0)
+        rec = box[0]
+    return rec
