@@ -316,3 +316,17 @@ def test_an_analysis_run_shows_its_source_runs_curves(tmp_path):
     assert run["metrics_file"] == src / "train" / "metrics.jsonl" and len(run["metrics"]) == 25
     assert run["metrics_note"] == f"curves of its source run {src.name}"
     assert resolve_run(str(ana), root) == ana
+
+
+def test_index_marks_caseops_runs_and_their_byte_source(tmp_path):
+    root = tmp_path / "reports"
+    plain = make_run(root, "plain-s1", "t/plain", 1, {"pre": 2.5})
+    cased = make_run(root, "caseops-s1", "t/caseops", 1, {"pre": 2.4})
+    for run_dir, caseops in ((plain, False), (cased, True)):
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        manifest["params"] = {"data": {"caseops": caseops}}
+        (run_dir / "manifest.json").write_text(json.dumps(manifest))
+    html = build_index(root).read_text()
+    rows = {rid: html[html.index(f"t/{rid}</span>") :][:900] for rid in ("plain-s1", "caseops-s1")}
+    assert "CaseOps" in rows["caseops-s1"] and "CaseOps" not in rows["plain-s1"]
+    assert "bpb over the original bytes" in rows["caseops-s1"]

@@ -316,7 +316,9 @@ T8 time, T9 data split, T10 byte recount. Times are seconds against the {{ train
 <tr><td class="l runid"><span class="id">{{ r.suite }}/{{ r.run_id }}</span>
 <span class="small" style="display:block">{{ (r.notebook or "").split("/")[-1] }}
   {%- if r.seed is not none %} &middot; seed {{ r.seed }}{% endif %}
-  {%- if r.attn_backend %} &middot; {{ r.attn_backend }}{% endif %} &middot;
+  {%- if r.attn_backend %} &middot; {{ r.attn_backend }}{% endif %}
+  {%- if r.caseops %} &middot;
+  <b title="CaseOps data: bpb over the original bytes ({{ r.bytes_sources }})">CaseOps</b>{% endif %} &middot;
   {% if r.has_report %}<a href="{{ r.dir }}/report.html">report</a>, {% endif %}
   <a href="{{ r.dir }}/manifest.json">manifest</a></span></td>
 <td class="l st-{{ r.status }}" title="{{ r.error or '' }}">{{ r.status }}
@@ -355,6 +357,9 @@ all compliant
 def run_view(r: dict) -> dict:
     outputs = r.get("outputs") if isinstance(r.get("outputs"), dict) else {}
     artifact = next((st.artifact_bytes for st in r["stages"] if st.artifact_bytes), None)
+    params = r.get("params") if isinstance(r.get("params"), dict) else {}
+    data = params.get("data") if isinstance(params.get("data"), dict) else {}
+    caseops = bool(data.get("caseops"))  # shown beside the run: its bpb divides by the sidecar
     return {
         **r,
         "seed": r.get("seed"),
@@ -362,6 +367,8 @@ def run_view(r: dict) -> dict:
         "train_seconds": outputs.get("train_seconds"),
         "eval_seconds": outputs.get("eval_seconds"),
         "extra_stages": [st for st in r["stages"] if st.stage not in STAGES],
+        "caseops": caseops,
+        "bytes_sources": ", ".join(sorted({getattr(st, "bytes_source", "luts") for st in r["stages"]})),
     }
 
 
