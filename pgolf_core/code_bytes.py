@@ -53,6 +53,10 @@ RUNTIME_CODE_FILES = (
     "pgolf_core/errors.py",
     "pgolf_core/data/sidecar.py",
     "pgolf_core/data/caseops.py",
+    "pgolf_core/data/prepare.py",
+    "pgolf_core/data/fetch.py",
+    "pgolf_core/data/smoke.py",
+    "pgolf_core/data/export.py",
 )
 
 
