@@ -60,6 +60,8 @@ def lrzip_status() -> str:
 
 
 def _env() -> dict[str, str]:
+    # The lrzip subprocess inherits the environment unchanged (PATH, locale) plus pinned settings;
+    # nothing here is read as a hyperparameter.
     return {**os.environ, **_LRZIP_ENV}
 
 
