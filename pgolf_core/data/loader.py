@@ -133,10 +133,11 @@ def _validation_length(
         usable = min(usable, (max_tokens // seq_len) * seq_len)
     if usable <= 0:
         names = ", ".join(str(f) for f in files)
-        empty = " (empty)" if n_tokens == 0 else ""
+        what = "is empty" if n_tokens == 0 else f"is too short for one {seq_len}-token window"
         raise ShardError(
-            f"validation split ({n_tokens} tokens in {len(files)} shard(s){empty}: {names}) is too short "
-            f"for one {seq_len}-token window" + (f" within val_max_tokens={max_tokens}" if max_tokens else "")
+            f"validation split ({n_tokens} tokens in {len(files)} shard(s)) {what}"
+            + (f" within val_max_tokens={max_tokens}" if max_tokens and n_tokens else "")
+            + f": {names}"
         )
     return usable + 1
 
