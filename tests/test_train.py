@@ -506,7 +506,8 @@ def test_bad_inputs_are_one_line_errors(smoke_dir, tmp_path, capsys, case):
         expect = [f"{tmp_path / 'd' / 'fineweb_train_*.bin'}: all 1 training shard(s) hold 0 tokens"]
     elif case == "empty_val":
         extra += _dataset(smoke_dir, tmp_path / "d", 5000, 0)
-        expect = [f"{tmp_path / 'd' / 'fineweb_val_*.bin'}: validation split (0 tokens in 1 shard(s)) is empty: "]
+        val = tmp_path / "d" / "fineweb_val_*.bin"
+        expect = [f"{val}: validation split (0 tokens in 1 shard(s)) is empty: "]
     elif case == "vocab":
         extra.append("model.vocab_size=512")
         expect = ["tokenizer.model: tokenizer vocab 1024 != model.vocab_size 512"]
