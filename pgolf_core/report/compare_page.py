@@ -15,7 +15,7 @@ from pathlib import Path
 from pgolf_core.atomic import atomic_write_json, atomic_write_text
 from pgolf_core.report.compare import CompareError, as_json, compare_data, read_run
 from pgolf_core.report.index import COMPARE_DIR, run_view
-from pgolf_core.report.style import BADGE, CSS, environment
+from pgolf_core.report.style import CSS, environment, template
 
 _COLORS = (
     "#1f77b4",
@@ -30,93 +30,6 @@ _COLORS = (
     "#17becf",
 )
 _LINESTYLES = ("-", "--", ":", "-.")
-
-_TEMPLATE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>pgolf comparison: {{ runs|length }} runs</title>
-<style>{{ css|safe }}</style></head><body>
-<!--BADGE-->
-<h1>pgolf comparison</h1>
-<p class="small">{{ runs|length }} run(s), generated {{ generated }}. Reference: <b>{{ reference }}</b>.
-&Delta; = bpb &minus; the reference's bpb of the same stage (negative: better). bpb: bits per byte on the
-validation split. Under every number, its compliance verdicts (hover for each check's reason).</p>
-
-<h2>Runs</h2>
-<table class="fit">
-<tr><th class="l">run</th><th class="l">folder</th><th class="l">status</th><th>steps</th>
-<th>train s</th><th>artifact bytes</th><th class="l">curves</th></tr>
-{% for r in runs %}
-<tr><td class="l">{{ r.label }}
-  {%- if r.label == reference %} <span class="ref">(reference)</span>{% endif %}</td>
-<td class="l small id">
-  {%- if r.report_link %}<a href="{{ r.report_link }}">{{ r.dir_name }}</a>
-  {%- else %}{{ r.dir_name }}{% endif %}</td>
-<td class="l st-{{ r.status }}">{{ r.status }}
-  {%- if r.error %}<span class="err">{{ r.error.splitlines()[0] }}</span>{% endif %}</td>
-<td class="num">{{ r.steps if r.steps is not none else "" }}</td>
-<td class="num">{{ "%.1f"|format(r.train_seconds) if r.train_seconds is not none else "" }}</td>
-<td class="num">{{ "{:,}".format(r.artifact_bytes) if r.artifact_bytes else "" }}</td>
-<td class="l small">{{ r.metrics_note or "train/metrics.jsonl" }}</td></tr>
-{% endfor %}
-</table>
-
-<h2>Training curves</h2>
-<img class="fig" alt="training loss and validation bpb against steps and seconds"
- src="data:image/png;base64,{{ figure }}">
-<p class="small">Colour: configuration (group); line style: seed. Training seconds exclude in-loop validation.
-{% if clipped %}
-The y axes{% if clipped|length < 4 %} of {{ clipped|join(", ") }}{% endif %} are fitted to the curves after their
-first tenth (the first steps' loss lies above), so that the runs' differences show.
-{% endif %}
-</p>
-
-<h2>bpb per stage</h2>
-<table>
-<tr><th class="l">stage</th><th class="l">run</th><th>bpb</th><th>&Delta; vs reference</th>
-<th class="l">compliance</th></tr>
-{% for s in stages %}
-{% for row in s.rows %}
-<tr>
-{% if loop.first %}<td class="l" rowspan="{{ s.rows|length }}"><b>{{ s.stage }}</b></td>{% endif %}
-<td class="l">{{ row.run }}</td><td class="num">{{ row.bpb|bpb }}</td>
-<td class="num {{ row.delta|delta_class }}">
-  {{- delta_cell(row, row.is_reference, "reference has no " ~ s.stage) }}</td>
-<td class="l">{{ badge(row.record) }}</td></tr>
-{% endfor %}
-{% endfor %}
-</table>
-
-<h2>Seed statistics per configuration</h2>
-{% if groups %}
-<p class="small">Completed runs of one group (one configuration, several seeds): mean, sample standard
-deviation, n; &Delta; between the group's mean and the reference group's
-{%- if reference_group %} ({{ reference_group }}){% endif %}, &plusmn; its standard error where both have
-two or more seeds.</p>
-<table>
-<tr><th class="l">group</th><th class="l">stage</th><th>n</th><th>mean bpb</th><th>std</th>
-<th class="l">per seed</th><th>&Delta; mean</th><th class="l">compliance</th></tr>
-{% for g in groups %}
-{% for row in g.rows %}
-<tr>
-{% if loop.first %}
-<td class="l" rowspan="{{ g.rows|length }}">{{ g.group }}
-  {%- if g.is_reference %} <span class="ref">(reference)</span>{% endif %}</td>
-{% endif %}
-<td class="l">{{ row.stage }}</td><td>{{ row.n }}</td><td class="num">{{ row.mean|bpb }}</td>
-<td class="num">{{ row.std|bpb }}</td>
-<td class="l num small">
-  {%- for seed, v in row.seeds %}{{ seed }}: {{ v|bpb }}{% if not loop.last %}, {% endif %}{% endfor %}</td>
-<td class="num {{ row.delta|delta_class }}">{{ delta_cell(row, g.is_reference, "\u2014") }}</td>
-<td class="l {{ 'ok' if row.compliant else 'bad' }}">
-  {{- "compliant" if row.compliant else "NON-COMPLIANT" }}</td>
-</tr>
-{% endfor %}
-{% endfor %}
-</table>
-{% else %}
-<p class="small">No completed runs among these.</p>
-{% endif %}
-</body></html>
-"""  # noqa: E501 (HTML template text)
 
 
 def curve_styles(runs: list[dict]) -> None:
@@ -170,7 +83,7 @@ def render_compare(data: dict, out_dir: Path) -> str:
     clipped = getattr(fig, "clipped", [])
     return (
         environment()
-        .from_string(_TEMPLATE.replace("<!--BADGE-->", BADGE))
+        .from_string(template("compare.html.j2"))
         .render(
             css=CSS,
             runs=_run_rows(data["runs"], out_dir),

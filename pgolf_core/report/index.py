@@ -21,7 +21,7 @@ from pgolf_core.atomic import atomic_write_json, atomic_write_text
 from pgolf_core.challenge import EVAL_SECONDS, TRAIN_SECONDS
 from pgolf_core.errors import PgolfError
 from pgolf_core.report.runs import stale_reason
-from pgolf_core.report.style import BADGE, CSS, environment
+from pgolf_core.report.style import CSS, environment, template
 from pgolf_core.stages import STAGES, StageRecord, read_stages
 
 #: where ``pgolf compare`` writes without --out, under the reports root; the leading underscore can
@@ -223,137 +223,6 @@ def comparison_pages(root: Path) -> list[dict]:
     return sorted(pages, key=lambda p: -p["mtime"])
 
 
-_TEMPLATE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>pgolf reports</title>
-<style>{{ css|safe }}</style></head><body>
-<!--BADGE-->
-<h1>pgolf reports</h1>
-<p class="small">{{ runs|length }} run(s). bpb: bits per byte on the validation split. Under every number, its
-compliance verdicts (hover for each check's reason): T1 future perturbation, T1b target independence, T2
-normalization, T3 uniform floor, T4 exactly once, T5 score before update, T6 data tripwires, T7 artifact size,
-T8 time, T9 data split, T10 byte recount. Times are seconds against the {{ train_budget|int }} s training and
-{{ eval_budget|int }} s evaluation budgets, which are defined on 8xH100 SXM.</p>
-
-{% if comparisons or pages %}<h2>Comparison</h2>{% endif %}
-{% for c in comparisons %}
-<h3>suite {{ c.suite }}: &Delta; to {{ c.reference }}</h3>
-<table class="fit">
-<tr><th class="l">configuration</th>{% for s in c.stages %}<th>{{ s }}</th>{% endfor %}</tr>
-{% for g in c.groups %}
-<tr><td class="l">{{ g.group }}{% if g.is_reference %} <span class="ref">(reference)</span>{% endif %}
-<span class="small" style="display:block">{{ g.runs }} run(s)</span></td>
-{% for s in c.stages %}
-{% set row = g.by_stage.get(s) %}
-<td class="num">
-{% if row %}
-{{ row.mean|bpb }}<span class="small" style="display:block">n={{ row.n }}
-  {%- if row.std is not none %}, std {{ row.std|bpb }}{% endif %}</span>
-{% if not g.is_reference %}
-<span class="{{ row.delta|delta_class }}" style="display:block">
-  {%- if row.delta is not none %}&Delta; {% endif %}{{ delta_cell(row, false, "no reference") }}</span>
-{% endif %}
-<span class="badge {{ 'ok' if row.compliant else 'bad' }}">
-  {{- "compliant" if row.compliant else "NON-COMPLIANT" }}</span>
-{% endif %}
-</td>
-{% endfor %}
-</tr>
-{% endfor %}
-</table>
-{% if c.page %}
-<details class="small"><summary><a href="{{ c.page }}">comparison page with curves and seed statistics</a>
-(the command that updates it)</summary><code>{{ c.command }}</code></details>
-{% else %}
-<p class="small">Curves and per-seed detail: <code>{{ c.command }}</code></p>
-{% endif %}
-{% endfor %}
-{% if pages %}
-<p>Comparison pages:</p>
-<ul class="small">
-{% for p in pages %}
-<li><a href="{{ p.href }}">{{ p.href.split("/")[-1] }}</a>: {{ p.runs|join(", ") }}
-(reference {{ p.reference }})</li>
-{% endfor %}
-</ul>
-{% endif %}
-
-{% if groups %}
-<h2>Configurations (mean over seeds)</h2>
-<table>
-<tr><th class="l">group</th><th>runs</th><th class="l">stage</th><th>mean bpb</th><th>std</th>
-<th class="l">per seed</th><th class="l">compliance</th></tr>
-{% for g in groups %}
-{% for row in g.rows %}
-<tr>
-{% if loop.first %}
-<td class="l" rowspan="{{ g.rows|length }}">{{ g.group }}</td>
-<td rowspan="{{ g.rows|length }}">{{ g.runs }}</td>
-{% endif %}
-<td class="l">{{ row.stage }}</td><td class="num">{{ row.mean|bpb }}</td>
-<td class="num">{{ row.std|bpb }}</td>
-<td class="l num">
-  {%- for seed, v in row.seeds %}{{ seed }}: {{ v|bpb }}{% if not loop.last %}, {% endif %}{% endfor %}</td>
-<td class="l {{ 'ok' if row.compliant else 'bad' }}">
-  {{- "compliant" if row.compliant else "NON-COMPLIANT" }}</td>
-</tr>
-{% endfor %}
-{% endfor %}
-</table>
-{% endif %}
-{% set bad = runs|selectattr("status", "equalto", "unreadable")|list %}
-{% if bad %}
-<p class="bad">{{ bad|length }} unreadable record(s), shown without numbers:</p>
-<ul class="small">
-{% for r in bad %}<li>{{ r.error }}</li>{% endfor %}
-</ul>
-{% endif %}
-
-<h2>Runs</h2>
-<table class="fit">
-<tr><th class="l">run</th><th class="l">status</th>{% for s in stages %}<th>{{ s }}</th>{% endfor %}
-<th class="l">bytes, seconds</th></tr>
-{% for r in runs %}
-<tr><td class="l runid"><span class="id">{{ r.suite }}/{{ r.run_id }}</span>
-<span class="small" style="display:block">{{ (r.notebook or "").split("/")[-1] }}
-  {%- if r.seed is not none %} &middot; seed {{ r.seed }}{% endif %}
-  {%- if r.attn_backend %} &middot; {{ r.attn_backend }}{% endif %}
-  {%- if r.caseops %} &middot;
-  <b title="CaseOps data: bpb over the original bytes ({{ r.bytes_sources }})">CaseOps</b>{% endif %} &middot;
-  {% if r.has_report %}<a href="{{ r.dir }}/report.html">report</a>, {% endif %}
-  <a href="{{ r.dir }}/manifest.json">manifest</a></span></td>
-<td class="l st-{{ r.status }}" title="{{ r.error or '' }}">{{ r.status }}
-  {%- if r.error %}<span class="err">{{ r.error.splitlines()[0][:160] }}</span>{% endif %}</td>
-{% for s in stages %}
-<td class="num">
-  {%- for st in r.stages if st.stage == s %}{{ "%.4f"|format(st.val_bpb) }}{{ badge(st) }}{% endfor %}</td>
-{% endfor %}
-<td class="l num small">
-  {%- if r.artifact_bytes %}{{ "{:,}".format(r.artifact_bytes) }} B<br>{% endif %}
-  {%- if r.train_seconds is not none %}train {{ "%.1f"|format(r.train_seconds) }} s<br>{% endif %}
-  {%- if r.eval_seconds is not none %}eval {{ "%.1f"|format(r.eval_seconds) }} s{% endif %}</td></tr>
-{% if r.extra_stages %}
-{% set failed = r.extra_stages|rejectattr("compliant")|map(attribute="stage")|list %}
-<tr><td></td><td class="l small" colspan="{{ 2 + stages|length }}">
-<details><summary>{{ r.extra_stages|length }} further stage(s),
-{% if failed %}
-<span class="bad">{{ failed|length }} NON-COMPLIANT: {{ failed|join(", ") }}</span>
-{% else %}
-all compliant
-{% endif %}
-</summary>
-<table class="sub">
-{% for st in r.extra_stages %}
-<tr><td class="l">{{ st.stage }}</td><td class="num">{{ "%.4f"|format(st.val_bpb) }}</td>
-<td class="l">{{ badge(st) }}</td><td class="l small">{{ st.notes }}</td></tr>
-{% endfor %}
-</table></details></td></tr>
-{% endif %}
-{% endfor %}
-</table>
-</body></html>
-"""
-
-
 def run_view(r: dict) -> dict:
     outputs = r.get("outputs") if isinstance(r.get("outputs"), dict) else {}
     artifact = next((st.artifact_bytes for st in r["stages"] if st.artifact_bytes), None)
@@ -383,7 +252,7 @@ def build_index(reports_root: str | os.PathLike = "reports") -> Path:
     comparisons = suite_comparisons(runs, groups, root)
     html = (
         environment()
-        .from_string(_TEMPLATE.replace("<!--BADGE-->", BADGE))
+        .from_string(template("index.html.j2"))
         .render(
             css=CSS,
             runs=runs,

@@ -6,6 +6,8 @@ window: long names wrap anywhere, badges wrap, and the widest tables are laid ou
 
 from __future__ import annotations
 
+from importlib.resources import files
+
 from jinja2 import Environment, select_autoescape
 
 CSS = """
@@ -77,3 +79,9 @@ def environment() -> Environment:
     env = Environment(autoescape=select_autoescape(default=True), trim_blocks=True, lstrip_blocks=True)
     env.filters.update(bpb=bpb, delta=delta, delta_class=delta_class)
     return env
+
+
+def template(name: str) -> str:
+    """A page template from pgolf_core/report/templates/, with the shared macros in place of <!--BADGE-->."""
+    text = files("pgolf_core.report").joinpath("templates", name).read_text(encoding="utf-8")
+    return text.replace("<!--BADGE-->", BADGE)
