@@ -190,7 +190,7 @@ def _cmd_config_show(args: argparse.Namespace) -> int:
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
     from pgolf_core.config import ConfigError
-    from pgolf_core.suite import check_params
+    from pgolf_core.suite_spec import check_params
 
     bad = 0
     for p in args.params:
