@@ -33,7 +33,7 @@ def test_gptq_beats_round_to_nearest_on_correlated_inputs():
     q = gptq_quantize(w, h, s, 7, block_size=32)
     gptq = output_error(w, dequant_rows(q, s), h)
     assert int(q.abs().max()) <= 7
-    assert gptq / rtn == pytest.approx(0.034, abs=0.01)
+    assert gptq < 0.1 * rtn, gptq / rtn  # the promise: an order of magnitude lower (measured 0.034)
     # plain weight MSE is *worse*: GPTQ trades weight error for output error
     assert float((w - dequant_rows(q, s)).square().mean()) > float(
         (w - dequant_rows(round_to_nearest(w, s, 7), s)).square().mean()
