@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pgolf_core.optim.banked import BankedMuon, _assign, _build_banks, ns_flops, shard_plan
+from pgolf_core.optim.bank_plan import assign, build_banks, ns_flops, shard_plan
+from pgolf_core.optim.banked import BankedMuon
 from pgolf_core.optim.muon import Muon
 from tests.gloo import run_ranks
 from tests.optim import _banked_worker as W
@@ -154,7 +155,7 @@ def test_from_muon_keeps_groups_and_state():
 
 def test_banks_share_element_counts_and_balance_padding():
     params = [torch.nn.Parameter(torch.zeros(s)) for s in W.SHAPES[0]]
-    banks = _build_banks(params)
+    banks = build_banks(params)
     assert [(b.numel, b.size) for b in banks] == [(512, 5), (576, 1), (64, 3)]
     assert banks[0].shapes == [(16, 32)] * 3 + [(32, 16)] * 2  # sorted: one NS run per shape
     # NS work per matrix (1 step): 16x32 and 32x16 4*16^2*32 + 2*16^3; 24x24 6*24^3; 8x8 6*8^3.
@@ -167,7 +168,7 @@ def test_banks_share_element_counts_and_balance_padding():
         {"numel": 576, "matrices": 1, "padded": 4, "flops": [0, f24, 0, 0]},
         {"numel": 64, "matrices": 3, "padded": 4, "flops": [f8, 0, f8, f8]},
     ]
-    _assign(banks, 4)
+    assign(banks, 4)
     assert [b.counts for b in banks] == [[2, 1, 1, 1], [0, 1, 0, 0], [1, 0, 1, 1]]
     bank3d = banks[2]  # the 3x8x8 parameter's slices sit on ranks 0, 2, 3: rows 0, 2, 3 of the padded bank
     assert bank3d.slots(bank3d.members[0]).tolist() == [0, 2, 3]
