@@ -16,6 +16,8 @@ Contract with the training loop: the gradients of this optimizer's parameters mu
 gradients (not averaged): exclude them from DDP with ``exclude_from_ddp`` before wrapping the model. The
 averaging happens here (sum, then divide by the world size). Gradient clipping of the averaged gradient
 needs ``clip_grad_norm_`` here, because after the reduce-scatter no rank holds every averaged gradient.
+Gradient accumulation needs nothing: the local gradients sum over the micro-batches in ``.grad`` (DDP's
+no_sync does not touch excluded parameters), and the clip or the step reduces them once.
 """
 
 from __future__ import annotations
@@ -108,10 +110,13 @@ class BankedMuon(Muon):
                 bank.grad_shard, bank.has_grad = shard, has
 
     def clip_grad_norm_(self, max_norm: float, other_params=()) -> Tensor:
-        """``torch.nn.utils.clip_grad_norm_`` over this optimizer's averaged gradients and
-        ``other_params`` (whose gradients are already averaged, e.g. by DDP): the global norm comes from
-        the shards (one scalar all-reduce), and shards and other gradients are scaled in place.
-        Returns the total norm."""
+        """``torch.nn.utils.clip_grad_norm_`` (2-norm) over this optimizer's averaged gradients and
+        ``other_params`` (whose gradients are already averaged, e.g. by DDP; this optimizer's own
+        parameters among them are skipped, so ``model.parameters()`` can be passed): the global norm
+        comes from the shards (one scalar all-reduce), and shards and other gradients are scaled in
+        place. The parameters' own ``.grad`` stay local and unclipped; ``step`` uses the shards.
+        This clips the average over the ranks, as DDP + ``Muon`` does; the banked records from #549 on
+        clip each rank's un-reduced gradient instead. Returns the total norm (the same on every rank)."""
         self.reduce_grads()
         _, world = _world()
         shards = [
@@ -123,7 +128,8 @@ class BankedMuon(Muon):
             sq += s.float().pow(2).sum()
         if world > 1:
             dist.all_reduce(sq, op=dist.ReduceOp.SUM)
-        others = [p.grad for p in other_params if p.grad is not None]
+        own = {id(p) for g in self.param_groups for p in g["params"]}
+        others = [p.grad for p in other_params if p.grad is not None and id(p) not in own]
         for g in others:
             sq += g.float().pow(2).sum().to(dev)
         total = sq.sqrt()

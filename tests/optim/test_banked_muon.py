@@ -115,6 +115,24 @@ def test_clip_covers_other_params_like_torch():
     assert_same([p.detach() for p in matrices], [p.detach() for p in ref], bitwise=False)
 
 
+def test_clip_skips_its_own_params_among_the_others():
+    """The trainer passes model.parameters(): the matrices among them count once, from the shards."""
+    init, grads = W.make_problem(1, "random")
+    other = torch.nn.Parameter(torch.zeros(4))
+    totals, clipped = [], []
+    for with_own in (False, True):
+        groups = [[torch.nn.Parameter(p.clone()) for p in g] for g in init]
+        for ps, gs in zip(groups, grads[0][0]):
+            for p, g in zip(ps, gs):
+                p.grad = g.clone()
+        other.grad = torch.full_like(other, 2.0)
+        opt = W.make_opt(BankedMuon, groups)
+        totals.append(opt.clip_grad_norm_(W.CLIP, [p for g in groups for p in g] * with_own + [other]))
+        clipped.append(other.grad.clone())
+    assert torch.equal(totals[0], totals[1]) and torch.equal(clipped[0], clipped[1])
+    assert clipped[0][0] < 2.0
+
+
 def test_reload_into_the_same_optimizer_like_warmup():
     """The trainer's compile warmup: state_dict() first, some steps, load_state_dict() back into the
     same optimizer: what follows equals a run without the warmup steps."""
