@@ -206,7 +206,7 @@ class Trainer:
 
     def _optimizer_step(self) -> None:
         # Banked Muon's gradients are each rank's own, summed over the micro-batches: the clip (or else
-        # the step) reduce-scatters them once per step, here after the last micro-batch.
+        # the step) reduce-scatters them once, after the last one. Both paths clip the averaged gradient.
         if self.cfg.optim.grad_clip_norm > 0:
             self.opt.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip_norm)
         self.opt.step()
