@@ -27,7 +27,7 @@ import torch
 from pgolf_core.challenge import WORLD_SIZE
 from pgolf_core.config import load_config
 from pgolf_core.model import build_model
-from pgolf_core.optim.banked import ns_flops, shard_plan
+from pgolf_core.optim.bank_plan import ns_flops, shard_plan
 from pgolf_core.optim.groups import build_optimizers
 
 CONFIGS = ["params/h100x8/baseline.yaml", "params/h100x8/record_1493.yaml", "params/h100x8/record_1855.yaml"]

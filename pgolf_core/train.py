@@ -59,6 +59,7 @@ from pgolf_core.handoff import finish_run
 from pgolf_core.model import build_model, count_parameters
 from pgolf_core.model.challenge_weights import embed_storage_dtype, set_embed_storage_
 from pgolf_core.optim import EMA, build_optimizers, lr_multiplier, muon_momentum_at
+from pgolf_core.optim.banked import exclude_from_ddp, use_banked_muon
 from pgolf_core.quant import qat_due, set_qat
 from pgolf_core.quant.classify import QUANT_GROUPS
 from pgolf_core.runfolder import RunError, RunFiles, RunResult, TrainingDiverged, environment
@@ -103,6 +104,7 @@ class Trainer:
         self.opt = build_optimizers(
             self.model, cfg.optim, tie_embeddings=cfg.model.tie_embeddings, fused=self.device.type == "cuda"
         )
+        use_banked_muon(self.opt, cfg.optim)
         self.ema = EMA(self.model, tc.ema_decay) if tc.ema_decay > 0 else None
         self.loader = DistributedTokenLoader(
             self.train_files, dist.rank, dist.world_size, cfg.model.vocab_size
@@ -160,6 +162,9 @@ class Trainer:
         self.nll = nll_with_temperature(base, self.cfg.eval.temperature)
         if use_compile:
             self.nll = torch.compile(self.nll, dynamic=False)
+        banked = self.opt.banked_params()
+        if banked and self.dist.distributed:  # BankedMuon reduce-scatters their gradients itself
+            exclude_from_ddp(self.forward, banked)
         self.forward = wrap_ddp(self.forward, self.dist, self.device)
 
     # ----- state -----
@@ -169,8 +174,9 @@ class Trainer:
         (nonfinite,) = any_rank([not weights_finite(tensors)], self.dist, self.device)
         if nonfinite:
             raise TrainingDiverged(f"non-finite weights after step {self.step}; stopping. {self.kept()}")
+        state = training_state(self)  # on every rank: BankedMuon's state_dict all-gathers its momentum
         if self.dist.is_main:
-            save_checkpoint(self.files.ckpt_dir / "last.pt", training_state(self))
+            save_checkpoint(self.files.ckpt_dir / "last.pt", state)
         self.ckpt_step = self.step
 
     def kept(self) -> str:
@@ -199,8 +205,10 @@ class Trainer:
         return total / self.grad_accum
 
     def _optimizer_step(self) -> None:
+        # Banked Muon's gradients are each rank's own, summed over the micro-batches: the clip (or else
+        # the step) reduce-scatters them once, after the last one. Both paths clip the averaged gradient.
         if self.cfg.optim.grad_clip_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip_norm)
+            self.opt.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip_norm)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         if self.ema:

@@ -6,35 +6,29 @@ reduce-scatter plus an all-gather), and ``Muon`` then shares the orthogonalized 
 all-reduce of a buffer that is zero outside each rank's matrices. ``BankedMuon`` skips both halves that
 are not needed: each rank receives only the averaged gradient of the matrices it owns (reduce-scatter),
 runs momentum and Newton-Schulz on them, and the updates are all-gathered. At the same dtypes that is half
-the bytes, plus the padding below (bench/muon_comm.py prints the volumes for the record configs).
+the bytes, plus the padding of the banks (bench/muon_comm.py prints the volumes for the record configs).
 
-The model is left as it is: the optimizer stacks the existing parameters' gradients into virtual banks,
-one per (element count, dtype, device) within a param group, so parameter names, counts and the state
-dict of the model do not change (the records instead store 3-D bank parameters). Keying the banks by
-element count rather than shape lets the MLP's up (h x d) and down (d x h) matrices share one bank, which
-cuts the padding (8 ranks: baseline +59% -> +33% of the matrices' elements, #1493 +36% -> +9%); each
-rank's shard is then orthogonalized in runs of equal shape.
-
-Layout: ``reduce_scatter`` gives rank r the r-th of n equal chunks, so a bank of K matrices becomes n
-chunks of ceil(K / n) slots; rank r owns a contiguous run of floor(K / n) or ceil(K / n) matrices at the
-start of its chunk, and zero padding fills the rest (sent, never orthogonalized). Which ranks get the
-extra matrices is chosen across banks so that Newton-Schulz work stays balanced (``_assign``).
+The model is left as it is: the optimizer stacks the existing parameters' gradients into virtual banks
+(pgolf_core.optim.bank_plan: which rank owns which matrices), so parameter names, counts and the state
+dict of the model do not change (the records instead store 3-D bank parameters).
 
 Contract with the training loop: the gradients of this optimizer's parameters must be each rank's LOCAL
 gradients (not averaged): exclude them from DDP with ``exclude_from_ddp`` before wrapping the model. The
 averaging happens here (sum, then divide by the world size). Gradient clipping of the averaged gradient
 needs ``clip_grad_norm_`` here, because after the reduce-scatter no rank holds every averaged gradient.
+Gradient accumulation needs nothing: the local gradients sum over the micro-batches in ``.grad`` (DDP's
+no_sync does not touch excluded parameters), and the clip or the step reduces them once.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from pgolf_core.optim.bank_plan import Bank, assign, build_banks, shape_runs
 from pgolf_core.optim.muon import Muon, _world, compute_dtype, muon_scale, orthogonalize
 
 if TYPE_CHECKING:
@@ -43,98 +37,6 @@ if TYPE_CHECKING:
 # torch 2.13 renamed the tensor collectives; older builds (the GPU machines') have only the old names.
 _reduce_scatter = getattr(dist, "reduce_scatter_single", None) or getattr(dist, "reduce_scatter_tensor", None)
 _all_gather = getattr(dist, "all_gather_single", None) or getattr(dist, "all_gather_into_tensor", None)
-
-
-@dataclass
-class _Member:
-    """One parameter in a bank: matrices [start, start + count) (count > 1 for a 3-D parameter)."""
-
-    param: nn.Parameter
-    start: int
-    count: int
-
-
-@dataclass
-class _Bank:
-    """Equal-sized matrices of one param group, in order (sorted by shape, then group order), and how
-    they are laid out over the ranks (``_assign``)."""
-
-    numel: int
-    members: list[_Member]
-    shapes: list[tuple[int, int]]  # per matrix
-    counts: list[int] = field(default_factory=list)  # matrices owned by each rank (a contiguous run)
-    momentum: Tensor | None = None  # (owned matrices, numel): this rank's shard only
-    started: list[bool] = field(default_factory=list)  # per member: has it ever had a gradient
-    grad_shard: Tensor | None = None  # set by reduce_grads, consumed by step
-    has_grad: list[bool] | None = None
-
-    @property
-    def size(self) -> int:
-        return len(self.shapes)
-
-    @property
-    def per(self) -> int:
-        """Slots per rank in the padded bank: the largest count."""
-        return max(self.counts)
-
-    def owned(self, rank: int) -> tuple[int, int]:
-        """(first matrix, number of matrices) of ``rank``."""
-        return sum(self.counts[:rank]), self.counts[rank]
-
-    def slots(self, m: _Member) -> slice | Tensor:
-        """Rows of ``m``'s matrices in the padded (world * per) bank: rank r's chunk starts at r * per
-        with its owned matrices, then zero padding."""
-        rows = [r * self.per + j for r, c in enumerate(self.counts) for j in range(c)]
-        idx = rows[m.start : m.start + m.count]
-        if idx == list(range(idx[0], idx[0] + m.count)):
-            return slice(idx[0], idx[0] + m.count)
-        return torch.tensor(idx, device=m.param.device)
-
-
-def _build_banks(params: list[nn.Parameter]) -> list[_Bank]:
-    by_key: dict[tuple, list[nn.Parameter]] = {}
-    for p in params:
-        by_key.setdefault((p.shape[-2] * p.shape[-1], p.dtype, p.device), []).append(p)
-    banks = []
-    for (numel, _, _), ps in by_key.items():
-        # Sorting by shape makes each rank's shard a few runs of one shape (one batched NS each).
-        ps = sorted(ps, key=lambda p: tuple(p.shape[-2:]))
-        members, shapes = [], []
-        for p in ps:
-            count = p.shape[0] if p.ndim == 3 else 1
-            members.append(_Member(p, len(shapes), count))
-            shapes += [tuple(p.shape[-2:])] * count
-        banks.append(_Bank(numel, members, shapes, started=[False] * len(members)))
-    return banks
-
-
-def _assign(banks: list[_Bank], world: int) -> None:
-    """Give each rank floor(K / n) or ceil(K / n) matrices of every bank (ceil: the padded size), the
-    extra ones to the ranks with the least Newton-Schulz work so far, heaviest banks first. Padding at
-    the end of every bank would leave the last ranks idle in all of them (the baseline's three banks of
-    18 on 8 ranks: ranks 6 and 7 with nothing, the busiest 16% above the round-robin Muon).
-    Deterministic, so every rank computes the same layout."""
-    load = [0] * world
-    order = sorted(range(len(banks)), key=lambda i: (-sum(ns_flops(*s, 1) for s in banks[i].shapes), i))
-    for i in order:
-        bank = banks[i]
-        base, extra = divmod(bank.size, world)
-        lucky = set(sorted(range(world), key=lambda r: (load[r], r))[:extra])
-        bank.counts = [base + (r in lucky) for r in range(world)]
-        start = 0
-        for r, c in enumerate(bank.counts):
-            load[r] += sum(ns_flops(*s, 1) for s in bank.shapes[start : start + c])
-            start += c
-
-
-def _runs(shapes: list[tuple[int, int]]) -> list[tuple[int, int, tuple[int, int]]]:
-    """Maximal [a, b) ranges of equal shape."""
-    out, a = [], 0
-    for i in range(1, len(shapes) + 1):
-        if i == len(shapes) or shapes[i] != shapes[a]:
-            out.append((a, i, shapes[a]))
-            a = i
-    return out
 
 
 class BankedMuon(Muon):
@@ -160,7 +62,7 @@ class BankedMuon(Muon):
 
     def __init__(self, params, lr: float, **kwargs):
         super().__init__(params, lr, **kwargs)
-        self._banks: list[list[_Bank]] | None = None
+        self._banks: list[list[Bank]] | None = None
         self._layout_world = 0
 
     @classmethod
@@ -172,13 +74,13 @@ class BankedMuon(Muon):
             banked.load_state_dict(opt.state_dict())
         return banked
 
-    def _group_banks(self, world: int) -> list[list[_Bank]]:
+    def _group_banks(self, world: int) -> list[list[Bank]]:
         if self._banks is None:
-            self._banks = [_build_banks(list(g["params"])) for g in self.param_groups]
+            self._banks = [build_banks(list(g["params"])) for g in self.param_groups]
         if self._layout_world != world:  # one layout over all groups: their NS work is balanced together
             if any(b.momentum is not None for banks in self._banks for b in banks):
                 raise RuntimeError("BankedMuon: the world size changed after the first step")
-            _assign([b for banks in self._banks for b in banks], world)
+            assign([b for banks in self._banks for b in banks], world)
             self._layout_world = world
         return self._banks
 
@@ -208,10 +110,13 @@ class BankedMuon(Muon):
                 bank.grad_shard, bank.has_grad = shard, has
 
     def clip_grad_norm_(self, max_norm: float, other_params=()) -> Tensor:
-        """``torch.nn.utils.clip_grad_norm_`` over this optimizer's averaged gradients and
-        ``other_params`` (whose gradients are already averaged, e.g. by DDP): the global norm comes from
-        the shards (one scalar all-reduce), and shards and other gradients are scaled in place.
-        Returns the total norm."""
+        """``torch.nn.utils.clip_grad_norm_`` (2-norm) over this optimizer's averaged gradients and
+        ``other_params`` (whose gradients are already averaged, e.g. by DDP; this optimizer's own
+        parameters among them are skipped, so ``model.parameters()`` can be passed): the global norm
+        comes from the shards (one scalar all-reduce), and shards and other gradients are scaled in
+        place. The parameters' own ``.grad`` stay local and unclipped; ``step`` uses the shards.
+        This clips the average over the ranks, as DDP + ``Muon`` does; the banked records from #549 on
+        clip each rank's un-reduced gradient instead. Returns the total norm (the same on every rank)."""
         self.reduce_grads()
         _, world = _world()
         shards = [
@@ -223,7 +128,8 @@ class BankedMuon(Muon):
             sq += s.float().pow(2).sum()
         if world > 1:
             dist.all_reduce(sq, op=dist.ReduceOp.SUM)
-        others = [p.grad for p in other_params if p.grad is not None]
+        own = {id(p) for g in self.param_groups for p in g["params"]}
+        others = [p.grad for p in other_params if p.grad is not None and id(p) not in own]
         for g in others:
             sq += g.float().pow(2).sum().to(dev)
         total = sq.sqrt()
@@ -233,7 +139,7 @@ class BankedMuon(Muon):
         return total
 
     # ----- the step -----
-    def _shard_update(self, bank: _Bank, group: dict, rank: int) -> Tensor:
+    def _shard_update(self, bank: Bank, group: dict, rank: int) -> Tensor:
         """Momentum + direction for the owned matrices, as (per, numel) in the communication dtype."""
         g, mu = bank.grad_shard, group["momentum"]
         lo, real = bank.owned(rank)
@@ -249,7 +155,7 @@ class BankedMuon(Muon):
         u = g.add(buf, alpha=mu) if group["nesterov"] else buf
         cdtype = compute_dtype(g.device)
         out = torch.zeros(bank.per, bank.numel, dtype=cdtype, device=g.device)
-        for a, b, (rows, cols) in _runs(bank.shapes[lo : lo + real]):
+        for a, b, (rows, cols) in shape_runs(bank.shapes[lo : lo + real]):
             x = u[a:b].view(b - a, rows, cols)
             if group["row_norm"]:
                 # MuonEq-R (#1285): equalize row norms before NS; ~0.001 bpb at zero bytes.
@@ -297,7 +203,7 @@ class BankedMuon(Muon):
                 bank.grad_shard = bank.has_grad = None
 
     # ----- state: Muon's per-parameter format -----
-    def _adopt_loaded(self, bank: _Bank, rank: int) -> None:
+    def _adopt_loaded(self, bank: Bank, rank: int) -> None:
         """Move momentum that ``load_state_dict`` put into ``self.state`` into this rank's shard."""
         if not any("momentum_buffer" in self.state.get(m.param, {}) for m in bank.members):
             return
@@ -380,26 +286,3 @@ def use_banked_muon(opt_set: OptimizerSet, optim_cfg) -> bool:
         return isinstance(muon, BankedMuon)
     opt_set.optimizers["muon"] = BankedMuon.from_muon(muon)
     return True
-
-
-def ns_flops(rows: int, cols: int, steps: int) -> int:
-    """Multiply-add FLOPs (2 per MAC) of ``steps`` Newton-Schulz iterations on one rows x cols matrix:
-    with m = min, k = max: A = X X^T (2 m^2 k), A A (2 m^3), B X (2 m^2 k)."""
-    m, k = min(rows, cols), max(rows, cols)
-    return steps * (4 * m * m * k + 2 * m**3)
-
-
-def shard_plan(groups: list[list[nn.Parameter]], world: int, steps: int) -> list[dict]:
-    """Per virtual bank of the param groups ``groups``, as ``BankedMuon`` lays them out on ``world``
-    ranks: element count, matrices, padded matrices, and each rank's Newton-Schulz FLOPs
-    (bench/muon_comm.py; works on meta-device parameters)."""
-    banks = [b for g in groups for b in _build_banks(list(g))]
-    _assign(banks, world)
-    plan = []
-    for bank in banks:
-        flops = []
-        for rank in range(world):
-            lo, real = bank.owned(rank)
-            flops.append(sum(ns_flops(r, c, steps) for r, c in bank.shapes[lo : lo + real]))
-        plan.append({"numel": bank.numel, "matrices": bank.size, "padded": bank.per * world, "flops": flops})
-    return plan

@@ -20,6 +20,7 @@ from torch import nn
 
 from pgolf_core.config import OptimConfig
 from pgolf_core.model.roles import EMBED, HEAD, MATRIX, ROLES, SCALAR, TABLE, lookup_roles
+from pgolf_core.optim.banked import BankedMuon
 from pgolf_core.optim.muon import Muon
 
 
@@ -50,6 +51,23 @@ class OptimizerSet:
     def zero_grad(self, set_to_none: bool = True) -> None:
         for opt in self.optimizers.values():
             opt.zero_grad(set_to_none=set_to_none)
+
+    def banked_params(self) -> list[nn.Parameter]:
+        """The parameters of a ``BankedMuon`` (``optim.muon_banked``), which must stay out of DDP."""
+        muon = self.optimizers.get("muon")
+        return [p for g in muon.param_groups for p in g["params"]] if isinstance(muon, BankedMuon) else []
+
+    def clip_grad_norm_(self, params, max_norm: float) -> torch.Tensor:
+        """``torch.nn.utils.clip_grad_norm_`` of the rank-averaged gradient of ``params``; returns its norm.
+
+        A ``BankedMuon``'s gradients are still each rank's own at this point: it averages them and takes
+        them into the same norm (``BankedMuon.clip_grad_norm_``). Clipping after averaging is pgolf's
+        semantics on both paths; the banked records from #549 on clip each rank's un-reduced gradient.
+        """
+        muon = self.optimizers.get("muon")
+        if isinstance(muon, BankedMuon):
+            return muon.clip_grad_norm_(max_norm, params)
+        return torch.nn.utils.clip_grad_norm_(params, max_norm)
 
     def set_lr_multiplier(self, mult: float) -> None:
         """lr = base_lr * mult in every group (one schedule for all optimizers, as the records)."""

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pgolf_core.optim.banked import BankedMuon, _assign, _build_banks, ns_flops, shard_plan
+from pgolf_core.optim.bank_plan import assign, build_banks, ns_flops, shard_plan
+from pgolf_core.optim.banked import BankedMuon
 from pgolf_core.optim.muon import Muon
 from tests.gloo import run_ranks
 from tests.optim import _banked_worker as W
@@ -114,6 +115,24 @@ def test_clip_covers_other_params_like_torch():
     assert_same([p.detach() for p in matrices], [p.detach() for p in ref], bitwise=False)
 
 
+def test_clip_skips_its_own_params_among_the_others():
+    """The trainer passes model.parameters(): the matrices among them count once, from the shards."""
+    init, grads = W.make_problem(1, "random")
+    other = torch.nn.Parameter(torch.zeros(4))
+    totals, clipped = [], []
+    for with_own in (False, True):
+        groups = [[torch.nn.Parameter(p.clone()) for p in g] for g in init]
+        for ps, gs in zip(groups, grads[0][0]):
+            for p, g in zip(ps, gs):
+                p.grad = g.clone()
+        other.grad = torch.full_like(other, 2.0)
+        opt = W.make_opt(BankedMuon, groups)
+        totals.append(opt.clip_grad_norm_(W.CLIP, [p for g in groups for p in g] * with_own + [other]))
+        clipped.append(other.grad.clone())
+    assert torch.equal(totals[0], totals[1]) and torch.equal(clipped[0], clipped[1])
+    assert clipped[0][0] < 2.0
+
+
 def test_reload_into_the_same_optimizer_like_warmup():
     """The trainer's compile warmup: state_dict() first, some steps, load_state_dict() back into the
     same optimizer: what follows equals a run without the warmup steps."""
@@ -154,7 +173,7 @@ def test_from_muon_keeps_groups_and_state():
 
 def test_banks_share_element_counts_and_balance_padding():
     params = [torch.nn.Parameter(torch.zeros(s)) for s in W.SHAPES[0]]
-    banks = _build_banks(params)
+    banks = build_banks(params)
     assert [(b.numel, b.size) for b in banks] == [(512, 5), (576, 1), (64, 3)]
     assert banks[0].shapes == [(16, 32)] * 3 + [(32, 16)] * 2  # sorted: one NS run per shape
     # NS work per matrix (1 step): 16x32 and 32x16 4*16^2*32 + 2*16^3; 24x24 6*24^3; 8x8 6*8^3.
@@ -167,7 +186,7 @@ def test_banks_share_element_counts_and_balance_padding():
         {"numel": 576, "matrices": 1, "padded": 4, "flops": [0, f24, 0, 0]},
         {"numel": 64, "matrices": 3, "padded": 4, "flops": [f8, 0, f8, f8]},
     ]
-    _assign(banks, 4)
+    assign(banks, 4)
     assert [b.counts for b in banks] == [[2, 1, 1, 1], [0, 1, 0, 0], [1, 0, 1, 1]]
     bank3d = banks[2]  # the 3x8x8 parameter's slices sit on ranks 0, 2, 3: rows 0, 2, 3 of the padded bank
     assert bank3d.slots(bank3d.members[0]).tolist() == [0, 2, 3]
