@@ -17,7 +17,9 @@ iterations (wallclock-aware under a cap) or by training fraction with a floor, M
 compile-warmup steps whose state is restored afterwards, EMA after every step. Gradients are averaged by
 DDP and clipped after averaging (the DDP records' semantics; the banked parallel-Muon records from #549
 on clip each rank's un-reduced gradient). Killing a run and starting it again resumes from the last
-checkpoint; on CPU the final weights equal an uninterrupted run's.
+checkpoint; on CPU the final weights equal an uninterrupted run's. What changes during a run (depth
+recurrence, late QAT, the sequence-length schedule of #2014 with its LR re-warm, the calibration reserve
+taken off the cap) is pgolf_core.train_schedule's.
 """
 
 from __future__ import annotations

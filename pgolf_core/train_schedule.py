@@ -7,7 +7,8 @@
   3-seed 1.05759, -0.00096 vs #1953, no per-lever ablation published). The active length is the FIRST
   stage whose ``until`` >= progress, so thresholds are inclusive: at progress exactly 0.1 the run is
   still in the 1024 stage. Progress is elapsed / (cap - calibration reserve) in wallclock mode, step /
-  iterations in steps mode, and only moves forward. Rows always hold train_batch_tokens tokens, so a
+  iterations in steps mode, and only moves forward (on the clock, every rank takes the stage of the
+  rank furthest on, so all train one shape). Rows always hold train_batch_tokens tokens, so a
   stage of length L trains tokens / L sequences. With varlen attention the rows keep
   train.train_seq_len tokens and L is the document-segment cap instead (#2014's loader did the same);
 - after each length change the LR multiplier is additionally ramped (k + 1) / N over the N =
@@ -31,13 +32,14 @@ from torch import nn
 
 from pgolf_core.config import RunConfig
 from pgolf_core.config.sections import SeqStage
-from pgolf_core.dist import DistInfo
+from pgolf_core.dist import DistInfo, any_rank
 from pgolf_core.model.attention import CausalSelfAttention
 from pgolf_core.optim import lr_multiplier
 from pgolf_core.quant import qat_due, set_qat
 from pgolf_core.quant.calib import measure_calibration, reserve_seconds
 from pgolf_core.quant.classify import QUANT_GROUPS
 from pgolf_core.runfolder import RunError
+from pgolf_core.runtime import model_device
 
 
 def stage_at(stages: list[SeqStage], progress: float) -> int:
@@ -112,7 +114,7 @@ class RunSchedule:
                 f"quant.calib_reserve_seconds ({reserve:.1f} s) leaves no training time under "
                 f"train.max_wallclock_seconds ({tc.max_wallclock_seconds}); expected a reserve below the cap"
             )
-        self.cfg, self.model, self.log = cfg, model, log
+        self.cfg, self.model, self.dist, self.log = cfg, model, dist, log
         self._set_reserve(reserve)
         self.stages = list(tc.seq_schedule)
         self.varlen = cfg.model.attention.varlen.enabled
@@ -212,6 +214,12 @@ class RunSchedule:
         if self.stages:
             p = self.progress(step, elapsed)
             new = stage_at(self.stages, p)
+            if self.train.seq_schedule_mode == "wallclock" and self.dist.distributed:
+                # each rank reads its own clock: the furthest rank's stage, so all train the same shape
+                due = any_rank(
+                    [i <= new for i in range(len(self.stages))], self.dist, model_device(self.model)
+                )
+                new = max(i for i, d in enumerate(due) if d)
             if new > self.stage:
                 old = self.length
                 self.stage, self.changed_at = new, step

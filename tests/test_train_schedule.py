@@ -74,6 +74,20 @@ def test_wallclock_progress_is_elapsed_over_the_cap_less_the_calibration_reserve
     assert sched.length == 3072 and lines[-1] == "step:9 seq_len 2048 -> 3072 (progress 0.900)"
 
 
+def test_on_the_clock_every_rank_takes_the_stage_of_the_rank_furthest_on(monkeypatch):
+    """Two ranks read their own clocks: the one still at 1024 switches with the one past 10 %."""
+    import pgolf_core.train_schedule as ts
+
+    train = {"seq_schedule": PR2014, "train_seq_len": 3072, "train_batch_tokens": 98304}
+    cfg = config_from_dict({"model": MODEL, "train": train})
+    lines: list[str] = []
+    sched = RunSchedule(cfg, build_model(cfg.model, device="cpu"), DistInfo(0, 2), False, lines.append)
+    other = [True, True, False]  # the other rank: stage 1 is due there
+    monkeypatch.setattr(ts, "any_rank", lambda flags, dist, device: [a or b for a, b in zip(flags, other)])
+    sched.before_step(5, 59.0)  # 59 / 600 here: still stage 0 on this rank
+    assert sched.length == 2048 and lines == ["step:5 seq_len 1024 -> 2048 (progress 0.098)"]
+
+
 def test_steps_progress_is_step_over_iterations_and_ignores_the_clock():
     sched, lines = schedule(
         {
