@@ -21,7 +21,6 @@ import yaml
 
 from pgolf_core.atomic import atomic_write
 from pgolf_core.config import to_yaml
-from pgolf_core.quant import set_qat
 from pgolf_core.runfolder import RunError
 
 if TYPE_CHECKING:
@@ -130,8 +129,7 @@ def training_state(t: Trainer) -> dict:
         "step": t.step,
         "train_time": t.train_time,
         "stop_after": t.stop_after,
-        "loops_on": t.model.loops_on,
-        "qat_on": t.qat_on,
+        **t.schedule.state_dict(),  # loops, QAT, sequence stage, calibration reserve
         "model": t.model.state_dict(),
         "optim": t.opt.state_dict(),
         "ema": t.ema.state_dict() if t.ema else None,
@@ -148,8 +146,5 @@ def restore_training_state(t: Trainer, state: dict, path: Path) -> None:
     if t.ema:
         t.ema.load_state_dict(state["ema"])
     t.loader.load_state_dict(state["loader"])
-    t.model.set_loops(state["loops_on"])
-    if state.get("qat_on"):
-        set_qat(t.model, True, t.cfg.quant)
-        t.qat_on = True
+    t.schedule.load_state_dict(state)
     t.step, t.train_time, t.stop_after = state["step"], state["train_time"], state["stop_after"]

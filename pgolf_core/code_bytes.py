@@ -29,6 +29,7 @@ RUNTIME_CODE_FILES = (
     "pgolf_core/eval/*.py",
     "pgolf_core/runtime.py",
     "pgolf_core/train.py",
+    "pgolf_core/train_schedule.py",
     "pgolf_core/checkpoint.py",
     "pgolf_core/runfolder.py",
     "pgolf_core/handoff.py",

@@ -17,7 +17,9 @@ iterations (wallclock-aware under a cap) or by training fraction with a floor, M
 compile-warmup steps whose state is restored afterwards, EMA after every step. Gradients are averaged by
 DDP and clipped after averaging (the DDP records' semantics; the banked parallel-Muon records from #549
 on clip each rank's un-reduced gradient). Killing a run and starting it again resumes from the last
-checkpoint; on CPU the final weights equal an uninterrupted run's.
+checkpoint; on CPU the final weights equal an uninterrupted run's. What changes during a run (depth
+recurrence, late QAT, the sequence-length schedule of #2014 with its LR re-warm, the calibration reserve
+taken off the cap) is pgolf_core.train_schedule's.
 """
 
 from __future__ import annotations
@@ -58,11 +60,10 @@ from pgolf_core.eval import EvalResult, evaluate_standard, load_target_bytes, nl
 from pgolf_core.handoff import finish_run
 from pgolf_core.model import build_model, count_parameters
 from pgolf_core.model.challenge_weights import embed_storage_dtype, set_embed_storage_
-from pgolf_core.optim import EMA, build_optimizers, lr_multiplier, muon_momentum_at
+from pgolf_core.optim import EMA, build_optimizers, muon_momentum_at
 from pgolf_core.optim.banked import exclude_from_ddp, use_banked_muon
-from pgolf_core.quant import qat_due, set_qat
-from pgolf_core.quant.classify import QUANT_GROUPS
 from pgolf_core.runfolder import RunError, RunFiles, RunResult, TrainingDiverged, environment
+from pgolf_core.train_schedule import RunSchedule, needs_hessians
 
 
 class Trainer:
@@ -109,17 +110,11 @@ class Trainer:
         self.loader = DistributedTokenLoader(
             self.train_files, dist.rank, dist.world_size, cfg.model.vocab_size
         )
-        q = cfg.quant
-        self.gptq = q.scheme == "groups" and any(getattr(q, g).gptq for g in QUANT_GROUPS)
+        self.gptq = needs_hessians(cfg)
         # GPTQ calibration runs on training data after the loop and counts against the training budget
-        # (#1394 on; the #1868 compliance rerun reserved 8 s): the loop's cap is shortened by the reserve.
-        reserve = q.calib_reserve_seconds if self.gptq and tc.max_wallclock_seconds > 0 else 0.0
-        self.schedule = tc.model_copy(
-            update={"max_wallclock_seconds": max(tc.max_wallclock_seconds - reserve, 0.0)}
-        )
-        if q.qat:
-            set_qat(self.model, False, q)  # install the switch before compiling; late QAT flips a buffer
-        self.qat_on = False
+        # (#1394 on; the #1868 compliance rerun reserved 8 s): the schedule's cap is shortened by the
+        # reserve. The schedule also installs QAT's switch, before compiling.
+        self.schedule = RunSchedule(cfg, self.model, dist, self.gptq, self.files.log)
         self._wrap_model()
         self.step, self.train_time, self.stop_after = 0, 0.0, None
         self.calib_seconds, self.ckpt_step, self.last_val = 0.0, None, None
@@ -188,8 +183,8 @@ class Trainer:
     # ----- the steps -----
     def _micro_batches(self):
         tc = self.cfg.train
-        for micro in range(self.grad_accum):
-            x, y = self.loader.next_batch(tc.train_batch_tokens, tc.train_seq_len, self.grad_accum)
+        for micro in range(self.grad_accum):  # rows of the schedule's active length
+            x, y = self.loader.next_batch(tc.train_batch_tokens, self.schedule.rows, self.grad_accum)
             yield micro, x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
 
     def _forward_backward(self) -> torch.Tensor:
@@ -218,24 +213,24 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def training_fraction(self, elapsed: float) -> float:
-        tc = self.schedule
-        if tc.max_wallclock_seconds > 0:
-            return elapsed / tc.max_wallclock_seconds
-        return self.step / max(tc.iterations, 1)
-
     def warmup(self) -> None:
-        """Compile-warmup steps, then the initial state restored (as every record does): not an LR warmup."""
+        """Compile-warmup steps for every (length, loops) shape the run will train with, then the initial
+        state restored (as every record does; #2014 warmed its four shapes): not an LR warmup."""
         n = self.cfg.train.warmup_steps
         if n <= 0:
             return
         model_state = copy.deepcopy(self.model.state_dict())
         opt_state = copy.deepcopy(self.opt.state_dict())
-        for i in range(n):
-            self._forward_backward()
-            self.opt.step()
-            self.opt.zero_grad(set_to_none=True)
-            self.files.log(f"warmup_step:{i + 1}/{n}")
+        shapes = self.schedule.warmup_shapes()
+        for s, (length, loops_on) in enumerate(shapes):
+            self.schedule.use_shape(length, loops_on)
+            for i in range(n):
+                self._forward_backward()
+                self.opt.step()
+                self.opt.zero_grad(set_to_none=True)
+                shape = f" (seq_len {length}, loops {'on' if loops_on else 'off'})" if len(shapes) > 1 else ""
+                self.files.log(f"warmup_step:{s * n + i + 1}/{len(shapes) * n}{shape}")
+        self.schedule.use_shape(self.schedule.length, False)
         self.model.load_state_dict(model_state)
         self.opt.load_state_dict(opt_state)
         self.loader = DistributedTokenLoader(
@@ -244,38 +239,27 @@ class Trainer:
 
     def validate(self) -> EvalResult:
         self.model.eval()
-        result = evaluate_standard(
-            self.nll,
-            self.val_tokens,
-            self.target_bytes,
-            seq_len=self.cfg.eval_seq_len,
-            batch_tokens=self.cfg.eval.batch_tokens,
-            dist=self.dist,
-            device=self.device,
-            autocast=self.autocast,
-        )
+        with self.schedule.configured():  # varlen segments capped as configured, not at the stage's
+            result = evaluate_standard(
+                self.nll,
+                self.val_tokens,
+                self.target_bytes,
+                seq_len=self.cfg.eval_seq_len,
+                batch_tokens=self.cfg.eval.batch_tokens,
+                dist=self.dist,
+                device=self.device,
+                autocast=self.autocast,
+            )
         self.model.train()
         return result
 
     def train_step(self, elapsed: float) -> tuple[float, float]:
         """One optimizer step; returns (train loss, lr multiplier). Raises TrainingDiverged on NaN/inf."""
-        cfg = self.cfg
-        loops = cfg.model.residual.loops
-        if loops.count and not self.model.loops_on and self.training_fraction(elapsed) >= loops.enable_frac:
-            self.model.set_loops(True)
-            frac = self.training_fraction(elapsed)
-            self.files.log(f"step:{self.step} depth recurrence on (training fraction {frac:.3f})")
-        mult = lr_multiplier(self.step, elapsed, self.schedule)
+        mult = self.schedule.before_step(self.step, elapsed)  # loops, seq length, QAT, LR (+ re-warm)
         self.opt.set_lr_multiplier(mult)
-        if not self.qat_on and qat_due(cfg.quant, mult):
-            set_qat(self.model, True, cfg.quant)  # a buffer write: takes effect in the compiled graph too
-            self.qat_on = True
-            self.files.log(
-                f"step:{self.step} QAT on (lr multiplier {mult:.3f} < {cfg.quant.qat_start_lr_mult})"
-            )
-        self.opt.set_muon_momentum(muon_momentum_at(self.step, cfg.optim))
+        self.opt.set_muon_momentum(muon_momentum_at(self.step, self.cfg.optim))
         loss = self._forward_backward()
-        cap = self.schedule.max_wallclock_seconds
+        cap = self.schedule.train.max_wallclock_seconds
         nonfinite, capped = any_rank(
             [not bool(torch.isfinite(loss)), cap > 0 and elapsed >= cap], self.dist, self.device
         )
@@ -300,6 +284,7 @@ class Trainer:
             attn_backend=self.model.attn_backend,
             params=count_parameters(self.model),
             optimizer_groups=self.opt.param_names_by_group(),
+            calib_reserve_seconds=self.schedule.reserve,
         )
 
     def _maybe_resume(self) -> bool:
@@ -322,6 +307,13 @@ class Trainer:
             f"iterations:{tc.iterations} max_wallclock_seconds:{tc.max_wallclock_seconds} "
             f"val_tokens:{self.val_tokens.size - 1}"
         )
+        if self.schedule.reserve:
+            cap = self.schedule.train.max_wallclock_seconds
+            how = self.schedule.reserve_how
+            log(f"gptq calibration reserve {self.schedule.reserve:.2f}s ({how}): training cap {cap:.2f}s")
+        if tc.seq_schedule:
+            stages = ", ".join(f"{st.seq_len} until {st.until:g}" for st in tc.seq_schedule)
+            log(f"seq_schedule ({tc.seq_schedule_mode}): {stages}")
         log(self.opt.groups_table())
 
     def run(self) -> RunResult:
@@ -378,6 +370,7 @@ class Trainer:
                 self.checkpoint()
                 t0 = time.perf_counter()
         bar.close()
+        self.schedule.end()
         if self.stop_after is not None and self.step < tc.iterations:
             files.log(
                 f"stopping_early: wallclock cap at step {self.step}/{tc.iterations}, "

@@ -106,6 +106,13 @@ class OptimConfig(Section):
     grad_clip_norm: float = Field(0.0, ge=0, description="global-norm clip of the averaged gradient (0: off)")
 
 
+class SeqStage(Section):
+    """One stage of the progressive training context (train.seq_schedule, #2014)."""
+
+    seq_len: int = Field(gt=0, description="rows of this many tokens (varlen: the document-segment cap)")
+    until: float = Field(gt=0, le=1, description="the stage lasts while training progress <= until")
+
+
 class TrainConfig(Section):
     """The training loop. Baseline: 524,288 tokens/step of 1024-token sequences, 600 s cap."""
 
@@ -144,6 +151,18 @@ class TrainConfig(Section):
         description="on CUDA under bf16 autocast, store the token embedding (tied head) in bf16 as the "
         "challenge's train_gpt.py does (its Adam then updates bf16 weights); CPU and fp32 runs keep fp32",
     )
+    seq_schedule: list[SeqStage] = Field(
+        default_factory=list,
+        description="progressive context (#2014: 1024 until 0.1, 2048 until 0.7, 3072 until 1.0): the "
+        "active length is the first stage whose until >= progress (empty: train_seq_len throughout)",
+    )
+    seq_schedule_mode: Literal["wallclock", "steps"] = Field(
+        "wallclock",
+        description="progress = elapsed / (cap - quant.calib_reserve_seconds) (#2014), or step / iterations",
+    )
+    seq_change_warmup_steps: int = Field(
+        32, ge=0, description="after each length change the LR multiplier also ramps (k+1)/N (#2014: 32)"
+    )
     progress: bool = Field(True, description="tqdm bar on rank 0")
     run_dir: str = Field("runs", description="runs/<run_id>/ holds config, metrics, logs, checkpoints")
     run_id: str | None = Field(None, description="None: a timestamped id")
@@ -155,7 +174,38 @@ class TrainConfig(Section):
                 f"train.train_batch_tokens ({self.train_batch_tokens}) must be a multiple of "
                 f"train.train_seq_len ({self.train_seq_len})"
             )
+        self._check_seq_schedule()
         return self
+
+    def _check_seq_schedule(self) -> None:
+        stages = self.seq_schedule
+        for i, st in enumerate(stages):
+            key = f"train.seq_schedule[{i}]"
+            if self.train_batch_tokens % st.seq_len:
+                raise ValueError(
+                    f"{key}.seq_len ({st.seq_len}) must divide train.train_batch_tokens "
+                    f"({self.train_batch_tokens}): rows keep the batch's tokens at every length"
+                )
+            if st.seq_len > self.train_seq_len:
+                raise ValueError(
+                    f"{key}.seq_len ({st.seq_len}) exceeds train.train_seq_len ({self.train_seq_len}); "
+                    "expected train_seq_len to be the longest stage (the varlen row length)"
+                )
+            if i and st.until <= stages[i - 1].until:
+                raise ValueError(
+                    f"{key}.until ({st.until}) must exceed the previous stage's ({stages[i - 1].until}): "
+                    "thresholds increase"
+                )
+        if stages and stages[-1].until != 1.0:
+            raise ValueError(
+                f"train.seq_schedule[{len(stages) - 1}].until is {stages[-1].until}; expected the last "
+                "stage to end at 1.0 (the whole run)"
+            )
+        if stages and self.seq_schedule_mode == "wallclock" and self.max_wallclock_seconds <= 0:
+            raise ValueError(
+                "train.seq_schedule_mode wallclock needs train.max_wallclock_seconds > 0; "
+                "set a cap or seq_schedule_mode: steps"
+            )
 
 
 class QuantGroupConfig(Section):
@@ -300,7 +350,21 @@ class RunConfig(Section):
             raise ValueError(
                 f"eval.stride ({self.eval.stride}) must not exceed the eval sequence length ({seq})"
             )
+        self._rope_fixed_over_the_schedule()
         return self
+
+    def _rope_fixed_over_the_schedule(self) -> None:
+        """Rows change length with train.seq_schedule (varlen rows do not): the NTK rescale must not
+        follow them, or each stage trains another RoPE base (#1512's model, trained at 4096 with the
+        rescale built for 1024, broke when evaluated at 2048)."""
+        stages, rope = self.train.seq_schedule, self.model.rotary.train_seq_len
+        longest = max((st.seq_len for st in stages), default=0)
+        if self.model.attention.varlen.enabled or not rope or rope >= longest:
+            return
+        raise ValueError(
+            f"model.rotary.train_seq_len ({rope}) is below train.seq_schedule's longest seq_len "
+            f"({longest}): RoPE's base would change with the active length; set it to {longest} or 0"
+        )
 
     @property
     def eval_seq_len(self) -> int:

@@ -9,12 +9,14 @@ import pytest
 import torch
 from torch._dynamo.testing import CompileCounterWithBackend
 
-from pgolf_core.config import QuantConfig, QuantGroupConfig
+from pgolf_core.config import QuantConfig, QuantGroupConfig, load_config
+from pgolf_core.model import build_model, count_parameters
 from pgolf_core.quant import qat_due, set_qat
 from pgolf_core.quant.qat import QATLinear, fake_quant
 from pgolf_core.quant.quantize import quantize_state
 from pgolf_core.quant.schemes import dequantize
-from tests.model.helpers import tiny_model
+from tests.conftest import REPO
+from tests.model.helpers import tiny_cfg, tiny_model
 
 GROUPS = QuantConfig(
     scheme="groups",
@@ -112,4 +114,74 @@ def test_qat_fake_quant_under_inductor_is_bitwise_the_eager_export():
     spec = ("rows", 6, "percentile", 99.9, 12.85, ())
     compiled = torch.compile(fake_quant, fullgraph=True)
     assert torch.equal(compiled(w, spec), fake_quant(w, spec))
+    torch._dynamo.reset()
+
+
+# --------------------------------------------------------------------------------------------------
+# #1512's "bank QAT": every block matrix fake-quantized, live under torch.compile
+# --------------------------------------------------------------------------------------------------
+
+# #1512 = the #1019 stack (record_1019.yaml) with QK gain 2.5, windows on layers 0-5, the key offset on
+# 6-10 and QAT of the six per-layer bank slices (q, k, v, o, MLP up, MLP down) once the LR multiplier is
+# below 0.15. The orthogonal init is off only to build the 27M parameters fast (it changes no shape).
+PR1512 = [
+    "model.attention.q_gain_init=2.5",
+    "model.attention.window={size: 257, layers: [0, 1, 2, 3, 4, 5]}",
+    "model.attention.key_offset={enabled: true, layers: [6, 7, 8, 9, 10], bos_fix: false}",
+    "quant.qat=true",
+    "model.ortho_init=false",
+]
+
+
+def test_bank_qat_covers_every_block_matrix_of_the_1512_model():
+    """#1019's QAT reached only ~100K CastedLinear weights, not the 26M bank slices; #1512 fixed that.
+    Here each of the 11 layers' q, k, v, o, up and down is fake-quantized at the export's int6 grid."""
+    cfg = load_config(REPO / "params/h100x8/record_1019.yaml", PR1512)
+    model = build_model(cfg.model, device="cpu")
+    assert count_parameters(model) == 27_067_484  # #1512's logged count
+    assert set_qat(model, True, cfg.quant) == 6 * 11  # the block matrices and nothing else
+    for block in model.blocks:
+        a, m = block.attn, block.mlp
+        for lin in (a.q, a.k, a.v, a.proj, m.up, m.down):
+            assert isinstance(lin, QATLinear) and float(lin.qat_on) == 1.0
+            assert lin.qat_spec[:3] == ("rows", 6, "search")
+    w = model.blocks[10].mlp.up.weight
+    grid = fake_quant(w, model.blocks[10].mlp.up.qat_spec)
+    assert not torch.equal(grid, w) and max(len(row.unique()) for row in grid) <= 63  # int6: -31..31
+
+
+INT4 = QuantConfig(
+    scheme="groups", keep_float_max_numel=1024, attn=QuantGroupConfig(bits=4), mlp=QuantGroupConfig(bits=4)
+)
+
+
+def test_qat_switching_on_raises_the_loss_of_a_trained_model_under_torch_compile():
+    """The check #1512's logs could not make (its switch was a class attribute a compiled graph may have
+    folded): on a model trained 40 steps, a batch's loss through the compiled module jumps when QAT goes
+    on (measured 2.7995 -> 2.8134, +0.0139 nats), equals the eager QAT loss, and the module was compiled
+    once. int4 so the jump stands far above float noise: int6 moves this 2-layer model's loss by ~1e-4,
+    of either sign."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = build_model(tiny_cfg(num_layers=2), device="cpu")
+    batches = torch.randint(0, 64, (8, 4, 33), generator=torch.Generator().manual_seed(3))
+    set_qat(model, False, INT4)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(40):
+        opt.zero_grad()
+        model(batches[step % 8, :, :-1], batches[step % 8, :, 1:]).backward()
+        opt.step()
+    x, y = batches[0, :, :-1], batches[0, :, 1:]
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(model, backend=counter, fullgraph=True)
+    with torch.no_grad():
+        eager_off = float(model(x, y))
+        off = float(compiled(x, y))
+        set_qat(model, True, INT4)
+        on = float(compiled(x, y))
+        eager_on = float(model(x, y))
+    assert off < 3.0  # trained: below ln(64) = 4.16
+    assert off == pytest.approx(eager_off, abs=1e-5) and on == pytest.approx(eager_on, abs=1e-5)
+    assert on - off > 0.005
+    assert counter.frame_count == 1
     torch._dynamo.reset()
