@@ -92,7 +92,7 @@ class TTTInputs:
     (no bytes, as the Scorer adapters do). ``events`` receives
     ``scored`` / ``updated`` as they happen; ``capture`` records full distributions at chosen positions;
     ``log`` takes progress lines (None: print on rank 0); ``tilt``: the token-only tilt's knobs to apply
-    to the scored loss (``ttt.tilt``; None: plain TTT).
+    to the scored loss (``eval.tilt``; None: plain TTT).
     """
 
     model: nn.Module
