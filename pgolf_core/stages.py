@@ -9,6 +9,7 @@ Stage names are fixed and shared by the core, the notebooks and the reports:
     q_ttt    artifact round trip, sliding window + legal score-first test-time training
     q_ngram  artifact round trip, sliding window (+ TTT if on) + legal n-gram cache mixing
     q_tilt   artifact round trip, sliding window + the token-only n-gram tilt on the scored loss
+    q_ttt_tilt  artifact round trip, q_ttt's test-time training + the tilt on its scored loss (#2135)
 
 Ablations that are not one of these (a non-compliant pre-quant TTT, a scheme in a sweep) use a
 descriptive name of their own and are never shown without their verdicts. A record is compliant when no
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from pgolf_core.atomic import atomic_write_json
 
-STAGES = ("pre", "ema", "q", "q_sw", "q_ttt", "q_ngram", "q_tilt")
+STAGES = ("pre", "ema", "q", "q_sw", "q_ttt", "q_ngram", "q_tilt", "q_ttt_tilt")
 
 
 @dataclass(frozen=True)

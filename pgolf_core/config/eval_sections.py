@@ -13,9 +13,13 @@ class TiltConfig(Section):
     """The token-only n-gram tilt (#2130 -> #2135, leaderboard #1 at 1.05651; the legal tilt is worth about
     -0.001 bpb in #2130's single-seed notes): where the token that most often followed the same
     ``order - 1`` tokens earlier in the scored stream has a share of at least ``threshold``, the scored
-    distribution becomes p'(a) = p(a) e^{beta [a = hint]} / Z (stage q_tilt; off by default)."""
+    distribution becomes p'(a) = p(a) e^{beta [a = hint]} / Z (stages q_tilt, q_ttt_tilt; off by default)."""
 
-    enabled: bool = Field(False, description="stage q_tilt: sliding window + the tilt (#2135, ~-0.001 bpb)")
+    enabled: bool = Field(
+        False,
+        description="stages q_tilt (sliding window + the tilt, #2135 ~-0.001 bpb) and q_ttt_tilt (the TTT + "
+        "the tilt on its scored loss, #2135's score; needs ttt.enabled)",
+    )
     order: int = Field(
         16, description="context = the previous order - 1 tokens (#2135 TOKEN_ORDER 16; 8 was worse)"
     )

@@ -18,6 +18,11 @@ count / k. ``reference_hints`` is the slow dictionary version the tests compare 
 seen only once are filtered out before the sorts (``_repeated``). bench/tilt.py on 10M tokens, one
 core of the shared 2-core VM at load ~5.5: 2.4-3.0M tokens/s (740k before the doubling hash and the
 iterated filter); 1.08M tokens/s on 47.85M tokens (#2135's pod: 240k-290k).
+
+Where the tilt applies: ``TiltScorer`` here tilts a fixed model's sliding-window log-probs (stage
+q_tilt); the TTT variants apply the same term, ``tilt_delta`` (the torch twin of ``tilted_nll``), to
+their scored loss inside their own scoring loops (``pgolf_core.ttt.tilt``, stage q_ttt_tilt: #2135's
+score is phased TTT + the tilt).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from pgolf_core.scoring import ScoreEvents, Scorer, StreamScore
 
@@ -206,6 +212,13 @@ def tilted_nll(
     q = np.exp(np.asarray(logp_hint, dtype=np.float64))
     tilt = -beta * np.asarray(target_is_hint, dtype=np.float64) + np.log1p(q * math.expm1(beta))
     return np.where(gated, nll + tilt, nll)
+
+
+def tilt_delta(logp_hint: torch.Tensor, target_is_hint: torch.Tensor, beta: float = BETA) -> torch.Tensor:
+    """NLL' - NLL at gated positions, float64 on the tensors' device: log1p(p(h)(e^beta - 1)) -
+    beta*[y == h], the term ``tilted_nll`` adds (the TTT's scoring loops add it on the device)."""
+    q = logp_hint.double().exp()
+    return torch.log1p(q * math.expm1(beta)) - beta * target_is_hint.double()
 
 
 def tilted_distribution(p: np.ndarray, hint: int, beta: float = BETA) -> np.ndarray:

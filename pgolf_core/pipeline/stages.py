@@ -27,7 +27,7 @@ from pgolf_core.eval import (
 )
 from pgolf_core.pipeline.roundtrip import StageWeights
 from pgolf_core.pipeline.session import Session
-from pgolf_core.pipeline.tilt_stage import stage_q_tilt
+from pgolf_core.pipeline.tilt_stage import stage_q_tilt, stage_q_ttt_tilt
 from pgolf_core.pipeline.verdicts import main_rank_stage, evaluate_guarded, probe_config, stage_record
 from pgolf_core.scoring import Scorer
 from pgolf_core.stages import STAGES, StageRecord
@@ -167,4 +167,5 @@ STAGE_FNS: dict[str, StageFn] = {
     "q_ttt": stage_q_ttt,
     "q_ngram": stage_q_ngram,
     "q_tilt": stage_q_tilt,
+    "q_ttt_tilt": stage_q_ttt_tilt,
 }

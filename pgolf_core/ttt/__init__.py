@@ -16,6 +16,10 @@ Variants (``cfg.ttt.mode``), one module each:
 - ``ttt.prequant_ablation`` (prequant.py): NON-COMPLIANT fine-tuning on validation tokens before
   scoring them (#1423 family), for the ablation notebook only.
 
+Any legal variant can score with the token-only n-gram tilt on its committed loss (tilt.py; #2135's
+score is phased TTT + the tilt): ``TTTInputs.from_config(..., tilt=True)``, ``ttt_scorer(model, cfg,
+tilt=True)`` (stage q_ttt_tilt).
+
 Every variant works on a deep copy (the caller's weights never change) and keeps the invariant that no
 update uses a token before it is scored, except the ablation, which exists to violate it visibly.
 """
@@ -26,7 +30,7 @@ from dataclasses import replace
 
 from torch import nn
 
-from pgolf_core.config import RunConfig
+from pgolf_core.config import RunConfig, TTTConfig
 from pgolf_core.eval import EvalResult, SlidingScorer, StandardScorer, evaluate_sliding
 from pgolf_core.scoring import Scorer
 from pgolf_core.ttt.chunked import ChunkTTTScorer, chunked_ttt
@@ -47,9 +51,12 @@ def run_ttt(inputs: TTTInputs) -> tuple[EvalResult, dict]:
     ``ttt.enabled`` picks ``ttt.mode``; with TTT off this is plain sliding-window evaluation (the
     ``q_sw`` number, stride ``eval.stride`` or non-overlapping), so an ablation grid can include it.
     Scoring windows follow ``inputs.spec`` (from ``cfg.eval``: seq_len, stride, sliding_batch_seqs,
-    temperature). All ranks must call this together; the model is never modified.
+    temperature). All ranks must call this together; the model is never modified. ``inputs.tilt``
+    needs a legal TTT variant (``ttt.enabled``, not the ablation).
     """
     ttt, spec = inputs.ttt, inputs.spec
+    if inputs.tilt is not None:
+        _check_tilt(ttt)
     if ttt.prequant_ablation:
         result = prequant_ablation(inputs)
     elif ttt.enabled:
@@ -72,9 +79,22 @@ def run_ttt(inputs: TTTInputs) -> tuple[EvalResult, dict]:
     return result, dict(result.info)
 
 
-def ttt_scorer(model: nn.Module, cfg: RunConfig) -> Scorer:
-    """The evaluation ``run_ttt`` would do, as a single-process ``Scorer`` for the compliance checks."""
+def _check_tilt(ttt: TTTConfig) -> None:
+    if ttt.prequant_ablation or not ttt.enabled:
+        raise ValueError(
+            "the tilt on the TTT's scored loss needs ttt.enabled: true and ttt.prequant_ablation: false "
+            f"(got enabled {ttt.enabled}, prequant_ablation {ttt.prequant_ablation}); the tilt without TTT "
+            "is stage q_tilt"
+        )
+
+
+def ttt_scorer(model: nn.Module, cfg: RunConfig, *, tilt: bool = False) -> Scorer:
+    """The evaluation ``run_ttt`` would do, as a single-process ``Scorer`` for the compliance checks;
+    ``tilt``: with the tilt of ``cfg.eval.tilt`` on the scored loss."""
     spec = EvalSpec.from_config(cfg)
+    if tilt:
+        _check_tilt(cfg.ttt)
+        return _SCORERS[cfg.ttt.mode](model, cfg.ttt, spec, cfg.eval.tilt)
     if cfg.ttt.prequant_ablation:
         return PrequantAblationScorer(model, cfg.ttt, spec)
     if cfg.ttt.enabled:

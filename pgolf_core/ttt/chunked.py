@@ -33,6 +33,7 @@ from pgolf_core.ttt.common import (
     train_on_targets,
 )
 from pgolf_core.ttt.lora import LoRASet
+from pgolf_core.ttt.tilt import score_windows_tilted
 
 
 def chunk_bounds(first_scored: np.ndarray, chunk_tokens: int, n_tokens: int) -> np.ndarray:
@@ -50,7 +51,9 @@ def chunked_ttt(inputs: TTTInputs) -> EvalResult:
     after (c + 1) C - 1, so all of them are committed first; the last chunk is never trained on.
     What adapts: ``ttt.adapt`` = "all" (minus ``freeze_first_blocks`` blocks; SGD/AdamW at ``lr``) or
     "lora" (adapters on ``lora_targets``, base frozen, at ``lora_lr``). LR per chunk:
-    ``lr * (1 + cos(pi c / (C - 1))) / 2`` (cosine) or constant. All ranks must call this together.
+    ``lr * (1 + cos(pi c / (C - 1))) / 2`` (cosine) or constant. With ``inputs.tilt`` the committed
+    NLLs are tilted (``tilt.score_windows_tilted``); the training loss never is. All ranks must call
+    this together.
     """
     w = start(inputs)
     ttt, spec, dist, events, capture = inputs.ttt, inputs.spec, inputs.dist, inputs.events, inputs.capture
@@ -81,11 +84,8 @@ def chunked_ttt(inputs: TTTInputs) -> EvalResult:
     for c in range(n_chunks):
         ids = np.arange(bounds[c], bounds[c + 1])
         ts = time.perf_counter()
-        score_windows(
-            score_fn,
-            w.tokens_d,
-            plan,
-            ids[rank_slice(len(ids), dist)],
+        mine = ids[rank_slice(len(ids), dist)]
+        common = dict(
             batch_seqs=spec.batch_seqs,
             sums=w.sums,
             target_bytes=w.target_bytes,
@@ -94,6 +94,12 @@ def chunked_ttt(inputs: TTTInputs) -> EvalResult:
             events=events,
             capture=capture,
         )
+        if w.tilt is None:
+            score_windows(score_fn, w.tokens_d, plan, mine, **common)
+        else:  # the committed NLLs tilted, from logits (the training below is untouched)
+            score_windows_tilted(
+                logits_fn, w.tilt, w.tokens_d, plan, mine, temperature=spec.temperature, **common
+            )
         timer.add("score_seconds", ts)
         if capture is not None and capture.done:
             break

@@ -25,6 +25,7 @@ import torch.distributed as tdist
 from torch import nn
 
 from pgolf_core.config import RunConfig, TTTConfig
+from pgolf_core.config.eval_sections import TiltConfig
 from pgolf_core.data.tokenizer_bytes import ByteLUTs
 from pgolf_core.dist import DistInfo
 from pgolf_core.eval import (
@@ -42,6 +43,7 @@ from pgolf_core.eval import (
 from pgolf_core.model.logits import asym_softcap_parameters
 from pgolf_core.runtime import autocast_context, model_device
 from pgolf_core.scoring import ScoreEvents, Scorer, StreamScore
+from pgolf_core.ttt.tilt import TokenTilt, tilt_rows
 
 
 @dataclass(frozen=True)
@@ -89,7 +91,8 @@ class TTTInputs:
     CaseOps sidecar of the validation stream; plain ``ByteLUTs`` are accepted); None scores tokens only
     (no bytes, as the Scorer adapters do). ``events`` receives
     ``scored`` / ``updated`` as they happen; ``capture`` records full distributions at chosen positions;
-    ``log`` takes progress lines (None: print on rank 0).
+    ``log`` takes progress lines (None: print on rank 0); ``tilt``: the token-only tilt's knobs to apply
+    to the scored loss (``eval.tilt``; None: plain TTT).
     """
 
     model: nn.Module
@@ -103,6 +106,7 @@ class TTTInputs:
     events: ScoreEvents | None = None
     capture: Capture | None = None
     log: LogFn | None = None
+    tilt: TiltConfig | None = None
 
     @classmethod
     def from_config(
@@ -116,8 +120,10 @@ class TTTInputs:
         device: torch.device,
         return_streams: bool = False,
         events: ScoreEvents | None = None,
+        tilt: bool = False,
     ) -> TTTInputs:
-        """The inputs of a run: ``cfg.ttt``; scoring windows per ``cfg.eval`` (``EvalSpec.from_config``)."""
+        """The inputs of a run: ``cfg.ttt``; scoring windows per ``cfg.eval`` (``EvalSpec.from_config``);
+        with ``tilt`` the tilt of ``cfg.eval.tilt`` on the scored loss (stage q_ttt_tilt)."""
         return cls(
             model,
             tokens,
@@ -128,13 +134,15 @@ class TTTInputs:
             device,
             return_streams,
             events,
+            tilt=cfg.eval.tilt if tilt else None,
         )
 
 
 @dataclass
 class Work:
     """What every variant works with, made by ``start``: the start time, the device with the byte source
-    and the tokens on it, the working copy of the model, and the score sums of the ``n``-token stream."""
+    and the tokens on it, the working copy of the model, the score sums of the ``n``-token stream, and
+    the tilt's hints when ``inputs.tilt`` asks for it."""
 
     inputs: TTTInputs
     t0: float
@@ -144,22 +152,28 @@ class Work:
     tokens_d: torch.Tensor
     n: int
     sums: ScoreSums
+    tilt: TokenTilt | None = None
 
     def finish(self, info: dict, **extra) -> EvalResult:
-        """All ranks' sums as the result, with the variant's ``info`` (and ``notes`` / ``compliant``)."""
-        return self.sums.finish(
+        """All ranks' sums as the result, with the variant's ``info`` (and ``notes`` / ``compliant``);
+        with the tilt, ``info["tilt"]`` says how many committed targets it tilted and the build time."""
+        res = self.sums.finish(
             self.inputs.tokens, self.target_bytes, self.inputs.dist, self.t0, info=info, **extra
         )
+        if self.tilt is None:
+            return res
+        return replace(res, info={**res.info, "tilt": self.tilt.info(res.committed)})
 
 
 def start(inputs: TTTInputs) -> Work:
-    """What every variant starts from (the timer starts here)."""
+    """What every variant starts from (the timer starts here, so the tilt's hints are built inside it)."""
     t0 = time.perf_counter()
     device = torch.device(inputs.device)
     target_bytes, model = device_target_bytes(inputs.target_bytes, device), working_copy(inputs.model)
     tokens_d, n = device_tokens(inputs.tokens, device), int(np.asarray(inputs.tokens).shape[0])
     sums = ScoreSums(n, device, inputs.return_streams)
-    return Work(inputs, t0, device, target_bytes, model, tokens_d, n, sums)
+    tilt = None if inputs.tilt is None else TokenTilt.build(inputs.tokens, inputs.tilt, device)
+    return Work(inputs, t0, device, target_bytes, model, tokens_d, n, sums, tilt)
 
 
 def select_parameters(
@@ -323,14 +337,17 @@ class TTTScorer(Scorer):
     target_bytes=None: a ``StreamScore`` holds NLLs only, no bytes are needed). ``predictive`` reruns
     the variant and captures the full distribution at each requested position from the very forward
     that scored it, stopping once all are captured, so the state is exactly the one scoring saw. The model
-    passed in is never changed.
+    passed in is never changed. With ``tilt`` (stage q_ttt_tilt) the scored loss is tilted and
+    ``predictive`` returns the tilted rows (``tilt.tilt_rows``).
     """
 
     variant: Callable[[TTTInputs], EvalResult]
 
-    def __init__(self, model: nn.Module, ttt: TTTConfig, spec: EvalSpec):
-        self.model, self.ttt, self.spec = model, ttt, spec
+    def __init__(self, model: nn.Module, ttt: TTTConfig, spec: EvalSpec, tilt: TiltConfig | None = None):
+        self.model, self.ttt, self.spec, self.tilt = model, ttt, spec, tilt
         self.vocab_size = int(model.cfg.vocab_size)
+        if tilt is not None:
+            self.name = f"{type(self).name}_tilt"
 
     def run(self, tokens: np.ndarray, events: ScoreEvents | None, capture: Capture | None) -> EvalResult:
         inputs = TTTInputs(
@@ -345,6 +362,7 @@ class TTTScorer(Scorer):
             events=events,
             capture=capture,
             log=lambda _msg: None,
+            tilt=self.tilt,
         )
         return self.variant(inputs)
 
@@ -361,4 +379,5 @@ class TTTScorer(Scorer):
             raise ValueError(f"target positions must lie in 1..{len(tokens) - 1}")
         capture = Capture(positions, logits_fn=None, temperature=self.spec.temperature)
         self.run(np.asarray(tokens), None, capture)
-        return capture.matrix(positions)
+        rows = capture.matrix(positions)
+        return rows if self.tilt is None else tilt_rows(rows, tokens, positions, self.tilt)

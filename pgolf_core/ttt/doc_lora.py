@@ -55,6 +55,7 @@ from pgolf_core.runtime import autocast_context
 from pgolf_core.scoring import ScoreEvents
 from pgolf_core.ttt.common import EvalSpec, Timer, TTTInputs, TTTScorer, Work, build_optimizer, freeze, start
 from pgolf_core.ttt.lora import LoRASet
+from pgolf_core.ttt.tilt import TokenTilt
 
 
 @dataclass(frozen=True)
@@ -124,12 +125,20 @@ class DocLoRARunner:
     Invariant: no update uses a token before it is scored. A document's chunk i is scored (NLLs
     committed, ``events.scored``) before the one step that uses its targets (``events.updated``), and
     that step only changes this document's adapters, which are reset before any other document.
+    With ``tilt`` the committed NLLs are tilted (``TokenTilt.apply``); the step's loss never is.
     """
 
     def __init__(
-        self, model: nn.Module, ttt: TTTConfig, spec: EvalSpec, tokens_d: torch.Tensor, device: torch.device
+        self,
+        model: nn.Module,
+        ttt: TTTConfig,
+        spec: EvalSpec,
+        tokens_d: torch.Tensor,
+        device: torch.device,
+        tilt: TokenTilt | None = None,
     ):
         self.model, self.ttt, self.spec, self.tokens_d, self.device = model, ttt, spec, tokens_d, device
+        self.tilt = tilt
         freeze(model)
         self.lora = LoRASet(model, ttt.lora_targets, ttt.lora_rank, ttt.lora_alpha, slots=ttt.lora_batch_docs)
         self.window = ttt.context_len or ttt.lora_window
@@ -197,7 +206,10 @@ class DocLoRARunner:
                     scored_BT = F.cross_entropy(
                         (logits_BTV / T).flatten(0, 1), y.flatten(), reduction="none"
                     ).view_as(y)
-            positions = (torch.as_tensor(ws, device=device)[:, None] + 1 + offsets_T)[mask_BT]
+            pos_BT = torch.as_tensor(ws, device=device)[:, None] + 1 + offsets_T
+            if self.tilt is not None:  # the committed NLL only: train_nll_BT stays untilted
+                scored_BT = self.tilt.apply(scored_BT, logits_BTV, y, pos_BT, mask_BT, T)
+            positions = pos_BT[mask_BT]
             nbytes = None
             if target_bytes is not None:
                 nbytes = target_bytes.targets(x[mask_BT], y[mask_BT], positions)
@@ -247,7 +259,7 @@ def start_documents(inputs: TTTInputs) -> tuple[Work, Documents, DocLoRARunner]:
     return (
         w,
         find_documents(np.asarray(inputs.tokens)[:keep]),
-        DocLoRARunner(w.model, inputs.ttt, inputs.spec, w.tokens_d, w.device),
+        DocLoRARunner(w.model, inputs.ttt, inputs.spec, w.tokens_d, w.device, w.tilt),
     )
 
 

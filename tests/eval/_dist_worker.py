@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from pgolf_core.config.eval_sections import TiltConfig
 from pgolf_core.dist import DistInfo
 from pgolf_core.eval import evaluate_sliding
 from pgolf_core.ttt import TTTInputs, chunked_ttt, doc_lora_ttt
@@ -43,6 +45,10 @@ def run_all(dist_info: DistInfo) -> dict[str, np.ndarray]:
         tiny_model(), doc_stream(DOC_LENGTHS), luts(), LORA_TTT, SPEC, dist_info, cpu, return_streams=True
     )
     out["lora"] = doc_lora_ttt(lora)
+    # the tilt on the TTT's scored loss (stage q_ttt_tilt): every rank builds the hints, tilts its share
+    tilt = TiltConfig(enabled=True, order=4)
+    out["chunk_tilt"] = chunked_ttt(replace(chunk, tilt=tilt))
+    out["lora_tilt"] = doc_lora_ttt(replace(lora, tilt=tilt))
     return {
         f"{k}_{f}": np.asarray(v)
         for k, r in out.items()
