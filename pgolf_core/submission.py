@@ -5,8 +5,8 @@
 
 A *run group* is one configuration over several seeds (``pgolf suite ... --seeds 42 1337 2025``); its
 completed training runs are read from reports/<suite>/<run_id>/ (manifest.json, stages.json, train/).
-The submitted score of each seed is its last stage (q_ngram, else q_ttt, else q_sw, else q): what the
-run's evaluation pipeline would report.
+The submitted score of each seed is the first of these stages it has: q_ttt_tilt (TTT with the tilt,
+#2135), q_ngram, q_ttt, q_tilt, q_sw, q: what the run's evaluation pipeline would report.
 
 The export refuses, with the reason, a group in which any run failed, any stage record has a failed
 compliance verdict, or the artifact (model bytes + every counted code file, the entry script and the
@@ -41,7 +41,8 @@ from pgolf_core.stages import StageRecord, read_stages
 RECORD_MARGIN_NATS = 0.005
 RECORD_ALPHA = 0.01
 TRACK = "10min_16mb"
-SCORE_STAGES = ("q_ngram", "q_ttt", "q_sw", "q")  # the first present is the submitted score
+#: the first of these a run has is its submitted score
+SCORE_STAGES = ("q_ttt_tilt", "q_ngram", "q_ttt", "q_tilt", "q_sw", "q")
 #: submission.json field that marks a folder as written by ``pgolf export`` (the one it may replace)
 GENERATOR = "pgolf export"
 _MARKER_WHAT = f"submission.json with generator {GENERATOR!r}"

@@ -9,7 +9,9 @@ evaluation; ``q`` the artifact round trip (quantize the EMA weights when there a
 do, compress, write artifact.bin, read it back, dequantize) with standard evaluation; ``q_sw`` the same
 weights with sliding-window evaluation (eval.stride > 0); ``q_ttt`` with legal score-first TTT
 (ttt.enabled, or the marked NON-COMPLIANT pre-quant ablation); ``q_ngram`` sliding window mixed with the
-legal n-gram cache (ngram.enabled; computed on rank 0).
+legal n-gram cache (ngram.enabled; computed on rank 0); ``q_tilt`` sliding window with the token-only
+n-gram tilt (eval.tilt.enabled, #2135); ``q_ttt_tilt`` the TTT with the tilt on its scored loss (both
+enabled: #2135's score).
 
 Every record carries verdicts: T4 exactly-once and T10 byte recount on the real evaluation; T6 (no
 training shard opened during evaluation; no validation shard during quantization); T7 artifact size
@@ -39,7 +41,7 @@ from pgolf_core.pipeline.stages import (
     standard_eval,
     standard_scorer,
 )
-from pgolf_core.pipeline.tilt_stage import stage_q_tilt
+from pgolf_core.pipeline.tilt_stage import stage_q_tilt, stage_q_ttt_tilt
 from pgolf_core.pipeline.verdicts import (
     coverage_verdict,
     data_split_verdict,
@@ -72,6 +74,7 @@ __all__ = [
     "stage_q_ngram",
     "stage_q_sw",
     "stage_q_tilt",
+    "stage_q_ttt_tilt",
     "stage_q_ttt",
     "stage_record",
     "standard_eval",

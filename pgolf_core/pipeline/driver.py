@@ -56,6 +56,8 @@ def default_stages(cfg: RunConfig, have_ema: bool) -> list[str]:
         stages.append("q_ngram")
     if cfg.eval.tilt.enabled:
         stages.append("q_tilt")
+        if cfg.ttt.enabled and not cfg.ttt.prequant_ablation:
+            stages.append("q_ttt_tilt")  # #2135's score: the tilt on phased TTT's scored loss
     return stages
 
 

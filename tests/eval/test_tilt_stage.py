@@ -88,6 +88,9 @@ def test_q_tilt_is_registered_after_q_ngram_and_runs_only_when_enabled():
     on, off = tilt_cfg(), run_cfg(eval={"stride": 8})
     assert "q_tilt" in default_stages(on, have_ema=False)
     assert "q_tilt" not in default_stages(off, have_ema=False)
+    assert "q_ttt_tilt" not in default_stages(on, have_ema=False)  # no TTT: nothing to tilt
+    both = run_cfg(eval={"stride": 8, "tilt": {"enabled": True}}, ttt={"enabled": True})
+    assert default_stages(both, have_ema=False)[-3:] == ["q_ttt", "q_tilt", "q_ttt_tilt"]
     with pytest.raises(ValueError, match="needs eval.tilt.enabled"):
         stage_q_tilt(session(off, phrase_docs(101)), StageWeights({}), "q_tilt")
 
