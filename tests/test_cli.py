@@ -113,7 +113,7 @@ def test_config_check_reports_crafted_and_mistyped_notebook_values(tmp_path, cap
     assert main(["config", "check", str(suite)]) == 1
     assert "notebook.nproc: got str 'eight'" in capsys.readouterr().err
     assert main(["config", "check", "params/smoke"]) == 0
-    assert "ok   suite params/smoke: 6 entries" in capsys.readouterr().out
+    assert "ok   suite params/smoke: 7 entries" in capsys.readouterr().out
 
 
 def test_ctrl_c_during_a_suite_records_the_run_and_prints_one_line(tmp_path):

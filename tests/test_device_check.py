@@ -741,7 +741,7 @@ def test_every_h100x1_file_loads_and_extends_an_h100x8_file(path):
     assert "model" not in raw  # model keys come from the 8-GPU files only
 
 
-@pytest.mark.parametrize("name", ["baseline", "record_1493", "record_1855"])
+@pytest.mark.parametrize("name", ["baseline", "record_1493", "record_1855", "record_2135"])
 def test_h100x1_records_are_the_8gpu_runs_by_gradient_accumulation(name):
     from pgolf_core.challenge import TRAIN_SECONDS, WORLD_SIZE
     from pgolf_core.config import load_config
@@ -768,7 +768,7 @@ def test_h100x1_suite_analysis_entries_match_their_source_run(monkeypatch):
     monkeypatch.chdir(REPO)
     spec = load_suite(H100X1)
     names = [r.name for r in spec.runs]
-    assert names[0] == "quick" and {"baseline", "record_1493", "record_1855"} <= set(names)
+    assert names[0] == "quick" and {"baseline", "record_1493", "record_1855", "record_2135"} <= set(names)
     by_name = {r.name: r for r in spec.runs}
     analyses = [r for r in spec.runs if r.source]
     assert {r.notebook for r in analyses} == {

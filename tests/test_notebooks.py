@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -87,6 +88,18 @@ ngram: {{table_rows: 512}}
 """
 
 
+# The smoke suite's frontier entry on the fast shape: varlen, a window on layer 0, the key offset on 1,
+# AsymLogit, the tilt stage and the per-group compressor; no EMA, no sliding window, no TTT.
+FRONTIER = """extends: train.yaml
+model: {logit_softcap_asym: true, rotary: {dims: 8},
+        attention: {window: {size: 33, layers: [0]}, key_offset: {enabled: true, layers: [1]},
+                    varlen: {enabled: true, max_doc_len: 64}}}
+train: {ema_decay: 0.0}
+eval: {stride: 0, tilt: {enabled: true}}
+quant: {compressor: pergroup}
+"""
+
+
 @pytest.fixture(scope="module")
 def fast_suite(smoke_dir, smoke_caseops_dir, tmp_path_factory):
     """The smoke suite's notebooks with tiny params: every notebook, under a minute or two."""
@@ -96,6 +109,7 @@ def fast_suite(smoke_dir, smoke_caseops_dir, tmp_path_factory):
     (suite / "train.yaml").write_text(FAST.format(root=smoke_dir))
     caseops = FAST.format(root=smoke_caseops_dir).replace("2048}", "2048, caseops: true}", 1)
     (suite / "train_caseops.yaml").write_text(caseops)
+    (suite / "train_frontier.yaml").write_text(FRONTIER)
     (suite / "quant_gap.yaml").write_text(
         "extends: train.yaml\nnotebook:\n  schemes:\n"
         "    - {name: base, quant: {scheme: baseline_int8}}\n"
@@ -131,7 +145,7 @@ def fast_suite(smoke_dir, smoke_caseops_dir, tmp_path_factory):
 
 def test_fast_suite_every_notebook_completes_with_reports(fast_suite):
     records, reports = fast_suite
-    assert [r.status for r in records] == ["completed"] * 6, [r.error for r in records]
+    assert [r.status for r in records] == ["completed"] * 7, [r.error for r in records]
     for r in records:
         files = {p.name for p in r.run_dir.iterdir()}
         assert {"executed.ipynb", "report.html", "manifest.json", "stages.json", "outputs.json"} <= files
@@ -221,3 +235,25 @@ def test_fast_suite_caseops_training_scores_over_the_original_bytes(fast_suite, 
         assert {v["check"] for v in s["verdicts"] if v["passed"] is False} <= {"T10"}, s["stage"]
     plain = json.loads((records[0].run_dir / "stages.json").read_text())["stages"]
     assert {s["bytes_source"] for s in plain} == {"luts"}
+
+
+def test_fast_suite_frontier_training_tilts_and_packs_per_group(fast_suite):
+    """The frontier entry trains with varlen, windows, the key offset and AsymLogit, packs the artifact
+    per group and scores q_tilt (q's windows plus the tilt) with every check passing."""
+    records, _ = fast_suite
+    run = records[6]
+    assert run.run_id.endswith("train_frontier") and run.status == "completed"
+    model = json.loads((run.run_dir / "manifest.json").read_text())["params"]["model"]
+    assert model["logit_softcap_asym"] and model["attention"]["varlen"]["enabled"]
+    assert model["attention"]["key_offset"]["layers"] == [1]
+    out = json.loads((run.run_dir / "stages.json").read_text())
+    stages = {s["stage"]: s for s in out["stages"]}
+    assert list(stages) == ["pre", "q", "q_tilt"]
+    assert out["artifact"]["compressor"].startswith("pergroup")
+    assert all(s["compliant"] for s in stages.values())
+    assert {"T1", "T1b", "T2", "T5"} <= {v["check"] for v in stages["q_tilt"]["verdicts"] if v["passed"]}
+    assert stages["q_tilt"]["tokens"] == stages["q"]["tokens"] == 2048
+    # the smoke validation text repeats itself: some 16-token contexts recur (21 of the first 2,048
+    # targets are gated), and a hint that is right lowers their loss by up to beta = 2.625 nats
+    gated = int(re.search(r"([\d,]+) of 2,048 targets tilted", stages["q_tilt"]["notes"])[1].replace(",", ""))
+    assert gated > 0 and stages["q_tilt"]["val_bpb"] < stages["q"]["val_bpb"]

@@ -21,6 +21,14 @@ LOGGED_COUNTS = {
     "record_1394.yaml": 35_943_512,
     "record_1493.yaml": 35_944_536,
     "record_1855.yaml": 35_945_671,
+    "record_1512.yaml": 27_067_484,  # #1019's count: the windows and the key offset add no parameters
+    "record_2135.yaml": 35_945_673,  # #1855 + the two AsymLogit scalars
+}
+
+# Counts the records do not log, derived from the architecture: #1953 is #1855 + AsymLogit (2 scalars);
+# AWQ-lite, varlen attention and the TTT levers add no model parameters.
+DERIVED_COUNTS = {
+    "record_1953.yaml": 35_945_671 + 2,
 }
 
 
@@ -35,6 +43,24 @@ def meta_model(name: str):
 def test_param_count_matches_record_log(name, expected):
     """count_parameters of each record config equals the number its training log printed."""
     assert count_parameters(meta_model(name)) == expected
+
+
+@pytest.mark.parametrize("name, expected", DERIVED_COUNTS.items(), ids=list(DERIVED_COUNTS))
+def test_param_count_matches_the_architecture(name, expected):
+    assert count_parameters(meta_model(name)) == expected
+
+
+def test_record_1512_windows_and_key_offset_sit_on_the_logged_layers():
+    """#1512: sliding-window attention (256 earlier keys + the query) on layers 0-5, full causal attention
+    with the partial key offset on 6-10, QK gain 2.5, 4096-token training and evaluation."""
+    cfg = load_config(PARAMS / "record_1512.yaml")
+    model = meta_model("record_1512.yaml")
+    attns = [block.attn for block in model.blocks]
+    assert [a.window for a in attns] == [257] * 6 + [0] * 5
+    assert [a.key_offset for a in attns] == [False] * 6 + [True] * 5
+    assert {a.key_offset_dims for a in attns} == {16}
+    assert cfg.model.attention.q_gain_init == 2.5 and cfg.quant.qat
+    assert cfg.train.train_seq_len == cfg.eval_seq_len == 4096 and cfg.train.train_batch_tokens == 786_432
 
 
 def test_param_count_of_real_baseline_build_matches_meta_build():
@@ -73,6 +99,18 @@ def test_roles_of_record_1855_split_as_derived():
         MATRIX: (66, 11 * 2_883_584),
         EMBED: (1, 4_194_304),
         SCALAR: (61, 31_943),
+    }
+
+
+@pytest.mark.parametrize("name", ["record_1953.yaml", "record_2135.yaml"])
+def test_frontier_records_add_the_two_asym_logit_scalars_to_1855(name):
+    """#1953 / #2135 = #1855's tensors plus softcap_pos and softcap_neg, one element each."""
+    model = meta_model(name)
+    assert role_summary(model) == {MATRIX: (66, 11 * 2_883_584), EMBED: (1, 4_194_304), SCALAR: (63, 31_945)}
+    names = {n for n, _ in model.named_parameters()}
+    assert names - {n for n, _ in meta_model("record_1855.yaml").named_parameters()} == {
+        "softcap_pos",
+        "softcap_neg",
     }
 
 
