@@ -89,12 +89,14 @@ ngram: {{table_rows: 512}}
 
 
 # The smoke suite's frontier entry on the fast shape: varlen, a window on layer 0, the key offset on 1,
-# AsymLogit, the tilt stage and the per-group compressor; no EMA, no sliding window, no TTT.
+# AsymLogit, progressive context (64 then 128 tokens), the tilt stage and the per-group compressor; no
+# EMA, no sliding window, no TTT.
 FRONTIER = """extends: train.yaml
 model: {logit_softcap_asym: true, rotary: {dims: 8},
         attention: {window: {size: 33, layers: [0]}, key_offset: {enabled: true, layers: [1]},
                     varlen: {enabled: true, max_doc_len: 64}}}
-train: {ema_decay: 0.0}
+train: {ema_decay: 0.0, seq_schedule_mode: steps, seq_change_warmup_steps: 2,
+        seq_schedule: [{seq_len: 64, until: 0.5}, {seq_len: 128, until: 1.0}]}
 eval: {stride: 0, tilt: {enabled: true}}
 quant: {compressor: pergroup}
 """
@@ -238,14 +240,17 @@ def test_fast_suite_caseops_training_scores_over_the_original_bytes(fast_suite, 
 
 
 def test_fast_suite_frontier_training_tilts_and_packs_per_group(fast_suite):
-    """The frontier entry trains with varlen, windows, the key offset and AsymLogit, packs the artifact
-    per group and scores q_tilt (q's windows plus the tilt) with every check passing."""
+    """The frontier entry trains with varlen, windows, the key offset, AsymLogit and a length schedule,
+    packs the artifact per group and scores q_tilt (q's windows plus the tilt) with every check passing."""
     records, _ = fast_suite
     run = records[6]
     assert run.run_id.endswith("train_frontier") and run.status == "completed"
     model = json.loads((run.run_dir / "manifest.json").read_text())["params"]["model"]
     assert model["logit_softcap_asym"] and model["attention"]["varlen"]["enabled"]
     assert model["attention"]["key_offset"]["layers"] == [1]
+    log = (run.run_dir / "train" / "train.log").read_text()
+    # 16 steps, thresholds inclusive: progress 8/16 = 0.5 is still the first stage, 9/16 the second
+    assert "step:9 seq_len 64 -> 128 (progress 0.562)" in log, log
     out = json.loads((run.run_dir / "stages.json").read_text())
     stages = {s["stage"]: s for s in out["stages"]}
     assert list(stages) == ["pre", "q", "q_tilt"]

@@ -29,6 +29,7 @@ LOGGED_COUNTS = {
 # AWQ-lite, varlen attention and the TTT levers add no model parameters.
 DERIVED_COUNTS = {
     "record_1953.yaml": 35_945_671 + 2,
+    "record_2014.yaml": 35_945_671 + 2,  # #1953's model; the length schedule adds no parameters
 }
 
 
@@ -102,9 +103,9 @@ def test_roles_of_record_1855_split_as_derived():
     }
 
 
-@pytest.mark.parametrize("name", ["record_1953.yaml", "record_2135.yaml"])
+@pytest.mark.parametrize("name", ["record_1953.yaml", "record_2014.yaml", "record_2135.yaml"])
 def test_frontier_records_add_the_two_asym_logit_scalars_to_1855(name):
-    """#1953 / #2135 = #1855's tensors plus softcap_pos and softcap_neg, one element each."""
+    """#1953 / #2014 / #2135 = #1855's tensors plus softcap_pos and softcap_neg, one element each."""
     model = meta_model(name)
     assert role_summary(model) == {MATRIX: (66, 11 * 2_883_584), EMBED: (1, 4_194_304), SCALAR: (63, 31_945)}
     names = {n for n, _ in model.named_parameters()}
@@ -136,3 +137,17 @@ def test_roles_survive_deepcopy():
     assert param_roles(clone) == param_roles(model)
     names = build_optimizers(clone, OptimConfig(), tie_embeddings=True).param_names_by_group()
     assert sum(len(v) for v in names.values()) == len(list(model.parameters()))
+
+
+def test_record_2014_trains_with_the_progressive_context_and_3072_token_evaluation():
+    """#2014's schedule (1024 until 10% of the clock, 2048 until 70%, 3072 after), RoPE built for 3072 so
+    no stage rescales it, and the TTT levers as logged."""
+    cfg = load_config(PARAMS / "record_2014.yaml")
+    tc = cfg.train
+    assert [(s.seq_len, s.until) for s in tc.seq_schedule] == [(1024, 0.1), (2048, 0.7), (3072, 1.0)]
+    assert tc.seq_schedule_mode == "wallclock" and tc.seq_change_warmup_steps == 32
+    assert all(tc.train_batch_tokens % s.seq_len == 0 for s in tc.seq_schedule)
+    assert cfg.model.rotary.train_seq_len == tc.train_seq_len == cfg.eval_seq_len == 3072
+    assert cfg.ttt.context_len == 3072 and cfg.ttt.short_doc_chunks == [[256, 8], [2000, 24]]
+    assert cfg.ttt.phased_phases == 1 and cfg.ttt.phased_prefix_docs == 2500 and cfg.ttt.include_tail
+    assert cfg.quant.calib_reserve_seconds == 4.0  # 600 - 4 = the 596 s the schedule's progress divides by
