@@ -15,6 +15,7 @@ import numpy as np
 import torch
 import torch.distributed as tdist
 
+from pgolf_core.challenge import WORLD_SIZE
 from pgolf_core.runfolder import RunError
 
 
@@ -105,3 +106,16 @@ def any_rank(flags: list[bool], dist: DistInfo, device: torch.device) -> list[bo
     if dist.distributed:
         tdist.all_reduce(t, op=tdist.ReduceOp.MAX)
     return [bool(v) for v in t.tolist()]
+
+
+def grad_accum_steps(configured: int, dist: DistInfo) -> int:
+    """Micro-batches per step: ``train.grad_accum_steps``, or (0) the scored run's global batch in
+    WORLD_SIZE micro-batches whatever this machine's world size, as the challenge baseline."""
+    if configured:
+        return configured
+    if WORLD_SIZE % dist.world_size:
+        raise RunError(
+            f"world size {dist.world_size} does not divide the scored run's {WORLD_SIZE} GPUs; "
+            "set train.grad_accum_steps explicitly"
+        )
+    return WORLD_SIZE // dist.world_size

@@ -32,7 +32,6 @@ from pathlib import Path
 
 import torch
 
-from pgolf_core.challenge import WORLD_SIZE
 from pgolf_core.checkpoint import (
     load_checkpoint,
     restore_training_state,
@@ -51,6 +50,7 @@ from pgolf_core.dist import (
     broadcast_str,
     destroy_process_group,
     dist_info_from_env,
+    grad_accum_steps,
     init_process_group,
     resolve_device,
     seed_everything,
@@ -74,16 +74,7 @@ class Trainer:
         tc = cfg.train
         self.device = resolve_device(tc.device, dist)
         init_process_group(dist, self.device)
-        if tc.grad_accum_steps:
-            self.grad_accum = tc.grad_accum_steps
-        elif WORLD_SIZE % dist.world_size == 0:
-            # the scored run's global batch in WORLD_SIZE micro-batches, whatever this machine's world size
-            self.grad_accum = WORLD_SIZE // dist.world_size
-        else:
-            raise RunError(
-                f"world size {dist.world_size} does not divide the scored run's {WORLD_SIZE} GPUs; "
-                "set train.grad_accum_steps explicitly"
-            )
+        self.grad_accum = grad_accum_steps(tc.grad_accum_steps, dist)
         self.autocast = tc.autocast and self.device.type == "cuda"
         run_id = broadcast_str(tc.run_id or time.strftime("%Y%m%d-%H%M%S") + f"-s{tc.seed}", dist)
         self.files = RunFiles(Path(tc.run_dir), run_id, dist.is_main)
