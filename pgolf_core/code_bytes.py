@@ -26,6 +26,7 @@ RUNTIME_CODE_FILES = (
     "pgolf_core/challenge.py",
     "pgolf_core/config/*.py",
     "pgolf_core/dist.py",
+    "pgolf_core/run_data.py",
     "pgolf_core/eval/*.py",
     "pgolf_core/runtime.py",
     "pgolf_core/train.py",

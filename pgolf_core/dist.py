@@ -86,6 +86,13 @@ def wrap_ddp(module: torch.nn.Module, dist: DistInfo, device: torch.device) -> t
     return DDP(module, device_ids=ids, broadcast_buffers=False)
 
 
+def leave_together(dist: DistInfo) -> None:
+    """A barrier before a completed run destroys its group, so no rank tears gloo down under a peer that
+    still has work in flight (only on success: after a failure the peers may be gone already)."""
+    if dist.distributed and tdist.is_initialized():
+        tdist.barrier()
+
+
 def destroy_process_group(dist: DistInfo) -> None:
     if dist.distributed and tdist.is_initialized():
         tdist.destroy_process_group()

@@ -25,6 +25,7 @@ taken off the cap) is pgolf_core.train_schedule's.
 from __future__ import annotations
 
 import copy
+import gc
 import sys
 import time
 from contextlib import nullcontext
@@ -40,10 +41,7 @@ from pgolf_core.checkpoint import (
     weights_finite,
 )
 from pgolf_core.config import RunConfig, to_yaml
-from pgolf_core.data.loader import DistributedTokenLoader, load_validation_tokens
-from pgolf_core.data.shards import list_shards, read_header
-from pgolf_core.data.tokenizer import load_tokenizer
-from pgolf_core.data.tokenizer_bytes import build_byte_luts
+from pgolf_core.data.loader import DistributedTokenLoader
 from pgolf_core.dist import (
     DistInfo,
     any_rank,
@@ -52,17 +50,19 @@ from pgolf_core.dist import (
     dist_info_from_env,
     grad_accum_steps,
     init_process_group,
+    leave_together,
     resolve_device,
     seed_everything,
     wrap_ddp,
 )
-from pgolf_core.eval import EvalResult, evaluate_standard, load_target_bytes, nll_with_temperature
+from pgolf_core.eval import EvalResult, evaluate_standard, nll_with_temperature
 from pgolf_core.handoff import finish_run
 from pgolf_core.model import build_model, count_parameters
 from pgolf_core.model.challenge_weights import embed_storage_dtype, set_embed_storage_
 from pgolf_core.optim import EMA, build_optimizers, muon_momentum_at
 from pgolf_core.optim.banked import exclude_from_ddp, use_banked_muon
-from pgolf_core.runfolder import RunError, RunFiles, RunResult, TrainingDiverged, environment
+from pgolf_core.run_data import load_run_data
+from pgolf_core.runfolder import RunFiles, RunResult, TrainingDiverged, environment
 from pgolf_core.train_schedule import RunSchedule, needs_hessians
 
 
@@ -112,34 +112,8 @@ class Trainer:
 
     # ----- setup -----
     def _load_data(self) -> None:
-        dc, mc = self.cfg.data, self.cfg.model
-        root = dc.root_path()
-        sp = load_tokenizer(dc.tokenizer_path())
-        if sp.vocab_size() != mc.vocab_size:
-            raise RunError(
-                f"{dc.tokenizer_path()}: tokenizer vocab {sp.vocab_size()} != model.vocab_size "
-                f"{mc.vocab_size}; expected a tokenizer of model.vocab_size pieces (or set model.vocab_size)"
-            )
-        self.train_files = list_shards(root / dc.train_pattern)
-        if sum(read_header(f).num_tokens for f in self.train_files) == 0:
-            raise RunError(
-                f"{root / dc.train_pattern}: all {len(self.train_files)} training shard(s) hold 0 tokens "
-                "(data.train_pattern); expected tokens to train on"
-            )
-        val_files = list_shards(root / dc.val_pattern)
-        try:
-            self.val_tokens = load_validation_tokens(
-                val_files, self.cfg.eval_seq_len, dc.val_max_tokens, mc.vocab_size
-            )
-        except ValueError as e:  # an empty or too short split: name the files (data.val_pattern)
-            raise RunError(f"{root / dc.val_pattern}: {e}") from None
-        self.target_bytes = load_target_bytes(  # byte tables, or the CaseOps sidecar (data.caseops)
-            dc,
-            build_byte_luts(sp, mc.vocab_size),
-            val_files,
-            seq_len=self.cfg.eval_seq_len,
-            n_tokens=self.val_tokens.shape[0],
-        ).to(self.device)
+        self.train_files, self.val_tokens, target_bytes = load_run_data(self.cfg)
+        self.target_bytes = target_bytes.to(self.device)
 
     def _wrap_model(self) -> None:
         base = self.model
@@ -379,9 +353,15 @@ def train(cfg: RunConfig, dist: DistInfo | None = None, *, final_stages: bool = 
     try:
         trainer = Trainer(cfg, dist, final_stages=final_stages)
         try:
-            return trainer.run()
+            result = trainer.run()
         finally:
             trainer.files.unlock()
+        # DDP's reducer holds the gloo group: freed after the group was destroyed and a peer had left, it
+        # joined gloo threads forever (a 2-rank run hung at exit). Free it first, then leave together.
+        trainer.forward = trainer = None
+        gc.collect()
+        leave_together(dist)
+        return result
     finally:
         destroy_process_group(dist)
 

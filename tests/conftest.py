@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+# Under pytest-xdist (`make test` runs two workers on a 2-core machine) every worker and every process
+# it starts (torchrun ranks, notebook kernels, CLI subprocesses) computes with one intra-op thread: two
+# workers with torch's default two threads each oversubscribe the cores, and OpenMP workers spin-wait
+# (see ONE_THREAD_DIRS below). Set before torch starts its thread pool; children inherit the variable.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 # The challenge's official tokenizers: beside the checkout in ../shared/ on the team's machines, or in
