@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 test: setup  ## run the whole test suite (this is what CI runs)
 	$(VENV)/bin/ruff check pgolf_core tests bench
 	$(VENV)/bin/ruff format --check pgolf_core tests bench
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests  # two workers, a file per worker (its fixtures once)
 
 smoke: setup  ## the main job: the whole notebook suite on the embedded smoke corpus (~7 min on 2 cores)
 	$(PGOLF) data smoke
