@@ -30,7 +30,7 @@ test: setup  ## run the whole test suite (this is what CI runs)
 	$(VENV)/bin/ruff format --check pgolf_core tests bench
 	$(PY) -m pytest -q -n 2 --dist loadfile tests  # two workers, a file per worker (its fixtures once)
 
-smoke: setup  ## the main job: the whole notebook suite on the embedded smoke corpus (~7 min on 2 cores)
+smoke: setup  ## the main job: the whole notebook suite on the embedded smoke corpus (~10 min on 2 cores)
 	$(PGOLF) data smoke
 	$(PGOLF) suite params/smoke
 
