@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import functools
 import lzma
-import os
 import shutil
 import subprocess
 import tempfile
@@ -60,9 +59,9 @@ def lrzip_status() -> str:
 
 
 def _env() -> dict[str, str]:
-    # The lrzip subprocess inherits the environment unchanged (PATH, locale) plus pinned settings;
-    # nothing here is read as a hyperparameter.
-    return {**os.environ, **_LRZIP_ENV}
+    # The lrzip subprocess gets only the pinned setting, never this process's environment: the binary is
+    # called by its absolute path, and no user config or variable can change the bytes it writes.
+    return dict(_LRZIP_ENV)
 
 
 def _lrzip_compress(data: bytes) -> bytes:
