@@ -36,6 +36,9 @@ from pgolf_core.runtime import autocast_context
 from pgolf_core.scoring import ScoreEvents
 
 NllFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+#: (x, y, pos_BT, mask_BT) -> the NLL to commit (B, T): for scorers whose NLL depends on the stream
+#: position of each target (the tilt); called under no_grad, it sets up its own autocast
+PositionedNll = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def nll_with_temperature(model: torch.nn.Module, temperature: float) -> NllFn:
@@ -189,12 +192,14 @@ def score_windows(
     autocast: bool,
     events: ScoreEvents | None = None,
     capture: Capture | None = None,
+    positioned_nll: PositionedNll | None = None,
 ) -> None:
     """Score windows ``ids`` of ``plan`` in batches of ``batch_seqs`` and commit them to ``sums``;
     ``target_bytes`` (on ``device``; None: tokens only) counts the committed targets' bytes.
 
     Not a loop over tokens: each batch is one forward of (B, seq_len) and one masked gather.
-    ``events.scored`` is called once per batch, after its NLLs are committed.
+    ``events.scored`` is called once per batch, after its NLLs are committed. ``positioned_nll``, when
+    given, replaces ``nll_fn`` (ignored then) and its NLLs are committed at the precision it returns.
     """
     T = plan.seq_len
     ids = np.asarray(ids, dtype=np.int64)
@@ -207,14 +212,20 @@ def score_windows(
     for b in range(0, len(ids), batch_seqs):
         sl = slice(b, b + batch_seqs)
         x, y = window_batch(tokens_d, starts_W[sl], T)
-        with torch.no_grad(), autocast_context(device, autocast):
-            nll_BT = nll_fn(x, y)
         mask_BT = (offsets_T >= lo_W[sl, None]) & (offsets_T < hi_W[sl, None])
-        positions = (starts_W[sl, None] + 1 + offsets_T)[mask_BT] if need_positions else None
+        if positioned_nll is None:
+            with torch.no_grad(), autocast_context(device, autocast):
+                nll = nll_fn(x, y).float()[mask_BT]
+            positions = (starts_W[sl, None] + 1 + offsets_T)[mask_BT] if need_positions else None
+        else:
+            pos_BT = starts_W[sl, None] + 1 + offsets_T
+            with torch.no_grad():
+                nll = positioned_nll(x, y, pos_BT, mask_BT)[mask_BT]
+            positions = pos_BT[mask_BT]
         nbytes = None
         if target_bytes is not None:
             nbytes = target_bytes.targets(x[mask_BT], y[mask_BT], positions)
-        sums.add(positions, nll_BT.float()[mask_BT], nbytes)
+        sums.add(positions, nll, nbytes)
         if capture is not None and not capture.done:
             wid = ids[sl]
             row_pos = [np.arange(plan.first_scored[w], plan.last_scored[w] + 1) for w in wid]

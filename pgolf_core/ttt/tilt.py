@@ -32,10 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from pgolf_core.config.eval_sections import TiltConfig
-from pgolf_core.eval import Capture, ScoreSums, TargetBytes, WindowPlan, window_batch
+from pgolf_core.eval import WindowPlan, score_windows
 from pgolf_core.eval.tilt import build_hints, tilt_delta, tilted_distribution
 from pgolf_core.runtime import autocast_context
-from pgolf_core.scoring import ScoreEvents
 
 
 # Gated rows log-softmaxed in float64 at once: 2048 x V 8192 x 8 bytes = 128 MiB, whatever the share
@@ -98,50 +97,22 @@ class TokenTilt:
 
 
 def score_windows_tilted(
-    logits_fn,
-    tilt: TokenTilt,
-    tokens_d: torch.Tensor,
-    plan: WindowPlan,
-    ids: np.ndarray,
-    *,
-    batch_seqs: int,
-    sums: ScoreSums,
-    target_bytes: TargetBytes | None,
-    device: torch.device,
-    autocast: bool,
-    temperature: float = 1.0,
-    events: ScoreEvents | None = None,
-    capture: Capture | None = None,
+    logits_fn, tilt: TokenTilt, tokens_d: torch.Tensor, plan: WindowPlan, ids: np.ndarray, **kw
 ) -> None:
-    """``eval.score_windows`` with the tilt on the committed NLLs: windows ``ids`` of ``plan`` in
-    batches of ``batch_seqs``, NLL = cross-entropy of ``logits_fn(x) / temperature`` (what the plain
-    path's NLL function computes), tilted by ``tilt.apply`` and committed to ``sums``."""
-    T = plan.seq_len
-    ids = np.asarray(ids, dtype=np.int64)
-    offsets_T = torch.arange(T, device=device)
-    geometry = (plan.starts, plan.score_from, plan.lengths)
-    starts_W, lo_W, hi_W = (torch.as_tensor(a[ids], device=device) for a in geometry)
-    for b in range(0, len(ids), batch_seqs):
-        sl = slice(b, b + batch_seqs)
-        x, y = window_batch(tokens_d, starts_W[sl], T)
-        with torch.no_grad():
-            with autocast_context(device, autocast):
-                logits_BTV = logits_fn(x).float()
-                scaled_BTV = logits_BTV if temperature == 1.0 else logits_BTV / temperature
-                nll_BT = F.cross_entropy(scaled_BTV.flatten(0, 1), y.flatten(), reduction="none").view_as(y)
-            mask_BT = (offsets_T >= lo_W[sl, None]) & (offsets_T < hi_W[sl, None])
-            pos_BT = starts_W[sl, None] + 1 + offsets_T
-            nll = tilt.apply(nll_BT, logits_BTV, y, pos_BT, mask_BT, temperature)[mask_BT]
-        positions = pos_BT[mask_BT]
-        nbytes = None if target_bytes is None else target_bytes.targets(x[mask_BT], y[mask_BT], positions)
-        sums.add(positions, nll, nbytes)
-        if capture is not None and not capture.done:
-            wid = ids[sl]
-            row_pos = [np.arange(plan.first_scored[w], plan.last_scored[w] + 1) for w in wid]
-            with torch.no_grad(), autocast_context(device, autocast):
-                capture.take(x, plan.starts[wid], row_pos)
-        if events is not None:
-            events.scored(positions.cpu().numpy())
+    """``eval.score_windows`` with the tilt on the committed NLLs: NLL = cross-entropy of
+    ``logits_fn(x) / temperature`` (what the plain path's NLL function computes), tilted by
+    ``tilt.apply``; ``kw`` are score_windows' keywords plus ``temperature``."""
+    temperature = kw.pop("temperature", 1.0)
+    device, autocast = kw["device"], kw["autocast"]
+
+    def tilted(x: torch.Tensor, y: torch.Tensor, pos_BT: torch.Tensor, mask_BT: torch.Tensor):
+        with autocast_context(device, autocast):
+            logits_BTV = logits_fn(x).float()
+            scaled_BTV = logits_BTV if temperature == 1.0 else logits_BTV / temperature
+            nll_BT = F.cross_entropy(scaled_BTV.flatten(0, 1), y.flatten(), reduction="none").view_as(y)
+        return tilt.apply(nll_BT, logits_BTV, y, pos_BT, mask_BT, temperature)
+
+    score_windows(None, tokens_d, plan, ids, positioned_nll=tilted, **kw)
 
 
 def tilt_rows(rows: np.ndarray, tokens: np.ndarray, positions: np.ndarray, knobs: TiltConfig) -> np.ndarray:
