@@ -33,7 +33,6 @@ from torch import nn
 from pgolf_core.config import RunConfig
 from pgolf_core.config.sections import SeqStage
 from pgolf_core.dist import DistInfo, any_rank
-from pgolf_core.model.attention import CausalSelfAttention
 from pgolf_core.optim import lr_multiplier
 from pgolf_core.quant import qat_due, set_qat
 from pgolf_core.quant.calib import measure_calibration, reserve_seconds
@@ -88,17 +87,6 @@ def calib_reserve(cfg: RunConfig, model: nn.Module, dist: DistInfo, enabled: boo
     return reserve_seconds(q, timing), how
 
 
-def _varlen_cfgs(model: nn.Module, lengths: list[int]) -> dict:
-    """One model config per segment cap, built once: switching back to a cap reuses its object, so a
-    compiled graph that guards on it is found again instead of traced anew."""
-    cfg = model.cfg
-    out = {}
-    for n in lengths:
-        varlen = cfg.attention.varlen.model_copy(update={"max_doc_len": n})
-        out[n] = cfg.model_copy(update={"attention": cfg.attention.model_copy(update={"varlen": varlen})})
-    return out
-
-
 class RunSchedule:
     """The switches of one run. ``train`` is train config with the effective cap (cap minus reserve)."""
 
@@ -118,8 +106,6 @@ class RunSchedule:
         self._set_reserve(reserve)
         self.stages = list(tc.seq_schedule)
         self.varlen = cfg.model.attention.varlen.enabled
-        self._configured = model.cfg
-        self._cfgs = _varlen_cfgs(model, [st.seq_len for st in self.stages]) if self.varlen else {}
         self.qat_on = False
         self.stage, self.changed_at = 0, None
         self.rows = tc.train_seq_len
@@ -144,13 +130,7 @@ class RunSchedule:
         if not self.varlen:
             self.rows = length
             return
-        self._set_cap(self._cfgs[length])
-
-    def _set_cap(self, model_cfg) -> None:
-        self.model.cfg = model_cfg  # GPT.segments cuts at cfg.attention.varlen.max_doc_len
-        for m in self.model.modules():
-            if isinstance(m, CausalSelfAttention):
-                m.max_doc_len = model_cfg.attention.varlen.max_doc_len  # the flash kernels' bound
+        self.model.set_max_doc_len(length)
 
     @contextmanager
     def configured(self) -> Iterator[None]:
@@ -159,17 +139,17 @@ class RunSchedule:
         if not (self.varlen and self.stages):
             yield
             return
-        active = self.model.cfg
-        self._set_cap(self._configured)
+        active = self.model.max_doc_len
+        self.model.set_max_doc_len(self.cfg.model.attention.varlen.max_doc_len)
         try:
             yield
         finally:
-            self._set_cap(active)
+            self.model.set_max_doc_len(active)
 
     def end(self) -> None:
         """After the loop: the model as configured, for the final stages, calibration and export."""
         if self.varlen and self.stages:
-            self._set_cap(self._configured)
+            self.model.set_max_doc_len(self.cfg.model.attention.varlen.max_doc_len)
 
     def warmup_shapes(self) -> list[tuple[int, bool]]:
         """Every (length, loops on) the run will train with, in the order it reaches them."""

@@ -71,6 +71,7 @@ class GPT(nn.Module):
         # Plans with the loops off and on; skip parameters are sized for the longer plan (loops on).
         self.plans = {False: layer_plan(cfg, False), True: layer_plan(cfg, True)}
         self.loops_on = False
+        self.max_doc_len = cfg.attention.varlen.max_doc_len  # varlen's segment cap (set_max_doc_len)
         self.skip_weights, self.skip_gates = skip_params(cfg, self.plans[True].num_skips)
         self.parallel_resid_lambdas, self.parallel_post_lambdas = lane_params(cfg)
         self.lm_head = None if cfg.tie_embeddings else linear(D, V, HEAD, zero_init=True)
@@ -84,6 +85,15 @@ class GPT(nn.Module):
     def set_loops(self, on: bool) -> None:
         """Depth recurrence on/off; stays off for a config without loops. torch.compile guards on it."""
         self.loops_on = bool(on) and self.cfg.residual.loops.count > 0
+
+    def set_max_doc_len(self, n: int) -> None:
+        """Varlen's document-segment cap (progressive context trains at each stage's length); a
+        no-op without varlen. torch.compile guards on it, as on ``loops_on``."""
+        if not self.cfg.attention.varlen.enabled:
+            return
+        self.max_doc_len = n
+        for block in self.blocks:
+            block.attn.max_doc_len = n  # the flash kernels' bound on a segment's length
 
     @property
     def plan(self) -> LayerPlan:
@@ -99,7 +109,7 @@ class GPT(nn.Module):
         BOS tokens when the key offset masks at them, else None (attention reads no boundaries)."""
         ac = self.cfg.attention
         if ac.varlen.enabled:
-            return packed_segments(input_ids_BT, ac.varlen.max_doc_len)
+            return packed_segments(input_ids_BT, self.max_doc_len)
         if ac.key_offset.enabled and ac.key_offset.bos_fix:
             return bos_segments(input_ids_BT)
         return None
