@@ -74,9 +74,8 @@ def load_checkpoint(path: Path) -> dict:
             f"{path}: not a readable checkpoint (corrupt, or not written by torch.save)"
         ) from None
     except (RuntimeError, EOFError, ValueError, OSError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0].split(". ")[
-            0
-        ]  # torch's first sentence
+        line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = line.split(". ")[0]  # torch's first sentence
         raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt: {first})") from None
 
 
