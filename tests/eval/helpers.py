@@ -8,7 +8,9 @@ import torch
 
 from pgolf_core.config import ModelConfig, RunConfig, TTTConfig, config_from_dict
 from pgolf_core.data.tokenizer_bytes import ByteLUTs
+from pgolf_core.dist import DistInfo
 from pgolf_core.model import build_model
+from pgolf_core.ttt.common import EvalSpec
 
 VOCAB = 64
 BOS = 1
@@ -105,3 +107,21 @@ class OrderRecorder:
     def updated_positions(self, kind: str | None = None) -> np.ndarray:
         parts = [p for k, p in self.updates if kind is None or k == kind]
         return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+
+
+# The per-document TTT tests' shape (test_ttt_lora, test_ttt_levers): documents of these lengths, windows
+# of 32 scored from 8, and the LoRA / phased knobs scaled to them.
+CPU = torch.device("cpu")
+ONE = DistInfo()
+SPEC = EvalSpec(seq_len=32, stride=8, batch_seqs=8)
+LENGTHS = [150, 60, 200, 30, 180, 90, 7]
+LORA = {"mode": "lora", "lora_chunk_tokens": 16, "lora_window": 32, "lora_batch_docs": 3, "lora_lr": 0.05}
+PHASED = {
+    **LORA,
+    "mode": "phased",
+    "phased_prefix_docs": 5,
+    "phased_phases": 2,
+    "phased_lr": 0.05,
+    "chunk_tokens": 128,
+    "batch_seqs": 4,
+}

@@ -7,31 +7,27 @@ import re
 
 import numpy as np
 import pytest
-import torch
 
 from pgolf_core.compliance.causality import check_future_perturbation
 from pgolf_core.config import ConfigError, config_from_dict
-from pgolf_core.dist import DistInfo
 from pgolf_core.eval import stream_byte_counts
 from pgolf_core.ttt import DocLoRAScorer, TTTInputs, doc_lora_ttt, phased_ttt
 from pgolf_core.ttt.common import EvalSpec
 from pgolf_core.ttt.doc_lora import DocLoRARunner, batch_chunk_tokens, scored_length
-from tests.eval.helpers import OrderRecorder, doc_stream, luts, tiny_model, ttt_cfg
+from tests.eval.helpers import (
+    CPU,
+    LENGTHS,
+    LORA,
+    ONE,
+    PHASED,
+    SPEC,
+    OrderRecorder,
+    doc_stream,
+    luts,
+    tiny_model,
+    ttt_cfg,
+)
 
-CPU = torch.device("cpu")
-ONE = DistInfo()
-SPEC = EvalSpec(seq_len=32, stride=8, batch_seqs=8)
-LENGTHS = [150, 60, 200, 30, 180, 90, 7]
-LORA = {"mode": "lora", "lora_chunk_tokens": 16, "lora_window": 32, "lora_batch_docs": 3, "lora_lr": 0.05}
-PHASED = {
-    **LORA,
-    "mode": "phased",
-    "phased_prefix_docs": 5,
-    "phased_phases": 2,
-    "phased_lr": 0.05,
-    "chunk_tokens": 128,
-    "batch_seqs": 4,
-}
 SHORT = [[40, 4], [100, 8]]  # #2014's rule scaled to the test documents: <= 40 -> 4, <= 100 -> 8, else 16
 
 

@@ -6,29 +6,27 @@ import numpy as np
 import pytest
 import torch
 
-from pgolf_core.dist import DistInfo
 from pgolf_core.eval import ScoreSums, device_tokens, evaluate_sliding
 from pgolf_core.ttt import DocLoRAScorer, PhasedTTTScorer, TTTInputs, doc_lora_ttt, find_documents, phased_ttt
-from pgolf_core.ttt.common import EvalSpec, working_copy
+from pgolf_core.ttt.common import working_copy
 from pgolf_core.ttt.doc_lora import DocLoRARunner, doc_chunk
 from pgolf_core.ttt.lora import TARGETS, LoRASet
 from pgolf_core.ttt.phased import phase_boundaries
-from tests.eval.helpers import BOS, OrderRecorder, doc_stream, luts, random_stream, tiny_model, ttt_cfg
-
-CPU = torch.device("cpu")
-ONE = DistInfo()
-SPEC = EvalSpec(seq_len=32, stride=8, batch_seqs=8)
-LENGTHS = [150, 60, 200, 30, 180, 90, 7]
-LORA = {"mode": "lora", "lora_chunk_tokens": 16, "lora_window": 32, "lora_batch_docs": 3, "lora_lr": 0.05}
-PHASED = {
-    **LORA,
-    "mode": "phased",
-    "phased_prefix_docs": 5,
-    "phased_phases": 2,
-    "phased_lr": 0.05,
-    "chunk_tokens": 128,
-    "batch_seqs": 4,
-}
+from tests.eval.helpers import (
+    CPU,
+    LENGTHS,
+    LORA,
+    ONE,
+    PHASED,
+    SPEC,
+    BOS,
+    OrderRecorder,
+    doc_stream,
+    luts,
+    random_stream,
+    tiny_model,
+    ttt_cfg,
+)
 
 
 def lora_run(tokens, model=None, events=None, **kw):
