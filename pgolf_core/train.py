@@ -115,9 +115,14 @@ class Trainer:
         self.train_files, self.val_tokens, target_bytes = load_run_data(self.cfg)
         self.target_bytes = target_bytes.to(self.device)
 
+    def _compiles(self) -> bool:
+        # CPU inductor would compile for minutes to save nothing; the tests force it on to rehearse the
+        # CUDA wrapping (DDP around the compiled module, BankedMuon's ``_orig_mod.`` exclusions) on gloo.
+        return self.cfg.train.compile and self.device.type == "cuda"
+
     def _wrap_model(self) -> None:
         base = self.model
-        use_compile = self.cfg.train.compile and self.device.type == "cuda"
+        use_compile = self._compiles()
         self.forward = torch.compile(base, dynamic=False) if use_compile else base
         self.nll = nll_with_temperature(base, self.cfg.eval.temperature)
         if use_compile:

@@ -39,6 +39,7 @@ def runs(smoke_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("banked")
     banked = (*COMMON, "optim.muon_banked=true", "train.grad_accum_steps=2")
     overrides = {rid: tiny_overrides(smoke_dir, out, rid, *banked) for rid in ("whole", "cut")}
+    overrides["compiled"] = tiny_overrides(smoke_dir, out, "compiled", *banked, "train.warmup_steps=2")
     run_ranks(W.worker, 2, str(REPO / "params/smoke/train.yaml"), overrides, str(out))
     norms = []
     clip = OptimizerSet.clip_grad_norm_
@@ -59,7 +60,8 @@ def runs(smoke_dir, tmp_path_factory):
             train(cfg, final_stages=False)
     finally:
         torch.set_num_threads(threads)
-    return out, [torch.load(out / f"rank{r}.pt")["whole"] for r in range(2)], norms
+    saved = [torch.load(out / f"rank{r}.pt") for r in range(2)]
+    return out, [rec["whole"] for rec in saved], norms, [rec["compiled"] for rec in saved]
 
 
 def max_diff(a: dict, b: dict) -> float:
@@ -73,7 +75,7 @@ def momentum(run_dir, run_id) -> dict[int, torch.Tensor]:
 
 
 def test_two_banked_ranks_equal_one_process_plain_muon(runs):
-    out, records, ref_norms = runs
+    out, records, ref_norms, _ = runs
     ref, got = final_weights(out, "ref"), final_weights(out, "whole")
     assert got.keys() == ref.keys()
     diff = max_diff(got, ref)
@@ -92,7 +94,7 @@ def test_two_banked_ranks_equal_one_process_plain_muon(runs):
 
 
 def test_banked_matrices_leave_ddp_and_are_reduced_once_per_step(runs):
-    _, records, _ = runs
+    _, records, _, _ = runs
     for rec in records:
         assert len(rec["matrices"]) == 6 * 2  # Q K V O up down, 2 layers
         assert rec["ignored"] == rec["matrices"]  # DDP all-reduces the rest
@@ -102,7 +104,7 @@ def test_banked_matrices_leave_ddp_and_are_reduced_once_per_step(runs):
 
 
 def test_banked_run_resumes_to_the_uninterrupted_weights(runs):
-    out, _, _ = runs
+    out, _, _, _ = runs
     log = (out / "cut" / "train.log").read_text()
     assert f"resumed from {out / 'cut' / 'checkpoints' / 'last.pt'} at step 4" in log
     whole, cut = final_weights(out, "whole"), final_weights(out, "cut")
@@ -113,3 +115,19 @@ def test_banked_run_resumes_to_the_uninterrupted_weights(runs):
     assert got_m.keys() == ref_m.keys()
     for k in ref_m:
         assert torch.equal(got_m[k], ref_m[k]), k
+
+
+def test_banked_run_under_torch_compile_is_the_eager_run(runs):
+    """DDP wraps the compiled module (names ``_orig_mod.``-prefixed): BankedMuon's matrices must still
+    leave DDP and be reduced once per step, and the compile warmup must be undone exactly."""
+    out, eager, _, compiled = runs
+    log = (out / "compiled" / "train.log").read_text()
+    assert "warmup_step:2/2" in log
+    for rec, ref in zip(compiled, eager, strict=True):
+        assert rec["ignored"] == [f"_orig_mod.{n}" for n in ref["matrices"]]
+        assert rec["during_backward"] == 0 and rec["per_step"] == ref["per_step"]
+        assert rec["norms"] == ref["norms"]
+    got, want = final_weights(out, "compiled"), final_weights(out, "whole")
+    assert got.keys() == want.keys()
+    for k in want:
+        assert torch.equal(got[k], want[k]), k
