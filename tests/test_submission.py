@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import lzma
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pgolf_core import submission as sub
 from pgolf_core.challenge import BYTE_CAP
+from pgolf_core.code_bytes import RUNTIME_CODE_FILES, counted_files
+from pgolf_core.code_pack import ENTRY_SCRIPT, minify, unarchive
 from pgolf_core.submission import SubmissionRefused, export_submission, margin_bpb, significance
 from pgolf_core.suite import run_suite
 from tests.conftest import REPO
@@ -132,39 +138,105 @@ def test_export_writes_the_challenge_records_folder(group_runs, tmp_path):
         finals.append(next(x for x in st if x["stage"] == "q_sw"))
     assert s["val_bpb"] == pytest.approx(sum(f["val_bpb"] for f in finals) / 2, abs=1e-8)
     assert [x["stage"] for x in s["seed_results"]] == ["q_sw", "q_sw"]
-    # bytes: every counted code file + the entry script + the config, plus the largest model blob
-    code = [p for p in out.rglob("*") if p.is_file() and p.suffix in (".py", ".yaml")]
-    assert s["bytes_code"] == sum(p.stat().st_size for p in code)
+    # bytes: the packed train_gpt.py (every counted code file, the entry script, the config), plus the
+    # largest model blob
+    wrapper = (out / "train_gpt.py").read_bytes()
+    assert s["code_packing"] == "packed" and s["bytes_code"] == len(wrapper)
     biggest = max((r.run_dir / "artifact.bin").stat().st_size for r in records)
     assert s["bytes_total"] == s["bytes_code"] + biggest < BYTE_CAP
     assert {
         "README.md",
         "train_gpt.py",
-        "config.yaml",
         "train_seed1.log",
         "train_seed2.log",
         "stages_seed1.json",
         "stages_seed2.json",
-    } <= {p.name for p in out.iterdir()}
-    assert (out / "pgolf_core" / "model" / "gpt.py").is_file() and not (
-        out / "pgolf_core" / "cli.py"
-    ).exists()
+    } == {p.name for p in out.iterdir()} - {"submission.json"}
+    packed = unpacked_files(wrapper)
+    counted = {f.as_posix() for f in counted_files(RUNTIME_CODE_FILES, REPO)}
+    assert set(packed) == counted | {"train_gpt.py", "config.yaml"} and "pgolf_core/cli.py" not in packed
+    config = yaml.safe_load(packed["config.yaml"])
+    assert (config["model"]["num_layers"], config["train"]["seed"]) == (2, 1)
+    for name in ("pgolf_core/model/gpt.py", "train_gpt.py"):  # minified: compiles, no docstrings left
+        source = packed[name].decode()
+        assert source == minify((REPO / name).read_text() if name != "train_gpt.py" else ENTRY_SCRIPT)
+        assert '"""' not in source and "#" not in source.split("\n")[0]
+        compile(source, name, "exec")
+    raw = sum((REPO / f).stat().st_size for f in counted)
+    print(f"counted code: {len(counted)} files, {raw:,} B raw -> {len(wrapper):,} B packed")
+    assert len(wrapper) < raw / 4  # measured 2026-12-02: 733,071 -> about 126,000
     readme = (out / "README.md").read_text()
     assert "## Significance" in readme and "one-sided t" in readme and "MEETS the record bar" in readme
     assert "| seed | pre | q | q_sw |" in readme and "`model.num_layers: 9 -> 2`" in readme
+    assert "unpacks into `_pgolf_code_<hash>/`" in readme
     assert s["significance"]["bar_met"] is True and s["significance"]["p"] < 0.01
 
 
-def test_exported_entry_script_trains_and_scores_from_the_folder(group_runs, tmp_path):
-    """train_gpt.py runs from the exported folder alone (its own copy of the counted code)."""
+def raw_packing(monkeypatch) -> None:
+    real_load = sub.load_config
+
+    def raw(path):
+        cfg = real_load(path)
+        return cfg.model_copy(update={"quant": cfg.quant.model_copy(update={"code_packing": "raw"})})
+
+    monkeypatch.setattr(sub, "load_config", raw)
+
+
+def unpacked_files(wrapper: bytes) -> dict[str, bytes]:
+    blob = re.search(rb"b85decode\('([^']+)'\)", wrapper)[1]
+    return unarchive(lzma.decompress(base64.b85decode(blob)))
+
+
+def test_raw_export_ships_the_files(group_runs, tmp_path, monkeypatch):
     reports, _ = group_runs
-    out = export(reports, tmp_path / "rec").out_dir
+    raw_packing(monkeypatch)
+    res = export(reports, tmp_path / "raw")
+    out, s = res.out_dir, res.submission
+    code = [p for p in out.rglob("*") if p.is_file() and p.suffix in (".py", ".yaml")]
+    assert s["code_packing"] == "raw" and s["bytes_code"] == sum(p.stat().st_size for p in code)
+    assert (out / "pgolf_core" / "model" / "gpt.py").is_file()
+    assert not (out / "pgolf_core" / "cli.py").exists()
+    assert (out / "train_gpt.py").read_text() == ENTRY_SCRIPT and (out / "config.yaml").is_file()
+
+
+def run_entry(folder: Path) -> tuple[str, list[dict]]:
     proc = subprocess.run(
-        [sys.executable, "train_gpt.py"], check=False, cwd=out, capture_output=True, text=True, timeout=600
+        [sys.executable, "train_gpt.py"], check=False, cwd=folder, capture_output=True, text=True, timeout=600
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert '"event": "stages"' in proc.stdout and (out / "runs" / "record" / "artifact.bin").is_file()
-    assert f"pgolf_core from {out / 'pgolf_core'}" in proc.stdout  # the folder's own copy, not the checkout
+    assert '"event": "stages"' in proc.stdout and (folder / "runs" / "record" / "artifact.bin").is_file()
+    return proc.stdout, json.loads((folder / "runs" / "record" / "stages.json").read_text())["stages"]
+
+
+def test_exported_entry_scripts_train_and_score_alike_from_the_folder(group_runs, tmp_path, monkeypatch):
+    """train_gpt.py runs from the exported folder alone: the packed wrapper (the minified code it
+    unpacks) gives the same stage numbers as the raw folder's readable code, and counts its own size."""
+    reports, _ = group_runs
+    packed = export(reports, tmp_path / "packed").out_dir
+    raw_packing(monkeypatch)
+    raw = export(reports, tmp_path / "raw").out_dir
+    out_raw, stages_raw = run_entry(raw)
+    assert f"pgolf_core from {raw / 'pgolf_core'}" in out_raw  # the folder's own copy, not the checkout
+    out_packed, stages_packed = run_entry(packed)
+    (unpacked,) = packed.glob("_pgolf_code_*")
+    assert f"pgolf_core from {unpacked / 'pgolf_core'}" in out_packed
+    assert json.loads((unpacked / "PACKED.json").read_text()) == {
+        "wrapper": "train_gpt.py",
+        "bytes": (packed / "train_gpt.py").stat().st_size,
+    }
+    size = (packed / "train_gpt.py").stat().st_size
+    assert f"code {size:,}" in out_packed  # T7 counts the shipped wrapper, not the unpacked files
+    assert [st["stage"] for st in stages_packed] == [st["stage"] for st in stages_raw]
+    for a, b in zip(stages_packed, stages_raw, strict=True):
+        assert (a["val_bpb"], a["val_loss"], a["tokens"], a["bytes"]) == (
+            b["val_bpb"],
+            b["val_loss"],
+            b["tokens"],
+            b["bytes"],
+        ), a["stage"]
+    again, _ = run_entry(packed)  # a second start reuses the unpacked folder
+    assert len(list(packed.glob("_pgolf_code_*"))) == 1
+    assert f"pgolf_core from {unpacked / 'pgolf_core'}" in again
 
 
 def test_export_refuses_non_compliant_over_cap_failed_and_unknown(group_runs, tmp_path, monkeypatch):

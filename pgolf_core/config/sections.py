@@ -317,6 +317,11 @@ class QuantConfig(Section):
         description="globs of the code counted in the artifact (default: every module a run loads to "
         "train and score)",
     )
+    code_packing: Literal["packed", "raw"] = Field(
+        "packed",
+        description="how the counted code ships and counts: packed, one self-extracting train_gpt.py "
+        "(minified, lzma, base85; pgolf_core/code_pack.py), or raw, the files as they are",
+    )
     byte_cap: int = Field(BYTE_CAP, gt=0, description="decimal artifact cap: code + compressed model")
 
 

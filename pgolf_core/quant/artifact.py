@@ -2,8 +2,9 @@
 
 The challenge counts code bytes + compressed model bytes against a decimal cap (``quant.byte_cap``,
 default ``pgolf_core.challenge.BYTE_CAP``; decimal, not MiB: #1019's pruning target used MiB; the code
-counted as in ``pgolf_core.code_bytes``). ``Artifact`` carries both numbers, the margin and
-an over-cap flag; an artifact over the cap is reported with its overage (and a warning), never hidden.
+counted as it ships, ``quant.code_packing``: pgolf_core.code_pack's wrapper or the raw files).
+``Artifact`` carries both numbers, the margin and an over-cap flag; an artifact over the cap is reported
+with its overage (and a warning), never hidden.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import Tensor, nn
 
 from pgolf_core.atomic import atomic_write_bytes
 from pgolf_core.code_bytes import counted_bytes
+from pgolf_core.code_pack import packed_bytes
 from pgolf_core.config import QuantConfig
 from pgolf_core.quant.classify import resolve_state
 from pgolf_core.quant.compress import COMPRESSORS, lrzip_path, lrzip_status
@@ -37,8 +39,11 @@ class ArtifactOverCapWarning(UserWarning):
 
 
 def code_bytes(qcfg: QuantConfig, root: str | os.PathLike = ".") -> int:
-    """Bytes of every file matched by ``qcfg.code_files`` (globs relative to ``root``), each counted once
-    (``pgolf_core.code_bytes``: raw sizes; a glob that matches nothing or leaves ``root`` is an error)."""
+    """Counted code bytes of ``qcfg.code_files`` (globs relative to ``root``; one that matches nothing or
+    leaves ``root`` is an error): the self-extracting wrapper's size (``quant.code_packing: packed``,
+    pgolf_core.code_pack) or the raw file sizes, each file counted once (``raw``)."""
+    if getattr(qcfg, "code_packing", "raw") == "packed":  # getattr: configs from before the field
+        return packed_bytes(qcfg.code_files, root)
     return counted_bytes(qcfg.code_files, root)
 
 
