@@ -99,7 +99,7 @@ def test_minify_drops_docstrings_comments_and_function_annotations_only():
     out = minify(TOY_MODULE, "toy/mod.py")
     for dropped in ("A module docstring", "must survive", "Its body is", "a comment", "-> str", "-> None"):
         assert dropped not in out, dropped
-    assert "lr:float=Field(0.5,gt=0)" in out.replace(" ", "") and "x:int" in out.replace(" ", "")
+    assert "lr:float=Field(.5,gt=0)" in out.replace(" ", "") and "x:int" in out.replace(" ", "")
     assert "scale=2" in out and "total" in out  # names kept (rename_locals off)
     compile(out, "toy/mod.py", "exec")
     assert len(out) < 0.75 * len(TOY_MODULE)
