@@ -128,10 +128,12 @@ def pack(files: Mapping[str, bytes]) -> bytes:
     ``files`` must hold ``train_gpt.py``, the entry the wrapper runs."""
     if ENTRY_NAME not in files:
         raise ValueError(f"pack: no {ENTRY_NAME} among the files to pack")
-    body = {
-        path: minify(data.decode("utf-8"), path).encode() if path.endswith(".py") else data
-        for path, data in files.items()
-    }
+    body = {}
+    for path, data in files.items():
+        try:
+            body[path] = minify(data.decode("utf-8"), path).encode() if path.endswith(".py") else data
+        except (UnicodeDecodeError, SyntaxError, ValueError) as e:  # the minifier parses the file
+            raise ValueError(f"pack: {path} is not valid UTF-8 Python source ({e})") from None
     blob = archive(body)
     compressed = lzma.compress(blob, format=lzma.FORMAT_XZ, preset=9 | lzma.PRESET_EXTREME)
     text = WRAPPER.format(

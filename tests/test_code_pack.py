@@ -93,6 +93,8 @@ def test_archive_round_trip_and_bad_paths():
             archive({bad: b""})
     with pytest.raises(ValueError, match="no train_gpt.py among the files"):
         pack({"a.py": b""})
+    with pytest.raises(ValueError, match=r"pack: bad.py is not valid UTF-8 Python source \("):
+        pack({"train_gpt.py": b"", "bad.py": b"def (:"})
 
 
 def test_minify_drops_docstrings_comments_and_function_annotations_only():

@@ -288,9 +288,13 @@ def test_code_bytes_counts_each_matched_file_once_and_rejects_empty_globs(tmp_pa
     (tmp_path / "pkg" / "sub" / "b.py").write_bytes(b"y" * 23)
     (tmp_path / "pkg" / "__pycache__").mkdir()
     (tmp_path / "pkg" / "__pycache__" / "a.py").write_bytes(b"z" * 1000)
-    assert code_bytes(QuantConfig(code_files=["pkg/**/*.py", "pkg/a.py"]), tmp_path) == 123
-    with pytest.raises(FileNotFoundError, match="matches no file"):
-        code_bytes(QuantConfig(code_files=["pkg/**/*.py", "train_gpt.py"]), tmp_path)
+    raw = {"code_packing": "raw"}
+    assert code_bytes(QuantConfig(code_files=["pkg/**/*.py", "pkg/a.py"], **raw), tmp_path) == 123
+    for packing in ("raw", "packed"):
+        with pytest.raises(FileNotFoundError, match="matches no file"):
+            code_bytes(
+                QuantConfig(code_files=["pkg/**/*.py", "train_gpt.py"], code_packing=packing), tmp_path
+            )
 
 
 def test_code_bytes_refuses_files_outside_the_root(tmp_path):
@@ -387,7 +391,8 @@ def test_code_bytes_are_counted_one_way_and_the_policy_is_light():
     assert Path("pgolf_core/code_bytes.py") in files and Path("pgolf_core/cli.py") not in files
     by_hand = sum((REPO_ROOT / f).stat().st_size for f in files)
     twice = [REPO_ROOT / f for f in files] + [REPO_ROOT / files[0]]
-    assert code_bytes(QuantConfig(), REPO_ROOT) == compliance.code_bytes(twice) == by_hand
+    raw = QuantConfig(code_packing="raw")
+    assert code_bytes(raw, REPO_ROOT) == compliance.code_bytes(twice) == by_hand
     heavy = "('torch', 'numpy', 'pgolf_core.quant')"
     probe = f"import sys, pgolf_core.config; print(sorted(m for m in {heavy} if m in sys.modules))"
     out = subprocess.run(
