@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PGOLF  := $(VENV)/bin/pgolf
 STAMP  := $(VENV)/.pgolf-installed
 
-.PHONY: help setup test smoke lab bench device-check clean
+.PHONY: help setup test smoke lab bench device-wheels device-check clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -44,9 +44,20 @@ bench: setup  ## run the benchmarks under bench/ (by hand; numbers go to bench/R
 	$(PY) bench/ngram.py
 	$(PY) bench/quant.py
 
+# The GPU machine's own python3 (the one holding its CUDA torch; a venv made from a venv would not see
+# it), with pgolf installed into it: offline from $(WHEELS)/ where `make device-wheels` filled it and it
+# was carried along (the lent machine reaches no package index), else from PyPI.
 OUT ?= reports/device
-device-check: setup  ## GPU machine: install the gpu extra, then every GPU check in 8 min -> $(OUT)/device_check.{md,json}
-	$(PY) bench/device_check.py --setup --out $(OUT)
+DEVICE_PY ?= python3
+WHEELS ?= .whl
+device-wheels: setup  ## here, with PyPI: the wheels an offline GPU machine lacks -> $(WHEELS)/ (carry it there)
+	$(PY) bench/device_wheels.py --out $(WHEELS)
+
+device-check:  ## GPU machine: pgolf into python3 (offline from $(WHEELS)/ if there), then every GPU check in 8 min -> $(OUT)/
+	@if [ -d $(WHEELS) ]; then set -x; $(DEVICE_PY) -m pip install -q --no-index --find-links $(WHEELS) \
+	  --no-build-isolation -e . ; else set -x; $(DEVICE_PY) -m pip install -q -e . ; fi \
+	  || echo "device-check: installing pgolf failed; the sections record what does not import"
+	$(DEVICE_PY) bench/device_check.py --setup --out $(OUT)
 
 clean:  ## remove the venv, built data and runs
 	rm -rf $(VENV) data runs .pytest_cache

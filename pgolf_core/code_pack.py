@@ -27,6 +27,7 @@ import hashlib
 import json
 import lzma
 import os
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path, PurePosixPath
 
@@ -168,11 +169,51 @@ def packed_marker(root: str | os.PathLike) -> int | None:
     return wrapper.stat().st_size
 
 
+def _size_cache() -> Path:
+    if os.environ.get("PGOLF_CACHE_DIR"):
+        return Path(os.environ["PGOLF_CACHE_DIR"]) / "packed_sizes.json"
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "pgolf" / "packed_sizes.json"
+
+
+def _cache_key(files: Mapping[str, bytes]) -> str:
+    from importlib.metadata import version
+
+    inputs = f"{version('python-minifier')} {sys.version_info[:2]} {sorted(_MINIFY.items())} {WRAPPER}"
+    h = hashlib.sha256(inputs.encode())  # the minifier's output depends on the ast of this Python too
+    for path, data in files.items():
+        h.update(f"{path}\n{len(data)}\n".encode() + data)
+    return h.hexdigest()
+
+
 def packed_bytes(patterns: Iterable[str], root: str | os.PathLike) -> int:
     """Counted code bytes under ``quant.code_packing: packed``: the wrapper of the counted files and
     the entry script (the export adds the run's config.yaml, about 1 KB more once compressed), or, run
-    from an unpacked submission, the size of the wrapper that unpacked it."""
+    from an unpacked submission, the size of the wrapper that unpacked it.
+
+    Minifying takes about 5 s, once in every process that builds an artifact: the size is kept in
+    ``~/.cache/pgolf/packed_sizes.json`` (or ``$PGOLF_CACHE_DIR``, ``$XDG_CACHE_HOME``) by the hash of
+    every input (sources, minifier version and settings, wrapper). Only a size is cached, never code:
+    the export packs anew.
+    """
     shipped = packed_marker(root)
     if shipped is not None:
         return shipped
-    return len(pack(project_files(patterns, root)))
+    files = project_files(patterns, root)
+    key, cache = _cache_key(files), _size_cache()
+    try:
+        sizes = json.loads(cache.read_text(encoding="utf-8"))
+        if isinstance(sizes.get(key), int):
+            return sizes[key]
+    except (OSError, ValueError, AttributeError):
+        sizes = {}
+    size = len(pack(files))
+    try:
+        from pgolf_core.atomic import atomic_write_json
+
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        kept = dict(list(sizes.items())[-63:]) if isinstance(sizes, dict) else {}
+        atomic_write_json(cache, {**kept, key: size})  # a cache: unwritable is fine, and so is a lost race
+    except OSError:
+        pass
+    return size

@@ -172,3 +172,29 @@ def test_the_accounting_counts_as_the_config_ships():
     assert packed == len(pack(project_files(RUNTIME_CODE_FILES, REPO)))
     print(f"counted code: {raw:,} B raw, {packed:,} B packed")
     assert packed < raw / 4
+
+
+def test_the_packed_size_is_cached_by_its_inputs(tmp_path, monkeypatch):
+    import pgolf_core.code_pack as cp
+
+    monkeypatch.setenv("PGOLF_CACHE_DIR", str(tmp_path / "cache"))
+    root = tmp_path / "proj"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "a.py").write_text("X = 1\n")
+    first = packed_bytes(["pkg/*.py"], root)
+    assert first == len(pack(project_files(["pkg/*.py"], root)))
+    cached = json.loads((tmp_path / "cache" / "packed_sizes.json").read_text())
+    assert list(cached.values()) == [first]
+
+    def no_packing(files):
+        raise AssertionError("packed again")
+
+    monkeypatch.setattr(cp, "pack", no_packing)
+    assert packed_bytes(["pkg/*.py"], root) == first  # same inputs: the cached size
+    (root / "pkg" / "a.py").write_text("X = 1  # a comment that minifies away\nY = 'more code'\n")
+    with pytest.raises(AssertionError, match="packed again"):  # any changed byte: a new key
+        packed_bytes(["pkg/*.py"], root)
+    monkeypatch.undo()
+    monkeypatch.setenv("PGOLF_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "cache" / "packed_sizes.json").write_text("[1, 2]")  # a broken cache is recomputed
+    assert packed_bytes(["pkg/*.py"], root) > first

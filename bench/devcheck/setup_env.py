@@ -31,6 +31,7 @@ PIP_OPTIONS = {  # per distribution: what keeps pip from building for long
     "flash-attn-4": ["--only-binary", ":all:"],
 }
 SETUP_ENV = "PGOLF_DEVICE_SETUP"  # "1": bench/device_check.py --setup was given (workers inherit it)
+WHEELS = REPO / ".whl"  # make device-wheels (bench/device_wheels.py)
 PACKAGES = ("torch", "triton", "flash-attn", "flash-attn-4", "flash_attn_3", "nvidia-cutlass-dsl")
 
 
@@ -72,6 +73,7 @@ def pip_command(requirement: str, constraints: Path) -> list[str]:
         "-c",
         str(constraints),
         *PIP_OPTIONS.get(dist_name(requirement), []),
+        *(["--find-links", str(WHEELS)] if WHEELS.is_dir() else []),  # wheels carried to an offline machine
         requirement,
     ]
 
