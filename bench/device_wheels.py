@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -37,9 +38,24 @@ def requirements(pyproject: Path = REPO / "pyproject.toml") -> list[str]:
     return [d for d in deps if re.split(r"[<>=!~ \[;]", d, maxsplit=1)[0].lower() not in PROVIDED]
 
 
-def download_command(reqs: list[str], out: Path, python_version: str) -> list[str]:
+def target_python(version: str) -> str | None:
+    """An interpreter of ``version`` here that runs (on PATH, or a pyenv build; a pyenv shim may not)."""
+    pyenv = sorted(Path.home().glob(f".pyenv/versions/{version}.*/bin/python{version}"), reverse=True)
+    for cand in filter(None, [shutil.which(f"python{version}"), *map(str, pyenv)]):
+        probe = subprocess.run(
+            [cand, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if probe.returncode == 0 and probe.stdout.strip() == version:
+            return cand
+    return None
+
+
+def download_command(reqs: list[str], out: Path, python_version: str, python: str) -> list[str]:
     abi = "cp" + python_version.replace(".", "")
-    cmd = [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--dest", str(out)]
+    cmd = [python, "-m", "pip", "download", "--only-binary=:all:", "--dest", str(out)]
     cmd += ["--python-version", python_version, "--implementation", "cp"]
     cmd += [x for a in (abi, "abi3", "none") for x in ("--abi", a)]
     cmd += [x for p in PLATFORMS for x in ("--platform", p)]
@@ -54,8 +70,15 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     reqs = requirements()
-    print("downloading wheels for:", " ".join(reqs), flush=True)
-    proc = subprocess.run(download_command(reqs, out, args.python_version), check=False)
+    # pip download --python-version picks wheels for that Python but evaluates environment markers
+    # against the Python running pip (papermill needs aiohttp only under python_version == "3.12"): run
+    # it with an interpreter of the target version where there is one.
+    python = target_python(args.python_version)
+    if python is None:
+        python = sys.executable
+        print(f"device-wheels: no python{args.python_version} here; markers are evaluated for {python}")
+    print(f"downloading wheels with {python} for:", " ".join(reqs), flush=True)
+    proc = subprocess.run(download_command(reqs, out, args.python_version, python), check=False)
     if proc.returncode != 0:
         print(f"device-wheels: pip download failed (exit {proc.returncode})", file=sys.stderr)
         return 1
