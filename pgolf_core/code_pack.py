@@ -88,6 +88,8 @@ _MINIFY = {
     "remove_debug": False,
 }
 _minified: dict[str, str] = {}  # by sha256 of the source: packing is repeated per artifact build
+#: the accounting's cache of packed sizes (never of code), by the hash of every input
+SIZE_CACHE = Path.home() / ".cache" / "pgolf" / "packed_sizes.json"
 
 
 def minify(source: str, name: str = "<code>") -> str:
@@ -169,13 +171,6 @@ def packed_marker(root: str | os.PathLike) -> int | None:
     return wrapper.stat().st_size
 
 
-def _size_cache() -> Path:
-    if os.environ.get("PGOLF_CACHE_DIR"):
-        return Path(os.environ["PGOLF_CACHE_DIR"]) / "packed_sizes.json"
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "pgolf" / "packed_sizes.json"
-
-
 def _cache_key(files: Mapping[str, bytes]) -> str:
     from importlib.metadata import version
 
@@ -192,15 +187,14 @@ def packed_bytes(patterns: Iterable[str], root: str | os.PathLike) -> int:
     from an unpacked submission, the size of the wrapper that unpacked it.
 
     Minifying takes about 5 s, once in every process that builds an artifact: the size is kept in
-    ``~/.cache/pgolf/packed_sizes.json`` (or ``$PGOLF_CACHE_DIR``, ``$XDG_CACHE_HOME``) by the hash of
-    every input (sources, minifier version and settings, wrapper). Only a size is cached, never code:
-    the export packs anew.
+    ``SIZE_CACHE`` (~/.cache/pgolf/packed_sizes.json) by the hash of every input (sources, Python and
+    minifier versions, settings, wrapper). Only a size is cached, never code: the export packs anew.
     """
     shipped = packed_marker(root)
     if shipped is not None:
         return shipped
     files = project_files(patterns, root)
-    key, cache = _cache_key(files), _size_cache()
+    key, cache = _cache_key(files), SIZE_CACHE
     try:
         sizes = json.loads(cache.read_text(encoding="utf-8"))
         if isinstance(sizes.get(key), int):

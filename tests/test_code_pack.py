@@ -177,7 +177,7 @@ def test_the_accounting_counts_as_the_config_ships():
 def test_the_packed_size_is_cached_by_its_inputs(tmp_path, monkeypatch):
     import pgolf_core.code_pack as cp
 
-    monkeypatch.setenv("PGOLF_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(cp, "SIZE_CACHE", tmp_path / "cache" / "packed_sizes.json")
     root = tmp_path / "proj"
     (root / "pkg").mkdir(parents=True)
     (root / "pkg" / "a.py").write_text("X = 1\n")
@@ -194,7 +194,6 @@ def test_the_packed_size_is_cached_by_its_inputs(tmp_path, monkeypatch):
     (root / "pkg" / "a.py").write_text("X = 1  # a comment that minifies away\nY = 'more code'\n")
     with pytest.raises(AssertionError, match="packed again"):  # any changed byte: a new key
         packed_bytes(["pkg/*.py"], root)
-    monkeypatch.undo()
-    monkeypatch.setenv("PGOLF_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(cp, "pack", pack)
     (tmp_path / "cache" / "packed_sizes.json").write_text("[1, 2]")  # a broken cache is recomputed
     assert packed_bytes(["pkg/*.py"], root) > first
