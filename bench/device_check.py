@@ -39,7 +39,7 @@ SECTIONS = [
     Section(
         "setup",
         "the gpu extra's attention kernels",
-        45,
+        35,
         "bench.devcheck.setup_env:section_setup",
         "pip install each requirement of pyproject's gpu extra (flash-attn 2.8, flash-attn-4) on its own, "
         "time-bounded, the installed torch pinned (only with --setup)",
@@ -78,15 +78,16 @@ SECTIONS = [
     Section(
         "records",
         "record configs: compiled vs eager, step time, memory",
-        145,
+        165,
         "bench.devcheck.records:section",
-        "baseline, #1855, #1493 at one rank's micro-batch of an 8-GPU run: compiled bf16 loss and gradients "
-        "vs eager fp32; ms/step, tokens/s, peak memory vs the records' logs; the one-GPU step",
+        "baseline, #1855, #2135 (varlen), #1493 at one rank's micro-batch of an 8-GPU run: compiled bf16 "
+        "loss and gradients vs eager fp32; ms/step, tokens/s, peak memory vs the records' logs; the one-GPU "
+        "step",
     ),
     Section(
         "pipeline",
         "the whole pipeline on one GPU",
-        125,
+        115,
         "bench.devcheck.pipeline_run:section",
         "pgolf suite params/h100x1 --only quick (subprocess, timeout): 20 s of training on the smoke corpus, "
         "every post-training stage, the rendered report",

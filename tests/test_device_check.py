@@ -576,6 +576,22 @@ def test_records_section_rehearsed(rehearsal):
     assert row[11] > row[6] and len(res.checks) == 3
 
 
+def test_records_section_rehearsed_on_a_varlen_config(rehearsal):
+    """The frontier case (#2135: varlen attention) on the smoke frontier model: documents in the batch."""
+    from bench.devcheck import models as M
+    from bench.devcheck import records as R
+
+    run, mp, _ = rehearsal
+    mp.setattr(R, "CASES", ("record_2135",))
+    mp.setattr(R, "TIMED_STEPS", 1)
+    mp.setitem(M.RECORD_PARAMS, "record_2135", "params/smoke/train_frontier.yaml")
+    assert M.load(M.RECORD_PARAMS["record_2135"]).model.attention.varlen.enabled
+    res = run("bench.devcheck.records:section")
+    (row,) = res.tables[0].rows
+    assert row[0] == "record_2135" and row[3] == "sdpa varlen" and row[9] == 120.0
+    assert all(c.passed for c in res.checks) and len(res.checks) == 3
+
+
 def test_eval_section_rehearsed(rehearsal):
     from bench.devcheck import evalspeed as E
     from bench.devcheck import models as M

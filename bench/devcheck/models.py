@@ -16,6 +16,7 @@ from torch import nn
 
 from bench.devcheck.runner import REPO
 from pgolf_core.challenge import WORLD_SIZE
+from pgolf_core.data.tokenizer import BOS_ID
 from pgolf_core.config import RunConfig, load_config
 from pgolf_core.model import build_model
 from pgolf_core.optim import build_optimizers
@@ -25,6 +26,7 @@ RECORD_PARAMS = {
     "baseline": "params/h100x8/baseline.yaml",
     "record_1493": "params/h100x8/record_1493.yaml",
     "record_1855": "params/h100x8/record_1855.yaml",
+    "record_2135": "params/h100x8/record_2135.yaml",
 }
 SMALL_PARAMS = "params/smoke/train.yaml"  # the smoke model (4x128, vocab 1024), for short trainings
 DEVICE = "cuda"  # where the sections run; the tests rehearse them on "cpu" with tiny sizes
@@ -122,6 +124,13 @@ def markov_batches(
     return [(r[:, :-1].contiguous(), r[:, 1:].contiguous()) for r in rows.split(batch)]
 
 
-def random_tokens(vocab: int, shape: tuple[int, ...], seed: int, device: torch.device) -> torch.Tensor:
+def random_tokens(
+    vocab: int, shape: tuple[int, ...], seed: int, device: torch.device, mean_doc: int = 0
+) -> torch.Tensor:
+    """Uniform tokens; with ``mean_doc`` a BOS starts a document every ``mean_doc`` tokens on average
+    (web documents run about 1,000 sp8192 tokens), so varlen attention sees many segments per row."""
     g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, vocab, shape, generator=g).to(device)
+    tokens = torch.randint(0, vocab, shape, generator=g)
+    if mean_doc:
+        tokens[torch.rand(shape, generator=g) < 1.0 / mean_doc] = BOS_ID
+    return tokens.to(device)

@@ -60,8 +60,16 @@ REFERENCES = {
         "#1855 (2026-04-27_SP8192_LQER_SparseGate_BOSSmearFix_9HpStack_1.0611): "
         "4,931 steps, 3-seed mean; about 96 ms/step before the loops switch on",
     ),
+    "record_2135": Reference(
+        120.0,
+        None,
+        "#2135 (2026-05-01_SP8192_PR2130Base_Calib32): 4,983-5,001 steps at about 120 ms "
+        "(frontier.md 10f); no peak memory in the notes",
+    ),
 }
-CASES = ("baseline", "record_1855", "record_1493")  # in order: a case that does not fit is skipped
+# In order: a case that does not fit is skipped. #2135 is the frontier (varlen attention, AsymLogit).
+CASES = ("baseline", "record_1855", "record_2135", "record_1493")
+MEAN_DOC = 1000  # tokens per document in the varlen cases' batches (segments for the varlen kernel)
 CASE_NEED_S = 40.0  # a case starts when this much of the section's budget is left
 CHUNK_SEQS = 8  # the eager references run the micro-batch 8 sequences at a time (memory)
 TIMED_STEPS = 8
@@ -199,7 +207,8 @@ def run_case(ctx: Context, name: str, table, reserve_s: float = 0.0) -> None:
     looped = has_loops(model)
     model.set_loops(True)  # the expensive state; the records switch it on during training
     seqs, seq = micro_batch(cfg)
-    x = random_tokens(vocab_size(model), (seqs, seq), 0, device)
+    varlen = cfg.model.attention.varlen.enabled
+    x = random_tokens(vocab_size(model), (seqs, seq), 0, device, mean_doc=MEAN_DOC if varlen else 0)
     y = random_tokens(vocab_size(model), (seqs, seq), 1, device)
     fwd = torch.compile(model, dynamic=False)
     t0 = time.perf_counter()
@@ -235,7 +244,7 @@ def run_case(ctx: Context, name: str, table, reserve_s: float = 0.0) -> None:
                 name,
                 ("on" if loops else "off") if looped else "-",
                 count_parameters(model),
-                model.attn_backend,
+                model.attn_backend + (" varlen" if varlen else ""),
                 f"{seqs} x {seq}",
                 m["ms_step"],
                 m["ms_fwd_bwd"],
