@@ -685,6 +685,24 @@ def test_gpu_extra_and_pip_commands(tmp_path):
     assert fa4[fa4.index("--only-binary") + 1] == ":all:" and fa4[-1] == reqs[1]
 
 
+def test_device_wheels_download_what_the_gpu_image_lacks(tmp_path):
+    """pyproject's dependencies less the large ones the image has, as binary wheels for its Python."""
+    import tomllib
+
+    from bench.device_wheels import PROVIDED, download_command, requirements, target_python
+
+    deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+    reqs = requirements()
+    names = {r.split(">")[0].split("=")[0] for r in reqs}
+    assert names >= {"pydantic", "brotli", "papermill", "python-minifier"}
+    assert not any(r.startswith(tuple(PROVIDED)) for r in reqs) and len(reqs) == len(deps) - len(PROVIDED)
+    cmd = download_command(reqs, tmp_path, "3.12", "/usr/bin/python3.12")
+    assert cmd[:4] == ["/usr/bin/python3.12", "-m", "pip", "download"] and "--only-binary=:all:" in cmd
+    assert cmd[cmd.index("--python-version") + 1] == "3.12" and cmd[cmd.index("--abi") + 1] == "cp312"
+    assert "manylinux_2_28_x86_64" in cmd and cmd[-len(reqs) :] == reqs
+    assert target_python("2.99") is None  # no such interpreter: the caller falls back and says so
+
+
 def test_run_bounded_kills_the_whole_process_group(tmp_path):
     from bench.devcheck.setup_env import run_bounded
 
