@@ -16,7 +16,6 @@ before the check. The carried tree must stay under the tool's 64 MiB: the script
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import subprocess
 import sys
@@ -24,6 +23,11 @@ import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script: bench/ is not a package of the installed project
+    sys.path.insert(0, str(REPO))
+
+from bench.devcheck.setup_env import dist_name  # noqa: E402
+
 PROVIDED = {"torch", "numpy", "scipy", "matplotlib"}  # on the GPU image, and hundreds of MB as wheels
 PLATFORMS = [f"manylinux_2_{n}_x86_64" for n in (39, 35, 34, 31, 28, 27, 24, 17)] + [
     "manylinux2014_x86_64",
@@ -35,7 +39,7 @@ MAX_MIB = 40
 def requirements(pyproject: Path = REPO / "pyproject.toml") -> list[str]:
     """pyproject's runtime dependencies, less ``PROVIDED``."""
     deps = tomllib.loads(pyproject.read_text())["project"]["dependencies"]
-    return [d for d in deps if re.split(r"[<>=!~ \[;]", d, maxsplit=1)[0].lower() not in PROVIDED]
+    return [d for d in deps if dist_name(d).lower() not in PROVIDED]
 
 
 def target_python(version: str) -> str | None:

@@ -206,7 +206,7 @@ def packed_bytes(patterns: Iterable[str], root: str | os.PathLike) -> int:
         from pgolf_core.atomic import atomic_write_json
 
         cache.parent.mkdir(parents=True, exist_ok=True)
-        kept = dict(list(sizes.items())[-63:]) if isinstance(sizes, dict) else {}
+        kept = dict(list(sizes.items())[-63:])  # a dict here: a cache file of another shape raised above
         atomic_write_json(cache, {**kept, key: size})  # a cache: unwritable is fine, and so is a lost race
     except OSError:
         pass

@@ -42,7 +42,7 @@ def code_bytes(qcfg: QuantConfig, root: str | os.PathLike = ".") -> int:
     """Counted code bytes of ``qcfg.code_files`` (globs relative to ``root``; one that matches nothing or
     leaves ``root`` is an error): the self-extracting wrapper's size (``quant.code_packing: packed``,
     pgolf_core.code_pack) or the raw file sizes, each file counted once (``raw``)."""
-    if getattr(qcfg, "code_packing", "raw") == "packed":  # getattr: configs from before the field
+    if qcfg.code_packing == "packed":
         return packed_bytes(qcfg.code_files, root)
     return counted_bytes(qcfg.code_files, root)
 
